@@ -1,0 +1,1 @@
+//! zmq-proxy-operator: the control plane.

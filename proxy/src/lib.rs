@@ -1,0 +1,1 @@
+//! zmq-proxy: the data plane.

@@ -1,0 +1,1 @@
+//! Test harness for a real Kubernetes control plane.

@@ -1,0 +1,4 @@
+//! tmp
+fn main() {
+    print!("{}", zmq_proxy_operator::crd::crd_yaml().unwrap());
+}

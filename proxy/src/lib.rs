@@ -2,10 +2,22 @@
 //!
 //! Modules, one idea each:
 //! - [`protocol`]: frame layout, validation, routing rewrite (pure);
+//! - [`config`]: flags, environment and oslo config file (pure);
+//! - [`sockets`]: socket options, binding, whole-message receive and send;
+//! - [`router`]: the double- and single-router forwarding loops;
+//! - [`publisher`]: the central PUB path and the local-publisher relay;
 //! - [`matchmaker`]: service discovery trait and its backends;
-//! - [`shutdown`]: the shared shutdown phase.
+//! - [`telemetry`]: metrics, health endpoints, socket monitor;
+//! - [`shutdown`]: the shared shutdown phase;
+//! - [`app`]: the process wiring used by the `zmq-proxy` binary.
 #![warn(missing_docs)]
 
+pub mod app;
+pub mod config;
 pub mod matchmaker;
 pub mod protocol;
+pub mod publisher;
+pub mod router;
 pub mod shutdown;
+pub mod sockets;
+pub mod telemetry;

@@ -8,7 +8,8 @@
 //! await it.
 
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -28,6 +29,7 @@ pub enum Phase {
 pub struct Shutdown {
     phase: Arc<AtomicU8>,
     tx: Arc<watch::Sender<Phase>>,
+    deadline: Arc<Mutex<Option<Instant>>>,
 }
 
 impl Default for Shutdown {
@@ -42,6 +44,7 @@ impl Shutdown {
         Shutdown {
             phase: Arc::new(AtomicU8::new(Phase::Running as u8)),
             tx: Arc::new(watch::channel(Phase::Running).0),
+            deadline: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -75,6 +78,21 @@ impl Shutdown {
     /// Begins draining.
     pub fn begin_drain(&self) {
         self.advance(Phase::Draining);
+    }
+
+    /// Begins draining and sets the time by which the process must be gone
+    /// (sockets closing after it get no linger).
+    pub fn begin_drain_within(&self, grace: Duration) {
+        if let Ok(mut d) = self.deadline.lock() {
+            d.get_or_insert(Instant::now() + grace);
+        }
+        self.begin_drain();
+    }
+
+    /// Time left until the drain deadline; `None` without one.
+    pub fn remaining(&self) -> Option<Duration> {
+        let deadline = *self.deadline.lock().ok()?;
+        deadline.map(|d| d.saturating_duration_since(Instant::now()))
     }
 
     /// Tells the loops to stop.
@@ -118,5 +136,10 @@ mod tests {
         assert_eq!(s.phase(), Phase::Stopping);
         s.stopping().await;
         assert!(s.is_draining() && s.is_stopping());
+        assert_eq!(s.remaining(), None);
+        let t = Shutdown::new();
+        t.begin_drain_within(Duration::from_secs(5));
+        assert!(t.is_draining());
+        assert!(t.remaining().unwrap() <= Duration::from_secs(5));
     }
 }

@@ -227,6 +227,26 @@ pub trait Matchmaker: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<watch::Receiver<Vec<String>>>>;
 }
 
+/// Builds the backend the settings ask for.
+///
+/// Backends not built into this binary return
+/// [`MatchmakerError::NotSupported`]; the Redis and Kubernetes backends are
+/// added here.
+pub fn from_settings(settings: &crate::config::Settings) -> Result<Arc<dyn Matchmaker>> {
+    use crate::config::MatchmakerKind;
+    match settings.matchmaker {
+        MatchmakerKind::Static => Ok(Arc::new(in_process::StaticMatchmaker::new())),
+        MatchmakerKind::Redis => Err(MatchmakerError::NotSupported {
+            backend: "redis",
+            what: "backend not built yet",
+        }),
+        MatchmakerKind::Kubernetes => Err(MatchmakerError::NotSupported {
+            backend: "kubernetes",
+            what: "backend not built yet",
+        }),
+    }
+}
+
 /// Keeps this proxy registered until shutdown begins: registers at once,
 /// refreshes every `liveness.update`, and retries failures with capped
 /// exponential backoff. `registered` tells readiness whether the last attempt

@@ -1,0 +1,424 @@
+//! The proxy process: wires settings, sockets, forwarding loops, telemetry,
+//! the matchmaker and shutdown together, and runs until a signal.
+//!
+//! Order matters and is the contract with Kubernetes: bind every socket and
+//! the HTTP listener, print the listening line, start the loops, register,
+//! and only then report ready. On SIGTERM/SIGINT: `/readyz` turns 503 at
+//! once, the matchmaker entry is drained and removed, the loops keep
+//! forwarding until traffic is quiet or the grace period ends, then sockets
+//! close with a linger bounded by what is left of the grace period.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::{RouterMode, Settings};
+use crate::matchmaker::{self, Matchmaker, ProxyAddresses};
+use crate::publisher::LocalPublisher;
+use crate::router::{RouterConfig, RouterLoop};
+use crate::shutdown::Shutdown;
+use crate::sockets::{bind, new_socket, proxy_identity, ProxySocket, SocketError};
+use crate::telemetry::{serve_http, Health, Metrics, PeerMonitor, TelemetryError};
+
+/// Errors that stop the proxy.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// A socket could not be created or bound.
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    /// Metrics, HTTP or socket monitor setup failed.
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
+    /// A thread could not be started or the signal handler installed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// A forwarding loop stopped on its own.
+    #[error("a forwarding loop stopped unexpectedly")]
+    LoopDied,
+}
+
+/// The endpoints the proxy bound, as printed on stdout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listening {
+    /// Frontend ROUTER endpoint (not in local-publisher mode).
+    pub frontend: Option<String>,
+    /// Backend ROUTER endpoint (double-router mode).
+    pub backend: Option<String>,
+    /// PUB endpoint (pub/sub on, or local publisher).
+    pub publisher: Option<String>,
+    /// HTTP address of /metrics, /healthz, /readyz.
+    pub metrics: SocketAddr,
+}
+
+impl Listening {
+    /// The one parseable line tests and scripts read:
+    /// `zmq-proxy listening frontend=tcp://... backend=... publisher=... metrics=http://...`.
+    pub fn line(&self) -> String {
+        let mut line = String::from("zmq-proxy listening");
+        for (key, value) in [
+            ("frontend", &self.frontend),
+            ("backend", &self.backend),
+            ("publisher", &self.publisher),
+        ] {
+            if let Some(v) = value {
+                line.push_str(&format!(" {key}={v}"));
+            }
+        }
+        line.push_str(&format!(" metrics=http://{}", self.metrics));
+        line
+    }
+}
+
+fn port_of(endpoint: &Option<(String, u16)>) -> Option<u16> {
+    endpoint.as_ref().map(|(_, p)| *p)
+}
+
+/// Runs the proxy until SIGTERM/SIGINT and a completed drain.
+pub async fn run(settings: Settings) -> Result<(), AppError> {
+    let shutdown = Shutdown::new();
+    let metrics = Metrics::new()?;
+    let health = Health::new(shutdown.clone());
+    let activity = Arc::new(AtomicU64::new(0));
+    let ctx = zmq::Context::new();
+    if let Err(error) = ctx.set_io_threads(settings.io_threads) {
+        tracing::warn!(%error, "cannot set libzmq I/O threads");
+    }
+    let matchmaker: Arc<dyn Matchmaker> = match matchmaker::from_settings(&settings) {
+        Ok(m) => m,
+        Err(error) => {
+            // Forwarding does not need a matchmaker; running unregistered
+            // beats not running.
+            tracing::error!(%error, "matchmaker unavailable; falling back to the static matchmaker");
+            Arc::new(matchmaker::in_process::StaticMatchmaker::new())
+        }
+    };
+    let mut monitor = PeerMonitor::new();
+    let mut threads = Vec::new();
+    let opts = &settings.sockets;
+    let addr = settings.bind_address.as_str();
+    let spawn_err = |source| AppError::Io {
+        what: "start a forwarding thread",
+        source,
+    };
+
+    let (listening_sockets, registration) = if settings.local_publisher {
+        let sub = new_socket(&ctx, zmq::SUB, opts, None)?;
+        let publ = new_socket(&ctx, zmq::PUB, opts, None)?;
+        monitor.watch(
+            &ctx,
+            &sub,
+            "subscriber",
+            metrics.socket("subscriber").connected,
+        )?;
+        monitor.watch(
+            &ctx,
+            &publ,
+            "publisher",
+            metrics.socket("publisher").connected,
+        )?;
+        let pub_ep = bind(&publ, addr, settings.publisher_port)?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let fixed: BTreeSet<String> = settings.connect_publishers.iter().cloned().collect();
+        // The receiver is in the loop; a send can only fail once it stopped.
+        let _ = tx.send(fixed.clone());
+        spawn_upstream_watch(Arc::clone(&matchmaker), fixed, tx, shutdown.clone());
+        let lp = LocalPublisher::new(
+            ProxySocket {
+                socket: sub,
+                name: "subscriber",
+                counters: metrics.socket("subscriber"),
+            },
+            ProxySocket {
+                socket: publ,
+                name: "publisher",
+                counters: metrics.socket("publisher"),
+            },
+            rx,
+            settings.batch,
+            opts.linger_ms,
+            shutdown.clone(),
+            Arc::clone(&activity),
+        );
+        threads.push(lp.spawn(health.loop_guard()).map_err(spawn_err)?);
+        health.registered.store(true, Ordering::SeqCst);
+        ((None, None, Some(pub_ep)), None)
+    } else {
+        let fe_id = proxy_identity(&settings.host);
+        let front = new_socket(&ctx, zmq::ROUTER, opts, Some(&fe_id))?;
+        monitor.watch(
+            &ctx,
+            &front,
+            "frontend",
+            metrics.socket("frontend").connected,
+        )?;
+        let fe_ep = bind(&front, addr, settings.frontend_port)?;
+        let (back, be_ep) = if settings.mode == RouterMode::DoubleRouter {
+            let back = new_socket(
+                &ctx,
+                zmq::ROUTER,
+                opts,
+                Some(&proxy_identity(&settings.host)),
+            )?;
+            monitor.watch(&ctx, &back, "backend", metrics.socket("backend").connected)?;
+            let ep = bind(&back, addr, settings.backend_port)?;
+            (
+                Some(ProxySocket {
+                    socket: back,
+                    name: "backend",
+                    counters: metrics.socket("backend"),
+                }),
+                Some(ep),
+            )
+        } else {
+            (None, None)
+        };
+        let (publ, pub_ep) = if settings.pubsub {
+            let publ = new_socket(&ctx, zmq::PUB, opts, None)?;
+            monitor.watch(
+                &ctx,
+                &publ,
+                "publisher",
+                metrics.socket("publisher").connected,
+            )?;
+            let ep = bind(&publ, addr, settings.publisher_port)?;
+            (
+                Some(ProxySocket {
+                    socket: publ,
+                    name: "publisher",
+                    counters: metrics.socket("publisher"),
+                }),
+                Some(ep),
+            )
+        } else {
+            (None, None)
+        };
+        let proxy = ProxyAddresses {
+            host: settings.host.clone(),
+            frontend_port: fe_ep.1,
+            backend_port: port_of(&be_ep),
+            publisher_port: port_of(&pub_ep),
+        };
+        let router = RouterLoop::new(
+            ProxySocket {
+                socket: front,
+                name: "frontend",
+                counters: metrics.socket("frontend"),
+            },
+            back,
+            publ,
+            RouterConfig {
+                pubsub: settings.pubsub,
+                ack_pub_sub: settings.ack_pub_sub && settings.pubsub,
+                batch: settings.batch,
+                frontend_identity: fe_id,
+                linger_ms: opts.linger_ms,
+            },
+            shutdown.clone(),
+            Arc::clone(&activity),
+        );
+        threads.push(router.spawn(health.loop_guard()).map_err(spawn_err)?);
+        ((Some(fe_ep), be_ep, pub_ep), Some(proxy))
+    };
+    threads.push(
+        monitor
+            .spawn(shutdown.clone())
+            .map_err(|source| AppError::Io {
+                what: "start the socket monitor",
+                source,
+            })?,
+    );
+
+    let (metrics_addr, http) = serve_http(
+        settings.metrics_address,
+        metrics.clone(),
+        Arc::clone(&health),
+        shutdown.clone(),
+    )
+    .await?;
+    let http = tokio::spawn(http);
+    let (fe, be, publ) = listening_sockets;
+    let listening = Listening {
+        frontend: fe.map(|(e, _)| e),
+        backend: be.map(|(e, _)| e),
+        publisher: publ.map(|(e, _)| e),
+        metrics: metrics_addr,
+    };
+    println!("{}", listening.line());
+    {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    }
+    tracing::info!(
+        frontend = ?listening.frontend,
+        backend = ?listening.backend,
+        publisher = ?listening.publisher,
+        metrics = %listening.metrics,
+        host = %settings.host,
+        matchmaker = matchmaker.backend(),
+        "zmq-proxy listening"
+    );
+    health.set_bound();
+
+    let registration_task = registration.clone().map(|proxy| {
+        tokio::spawn(matchmaker::maintain_proxy_registration(
+            Arc::clone(&matchmaker),
+            proxy,
+            settings.liveness,
+            Arc::clone(&health.registered),
+            shutdown.clone(),
+        ))
+    });
+
+    let outcome = wait_for_signal_or_failure(&health).await;
+    let started = Instant::now();
+    shutdown.begin_drain_within(settings.grace_period);
+    tracing::info!(grace = ?settings.grace_period, "draining: not ready, deregistering, still forwarding");
+
+    if let Some(task) = registration_task {
+        let _ = task.await;
+    }
+    if let Some(proxy) = &registration {
+        let remaining = shutdown.remaining().unwrap_or_default();
+        let deregister = async {
+            if let Err(error) = matchmaker.drain_proxy(proxy).await {
+                tracing::warn!(%error, "cannot mark the proxy as draining");
+            }
+            if let Err(error) = matchmaker.unregister_proxy(proxy).await {
+                tracing::warn!(%error, "cannot deregister the proxy");
+            }
+        };
+        if tokio::time::timeout(remaining, deregister).await.is_err() {
+            tracing::warn!("deregistration did not finish within the grace period");
+        }
+    }
+    if outcome.is_ok() {
+        wait_until_quiet(&activity, settings.drain_quiet, &shutdown).await;
+    }
+    shutdown.stop();
+    let joined = tokio::task::spawn_blocking(move || {
+        for t in threads {
+            let _ = t.join();
+        }
+        drop(ctx);
+    })
+    .await;
+    if joined.is_err() {
+        tracing::error!("joining the forwarding threads failed");
+    }
+    let _ = http.await;
+    tracing::info!(drained_in = ?started.elapsed(), forwarded = activity.load(Ordering::Relaxed), "stopped");
+    outcome
+}
+
+/// Waits for SIGTERM or SIGINT (Ok) or for a forwarding loop to die (Err).
+async fn wait_for_signal_or_failure(health: &Health) -> Result<(), AppError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(|source| AppError::Io {
+        what: "SIGTERM handler",
+        source,
+    })?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|source| AppError::Io {
+        what: "SIGINT handler",
+        source,
+    })?;
+    let mut check = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM received"); return Ok(()) }
+            _ = int.recv() => { tracing::info!("SIGINT received"); return Ok(()) }
+            _ = check.tick() => {
+                if !health.is_alive() {
+                    tracing::error!("a forwarding loop stopped; shutting down");
+                    return Err(AppError::LoopDied);
+                }
+            }
+        }
+    }
+}
+
+/// Returns once no message was handled for `quiet`, or when the drain deadline passes.
+async fn wait_until_quiet(activity: &AtomicU64, quiet: Duration, shutdown: &Shutdown) {
+    let mut last = activity.load(Ordering::Relaxed);
+    let mut quiet_since = Instant::now();
+    loop {
+        let remaining = shutdown.remaining().unwrap_or_default();
+        if remaining.is_zero() {
+            tracing::warn!("grace period over while traffic was still flowing");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20).min(remaining)).await;
+        let now = activity.load(Ordering::Relaxed);
+        if now != last {
+            last = now;
+            quiet_since = Instant::now();
+        } else if quiet_since.elapsed() >= quiet {
+            tracing::info!(quiet = ?quiet, "traffic quiet; stopping");
+            return;
+        }
+    }
+}
+
+/// Feeds the local publisher the central publishers to subscribe to: the
+/// fixed list plus every publisher the matchmaker lists, as it changes.
+fn spawn_upstream_watch(
+    matchmaker: Arc<dyn Matchmaker>,
+    fixed: BTreeSet<String>,
+    tx: std::sync::mpsc::Sender<BTreeSet<String>>,
+    shutdown: Shutdown,
+) {
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let mut rx = match matchmaker.watch_proxies().await {
+                Ok(rx) => rx,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot watch proxies; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.stopping() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    continue;
+                }
+            };
+            loop {
+                let mut wanted = fixed.clone();
+                wanted.extend(
+                    rx.borrow_and_update()
+                        .iter()
+                        .filter_map(|p| p.publisher_endpoint()),
+                );
+                if tx.send(wanted).is_err() {
+                    return;
+                }
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() { break },
+                    _ = shutdown.stopping() => return,
+                }
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listening_line_is_parseable() {
+        let l = Listening {
+            frontend: Some("tcp://127.0.0.1:1".into()),
+            backend: None,
+            publisher: Some("tcp://127.0.0.1:3".into()),
+            metrics: "127.0.0.1:9".parse().unwrap(),
+        };
+        assert_eq!(l.line(), "zmq-proxy listening frontend=tcp://127.0.0.1:1 publisher=tcp://127.0.0.1:3 metrics=http://127.0.0.1:9");
+    }
+}

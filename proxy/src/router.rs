@@ -1,0 +1,273 @@
+//! The router forwarding loops: double router (frontend ROUTER for clients,
+//! backend ROUTER for servers) and single router (one ROUTER for both).
+//!
+//! A loop owns its sockets on one dedicated thread (ZeroMQ sockets are not
+//! thread-safe). Per poll wake-up it drains up to `batch` messages from each
+//! readable socket; each message is received whole into reusable
+//! `zmq::Message`s, validated ([`Envelope::parse`]), rewritten by permuting
+//! the frames ([`rewrite_for_route`]) and sent on without copying a byte.
+//! Invalid, unroutable and high-water-mark messages are dropped whole and
+//! counted. With pub/sub on, fanout and notify from clients go to the PUB
+//! socket instead ([`crate::publisher::publish`]), optionally acknowledged.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::protocol::{rewrite_for_route, DropReason, Envelope, MessageType};
+use crate::shutdown::Shutdown;
+use crate::sockets::{message_bytes, recv_message, send_message, set_close_linger, ProxySocket};
+use crate::telemetry::LogLimiter;
+
+/// How long a poll waits before the loop re-checks the shutdown phase.
+const POLL_TIMEOUT_MS: i64 = 100;
+
+/// Behaviour of a router loop.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    /// Publish fanout/notify arriving from clients instead of routing them.
+    pub pubsub: bool,
+    /// Acknowledge published fanout/notify to their sender.
+    pub ack_pub_sub: bool,
+    /// Messages handled per socket per poll wake-up.
+    pub batch: usize,
+    /// Identity of the frontend ROUTER (sender id of the proxy's own acks).
+    pub frontend_identity: Vec<u8>,
+    /// Linger at close in ms (-1 = until the drain deadline).
+    pub linger_ms: i32,
+}
+
+/// A router loop and the sockets it owns.
+pub struct RouterLoop {
+    frontend: ProxySocket,
+    backend: Option<ProxySocket>,
+    publisher: Option<ProxySocket>,
+    config: RouterConfig,
+    shutdown: Shutdown,
+    activity: Arc<AtomicU64>,
+}
+
+impl RouterLoop {
+    /// A loop over bound sockets: `backend` is `None` in single-router mode;
+    /// `publisher` is the central PUB (used when pub/sub is on). `activity`
+    /// counts handled messages, so the drain can tell when traffic stopped.
+    pub fn new(
+        frontend: ProxySocket,
+        backend: Option<ProxySocket>,
+        publisher: Option<ProxySocket>,
+        config: RouterConfig,
+        shutdown: Shutdown,
+        activity: Arc<AtomicU64>,
+    ) -> RouterLoop {
+        RouterLoop {
+            frontend,
+            backend,
+            publisher,
+            config,
+            shutdown,
+            activity,
+        }
+    }
+
+    /// Starts the loop on its own thread.
+    pub fn spawn(
+        self,
+        guard: crate::telemetry::LoopGuard,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("zmq-router".into())
+            .spawn(move || {
+                let _guard = guard;
+                self.run()
+            })
+    }
+
+    /// Forwards until the shutdown phase reaches `Stopping`, then closes the
+    /// sockets with a bounded linger.
+    pub fn run(self) {
+        let RouterLoop {
+            frontend,
+            backend,
+            publisher,
+            config,
+            shutdown,
+            activity,
+        } = self;
+        let mut forwarder = Forwarder {
+            config: &config,
+            publisher: publisher.as_ref(),
+            frames: Vec::with_capacity(16),
+            limiter: LogLimiter::new(20, Duration::from_secs(10)),
+        };
+        tracing::info!(
+            mode = if backend.is_some() {
+                "double-router"
+            } else {
+                "single-router"
+            },
+            pubsub = config.pubsub,
+            ack_pub_sub = config.ack_pub_sub,
+            "router loop started"
+        );
+        while !shutdown.is_stopping() {
+            let (front_ready, back_ready) = {
+                let mut items = [
+                    frontend.socket.as_poll_item(zmq::POLLIN),
+                    match &backend {
+                        Some(b) => b.socket.as_poll_item(zmq::POLLIN),
+                        None => frontend.socket.as_poll_item(zmq::PollEvents::empty()),
+                    },
+                ];
+                let n = if backend.is_some() { 2 } else { 1 };
+                match zmq::poll(&mut items[..n], POLL_TIMEOUT_MS) {
+                    Ok(_) => {}
+                    Err(zmq::Error::EINTR) => continue,
+                    Err(error) => {
+                        tracing::error!(%error, "poll failed; router loop stops");
+                        break;
+                    }
+                }
+                (items[0].is_readable(), n == 2 && items[1].is_readable())
+            };
+            let mut handled = 0u64;
+            match &backend {
+                Some(back) => {
+                    if front_ready {
+                        handled += forwarder.drain(&frontend, back, true);
+                    }
+                    if back_ready {
+                        handled += forwarder.drain(back, &frontend, false);
+                    }
+                }
+                None => {
+                    if front_ready {
+                        handled += forwarder.drain(&frontend, &frontend, true);
+                    }
+                }
+            }
+            if handled > 0 {
+                activity.fetch_add(handled, Ordering::Relaxed);
+            }
+        }
+        for s in std::iter::once(&frontend)
+            .chain(backend.as_ref())
+            .chain(publisher.as_ref())
+        {
+            set_close_linger(&s.socket, config.linger_ms, &shutdown);
+        }
+        tracing::info!("router loop stopped");
+    }
+}
+
+/// Per-loop forwarding state, separate from the sockets so both sockets can
+/// be borrowed while it is mutated.
+struct Forwarder<'a> {
+    config: &'a RouterConfig,
+    publisher: Option<&'a ProxySocket>,
+    frames: Vec<zmq::Message>,
+    limiter: LogLimiter,
+}
+
+impl Forwarder<'_> {
+    /// Handles up to `batch` messages waiting on `from`; returns how many.
+    fn drain(&mut self, from: &ProxySocket, to: &ProxySocket, from_frontend: bool) -> u64 {
+        let mut handled = 0;
+        while handled < self.config.batch as u64 {
+            match recv_message(&from.socket, &mut self.frames) {
+                Ok(true) => {
+                    handled += 1;
+                    self.handle(from, to, from_frontend);
+                }
+                Ok(false) => break,
+                Err(error) => {
+                    if self.may_log() {
+                        tracing::error!(socket = from.name, %error, "receive failed");
+                    }
+                    self.frames.clear();
+                    break;
+                }
+            }
+        }
+        handled
+    }
+
+    #[inline]
+    fn handle(&mut self, from: &ProxySocket, to: &ProxySocket, from_frontend: bool) {
+        let msg_type = match Envelope::parse(&self.frames) {
+            Ok(envelope) => envelope.msg_type,
+            Err(reason) => {
+                from.counters.dropped(reason);
+                self.log_invalid(from.name, reason);
+                self.frames.clear();
+                return;
+            }
+        };
+        let bytes = message_bytes(&self.frames);
+        from.counters.received(msg_type, bytes);
+        if from_frontend && self.config.pubsub && msg_type.is_pub_sub() {
+            if let Some(publisher) = self.publisher {
+                self.publish(from, publisher, msg_type);
+                return;
+            }
+        }
+        rewrite_for_route(&mut self.frames);
+        match send_message(&to.socket, &mut self.frames) {
+            Ok(()) => to.counters.sent(msg_type, bytes),
+            Err(reason) => {
+                to.counters.dropped(reason);
+                if self.may_log() {
+                    tracing::warn!(socket = to.name, %reason, r#type = %msg_type, "message dropped on send");
+                }
+                self.frames.clear();
+            }
+        }
+    }
+
+    fn publish(&mut self, frontend: &ProxySocket, publisher: &ProxySocket, msg_type: MessageType) {
+        let ack_to = crate::publisher::publish(
+            publisher,
+            &mut self.frames,
+            msg_type,
+            self.config.ack_pub_sub,
+        );
+        if let Some(mut ack) = ack_to.map(|(client, msg_id)| {
+            crate::protocol::proxy_ack(client, &self.config.frontend_identity, &msg_id)
+                .into_iter()
+                .collect::<Vec<_>>()
+        }) {
+            let bytes = message_bytes(&ack);
+            match send_message(&frontend.socket, &mut ack) {
+                Ok(()) => frontend.counters.sent(MessageType::Ack, bytes),
+                Err(reason) => frontend.counters.dropped(reason),
+            }
+        }
+    }
+
+    fn may_log(&mut self) -> bool {
+        let (allowed, suppressed) = self.limiter.check(Instant::now());
+        if suppressed > 0 {
+            tracing::warn!(suppressed, "log lines about dropped messages suppressed");
+        }
+        allowed
+    }
+
+    fn log_invalid(&mut self, socket: &str, reason: DropReason) {
+        if !self.may_log() {
+            return;
+        }
+        let frames = self.frames.len();
+        let sender = self
+            .frames
+            .first()
+            .map(|f| String::from_utf8_lossy(&f[..f.len().min(80)]).into_owned());
+        if reason == DropReason::UnknownVersion {
+            let version = self
+                .frames
+                .get(2)
+                .map(|f| String::from_utf8_lossy(&f[..f.len().min(16)]).into_owned());
+            tracing::warn!(socket, %reason, frames, ?sender, ?version, "message with an unknown protocol version dropped");
+        } else {
+            tracing::warn!(socket, %reason, frames, ?sender, "invalid message dropped");
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! Creating, configuring and binding the proxy's ZeroMQ sockets.
+//!
+//! Socket options live here so that every loop gets the same treatment:
+//! high-water marks, keepalive, immediate, ROUTER_MANDATORY (so unroutable
+//! messages are reported instead of silently dropped) and ROUTER_HANDOVER (a
+//! peer reconnecting under its identity replaces its stale connection).
+
+use crate::config::SocketOptions;
+
+/// Errors creating or binding a socket.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    /// libzmq refused an option or the socket.
+    #[error("{what}: {source}")]
+    Zmq {
+        /// What was being done.
+        what: String,
+        /// libzmq's error.
+        source: zmq::Error,
+    },
+    /// libzmq reported an endpoint it bound that cannot be parsed.
+    #[error("cannot read the bound endpoint of {0}")]
+    Endpoint(String),
+}
+
+fn zmq_err(what: impl Into<String>) -> impl FnOnce(zmq::Error) -> SocketError {
+    let what = what.into();
+    move |source| SocketError::Zmq { what, source }
+}
+
+/// Creates a socket of `kind` with `options` applied, and `identity` if given.
+pub fn new_socket(
+    ctx: &zmq::Context,
+    kind: zmq::SocketType,
+    options: &SocketOptions,
+    identity: Option<&[u8]>,
+) -> Result<zmq::Socket, SocketError> {
+    let s = ctx
+        .socket(kind)
+        .map_err(zmq_err(format!("create {kind:?} socket")))?;
+    s.set_sndhwm(options.hwm).map_err(zmq_err("ZMQ_SNDHWM"))?;
+    s.set_rcvhwm(options.hwm).map_err(zmq_err("ZMQ_RCVHWM"))?;
+    s.set_tcp_keepalive(options.tcp_keepalive)
+        .map_err(zmq_err("ZMQ_TCP_KEEPALIVE"))?;
+    s.set_tcp_keepalive_idle(options.tcp_keepalive_idle)
+        .map_err(zmq_err("ZMQ_TCP_KEEPALIVE_IDLE"))?;
+    s.set_tcp_keepalive_intvl(options.tcp_keepalive_intvl)
+        .map_err(zmq_err("ZMQ_TCP_KEEPALIVE_INTVL"))?;
+    s.set_tcp_keepalive_cnt(options.tcp_keepalive_cnt)
+        .map_err(zmq_err("ZMQ_TCP_KEEPALIVE_CNT"))?;
+    if options.immediate {
+        s.set_immediate(true).map_err(zmq_err("ZMQ_IMMEDIATE"))?;
+    }
+    if let Some(id) = identity {
+        s.set_identity(id).map_err(zmq_err("ZMQ_IDENTITY"))?;
+    }
+    if kind == zmq::ROUTER {
+        s.set_router_mandatory(true)
+            .map_err(zmq_err("ZMQ_ROUTER_MANDATORY"))?;
+        s.set_router_handover(true)
+            .map_err(zmq_err("ZMQ_ROUTER_HANDOVER"))?;
+    }
+    Ok(s)
+}
+
+/// Binds `socket` on `tcp://{address}:{port}` (port 0 = a random free port)
+/// and returns the endpoint actually bound and its port.
+pub fn bind(socket: &zmq::Socket, address: &str, port: u16) -> Result<(String, u16), SocketError> {
+    let host = if address.contains(':') {
+        format!("[{address}]")
+    } else {
+        address.to_string()
+    };
+    let requested = if port == 0 {
+        format!("tcp://{host}:*")
+    } else {
+        format!("tcp://{host}:{port}")
+    };
+    socket
+        .bind(&requested)
+        .map_err(zmq_err(format!("bind {requested}")))?;
+    let endpoint = socket
+        .get_last_endpoint()
+        .map_err(zmq_err("ZMQ_LAST_ENDPOINT"))?
+        .map_err(|_| SocketError::Endpoint(requested.clone()))?;
+    let bound_port = endpoint
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse::<u16>().ok())
+        .ok_or_else(|| SocketError::Endpoint(endpoint.clone()))?;
+    Ok((endpoint, bound_port))
+}
+
+/// A ROUTER identity as the protocol wants it: `{host}/zmq-proxy/{uuid4}`.
+pub fn proxy_identity(host: &str) -> Vec<u8> {
+    format!("{host}/zmq-proxy/{}", uuid::Uuid::new_v4()).into_bytes()
+}
+
+/// A socket of a forwarding loop with its name and pre-resolved counters.
+pub struct ProxySocket {
+    /// The ZeroMQ socket (owned by the loop's thread).
+    pub socket: zmq::Socket,
+    /// Metrics label, e.g. "frontend".
+    pub name: &'static str,
+    /// Counters of this socket.
+    pub counters: crate::telemetry::SocketCounters,
+}
+
+/// Receives one whole multipart message into `frames` (cleared first)
+/// without blocking. Returns `Ok(false)` when nothing is waiting. libzmq
+/// delivers multipart messages atomically, so once the first frame is in,
+/// the rest are too and reading them cannot block.
+#[inline]
+pub fn recv_message(
+    socket: &zmq::Socket,
+    frames: &mut Vec<zmq::Message>,
+) -> Result<bool, zmq::Error> {
+    frames.clear();
+    let mut frame = zmq::Message::new();
+    match socket.recv(&mut frame, zmq::DONTWAIT) {
+        Ok(()) => {}
+        Err(zmq::Error::EAGAIN) => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    let mut more = frame.get_more();
+    frames.push(frame);
+    while more {
+        let mut frame = zmq::Message::new();
+        socket.recv(&mut frame, 0)?;
+        more = frame.get_more();
+        frames.push(frame);
+    }
+    Ok(true)
+}
+
+/// Sends every frame of `frames` (emptying it) without blocking, moving the
+/// messages (no copy).
+///
+/// Drops are atomic: on a ROUTER with ROUTER_MANDATORY, libzmq checks the
+/// peer and its high-water mark on the first frame only (EHOSTUNREACH ->
+/// [`DropReason::Unroutable`], EAGAIN -> [`DropReason::HighWaterMark`]) and
+/// never fails a later frame of the same message (the HWM counts whole
+/// messages; a pipe that dies mid-message is rolled back inside libzmq). PUB
+/// drops whole messages silently. So a failure leaves nothing half-sent.
+#[inline]
+pub fn send_message(
+    socket: &zmq::Socket,
+    frames: &mut Vec<zmq::Message>,
+) -> Result<(), crate::protocol::DropReason> {
+    use crate::protocol::DropReason;
+    let last = frames.len().saturating_sub(1);
+    for (i, frame) in frames.drain(..).enumerate() {
+        let flags = if i < last {
+            zmq::SNDMORE | zmq::DONTWAIT
+        } else {
+            zmq::DONTWAIT
+        };
+        if let Err(e) = socket.send(frame, flags) {
+            return Err(match (i, e) {
+                (0, zmq::Error::EHOSTUNREACH) => DropReason::Unroutable,
+                (0, zmq::Error::EAGAIN) => DropReason::HighWaterMark,
+                _ => DropReason::SendFailed,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Sum of the frame sizes (the bytes metric).
+#[inline]
+pub fn message_bytes(frames: &[zmq::Message]) -> usize {
+    frames.iter().map(|f| f.len()).sum()
+}
+
+/// Sets the linger of a socket about to close: the configured value, or
+/// (for -1) what is left of the drain deadline, so queued frames get out
+/// without outliving the grace period.
+pub fn set_close_linger(
+    socket: &zmq::Socket,
+    linger_ms: i32,
+    shutdown: &crate::shutdown::Shutdown,
+) {
+    let linger = if linger_ms >= 0 {
+        linger_ms
+    } else {
+        shutdown
+            .remaining()
+            .map(|d| d.as_millis().min(i32::MAX as u128) as i32)
+            .unwrap_or(0)
+    };
+    if let Err(error) = socket.set_linger(linger) {
+        tracing::debug!(%error, "cannot set linger");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_zero_binds_a_random_port_and_reports_it() {
+        let ctx = zmq::Context::new();
+        let s = new_socket(
+            &ctx,
+            zmq::ROUTER,
+            &SocketOptions::default(),
+            Some(b"h/zmq-proxy/x"),
+        )
+        .unwrap();
+        let (endpoint, port) = bind(&s, "127.0.0.1", 0).unwrap();
+        assert_ne!(port, 0);
+        assert_eq!(endpoint, format!("tcp://127.0.0.1:{port}"));
+        let other = new_socket(&ctx, zmq::ROUTER, &SocketOptions::default(), None).unwrap();
+        assert!(
+            bind(&other, "127.0.0.1", port).is_err(),
+            "the port is taken"
+        );
+    }
+
+    #[test]
+    fn identity_layout() {
+        let id = String::from_utf8(proxy_identity("h1")).unwrap();
+        assert!(
+            id.starts_with("h1/zmq-proxy/") && id.len() == "h1/zmq-proxy/".len() + 36,
+            "{id}"
+        );
+    }
+}

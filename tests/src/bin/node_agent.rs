@@ -1,0 +1,54 @@
+//! `zmq-proxy-node-agent`: the harness's node agent as a program, for people
+//! exploring a test control plane (see tests/control-plane.sh): it registers
+//! a Node and runs pods bound to it as local processes until Ctrl-C.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Context, Result};
+use clap::Parser;
+use harness::kubeconfig;
+use harness::NodeAgent;
+
+/// Runs pods as local processes (image repository -> binary).
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// Kubeconfig with admin rights.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: PathBuf,
+    /// `repository=/path/to/binary`, repeatable (e.g.
+    /// ghcr.io/zmq-proxy/zmq-proxy=target/debug/zmq-proxy).
+    #[arg(long = "image", required = true)]
+    images: Vec<String>,
+    /// Only bind pods of these namespaces (default: all).
+    #[arg(long = "namespace")]
+    namespaces: Vec<String>,
+    /// Directory for pod files and logs.
+    #[arg(long, default_value_os_t = std::env::temp_dir().join(format!("zmq-proxy-node-agent-{}", std::process::id())))]
+    dir: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    harness::init_logging();
+    let args = Args::parse();
+    let images = harness::node_agent::parse_image_map(args.images.iter().map(String::as_str))
+        .map_err(|e| anyhow!(e))?;
+    let config = kubeconfig::load_config(&args.kubeconfig).await?;
+    let cluster = kubeconfig::cluster_of(&args.kubeconfig)?;
+    let client = kube::Client::try_from(config)?;
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("cannot create {}", args.dir.display()))?;
+    let namespaces: Option<HashSet<String>> =
+        (!args.namespaces.is_empty()).then(|| args.namespaces.into_iter().collect());
+    let agent =
+        NodeAgent::start_with(client, cluster, &args.dir, images, namespaces, false).await?;
+    println!(
+        "node {} running; pod logs under {}",
+        agent.node_name(),
+        args.dir.display()
+    );
+    tokio::signal::ctrl_c().await?;
+    agent.stop().await
+}

@@ -1,0 +1,205 @@
+//! Certificates and keys for the test control plane, made with the openssl
+//! command line: a CA, the API server's serving certificate signed by it, and
+//! the ServiceAccount token signing key pair.
+//!
+//! The serving certificate must satisfy rustls (kube-rs's TLS): the address
+//! the client dials (127.0.0.1) has to be an IP SAN, and the certificate must
+//! be a leaf (`CA:FALSE`) — rustls rejects a CA certificate used as the
+//! end-entity, which is why the API server's self-signed default won't do.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Errors generating the PKI.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// openssl could not be run or failed.
+    #[error("openssl {step} failed: {detail}")]
+    Openssl {
+        /// What was being generated.
+        step: &'static str,
+        /// stderr or the spawn error.
+        detail: String,
+    },
+    /// Writing a file failed.
+    #[error("cannot write {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// Paths of the generated files.
+#[derive(Clone, Debug)]
+pub struct Pki {
+    /// CA certificate (clients trust it).
+    pub ca_cert: PathBuf,
+    /// CA key.
+    pub ca_key: PathBuf,
+    /// API server serving certificate.
+    pub server_cert: PathBuf,
+    /// API server serving key.
+    pub server_key: PathBuf,
+    /// ServiceAccount token signing key (private).
+    pub sa_key: PathBuf,
+    /// ServiceAccount token verification key (public).
+    pub sa_pub: PathBuf,
+}
+
+/// Subject alternative names of the serving certificate: loopback (what
+/// clients dial) and the in-cluster names of the `kubernetes` Service.
+pub fn serving_sans(service_ip: &str) -> String {
+    [
+        "IP:127.0.0.1".to_string(),
+        format!("IP:{service_ip}"),
+        "DNS:localhost".to_string(),
+        "DNS:kubernetes".to_string(),
+        "DNS:kubernetes.default".to_string(),
+        "DNS:kubernetes.default.svc".to_string(),
+        "DNS:kubernetes.default.svc.cluster.local".to_string(),
+    ]
+    .join(",")
+}
+
+fn openssl(step: &'static str, args: &[&str]) -> Result<(), PkiError> {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .map_err(|e| PkiError::Openssl {
+            step,
+            detail: format!("cannot run openssl: {e}"),
+        })?;
+    if !out.status.success() {
+        return Err(PkiError::Openssl {
+            step,
+            detail: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    Ok(())
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap_or_default()
+}
+
+/// Generates everything in `dir` (which must exist).
+pub fn generate(dir: &Path, service_ip: &str) -> Result<Pki, PkiError> {
+    let pki = Pki {
+        ca_cert: dir.join("ca.crt"),
+        ca_key: dir.join("ca.key"),
+        server_cert: dir.join("apiserver.crt"),
+        server_key: dir.join("apiserver.key"),
+        sa_key: dir.join("sa.key"),
+        sa_pub: dir.join("sa.pub"),
+    };
+    let csr = dir.join("apiserver.csr");
+    let ext = dir.join("apiserver.ext");
+    openssl(
+        "CA",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-sha256",
+            "-days",
+            "3650",
+            "-keyout",
+            s(&pki.ca_key),
+            "-out",
+            s(&pki.ca_cert),
+            "-subj",
+            "/CN=zmq-proxy-test-ca",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    )?;
+    openssl(
+        "serving CSR",
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-sha256",
+            "-keyout",
+            s(&pki.server_key),
+            "-out",
+            s(&csr),
+            "-subj",
+            "/CN=kube-apiserver",
+        ],
+    )?;
+    let ext_text = format!(
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName={}\n",
+        serving_sans(service_ip)
+    );
+    std::fs::write(&ext, ext_text).map_err(|source| PkiError::Io {
+        path: ext.clone(),
+        source,
+    })?;
+    let serial = format!(
+        "0x{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(1)
+    );
+    openssl(
+        "serving certificate",
+        &[
+            "x509",
+            "-req",
+            "-sha256",
+            "-days",
+            "3650",
+            "-in",
+            s(&csr),
+            "-CA",
+            s(&pki.ca_cert),
+            "-CAkey",
+            s(&pki.ca_key),
+            "-set_serial",
+            &serial,
+            "-extfile",
+            s(&ext),
+            "-out",
+            s(&pki.server_cert),
+        ],
+    )?;
+    openssl(
+        "ServiceAccount key",
+        &["genrsa", "-out", s(&pki.sa_key), "2048"],
+    )?;
+    openssl(
+        "ServiceAccount public key",
+        &[
+            "rsa",
+            "-in",
+            s(&pki.sa_key),
+            "-pubout",
+            "-out",
+            s(&pki.sa_pub),
+        ],
+    )?;
+    Ok(pki)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sans_cover_loopback_and_service_names() {
+        let sans = serving_sans("10.0.0.1");
+        assert!(sans.contains("IP:127.0.0.1"));
+        assert!(sans.contains("IP:10.0.0.1"));
+        assert!(sans.contains("DNS:kubernetes.default.svc"));
+    }
+}

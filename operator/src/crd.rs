@@ -8,7 +8,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint};
+use k8s_openapi::api::core::v1::{
+    Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use kube::CustomResourceExt;
@@ -22,6 +24,9 @@ pub const VERSION: &str = "v1alpha1";
 
 /// Desired state of one proxy fleet: a Deployment of `zmq-proxy` pods that
 /// register themselves behind a headless Service.
+// Several printcolumns share `type_ = ...`; clippy reads the repeated key
+// inside `#[kube(...)]` as a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "zmqproxy.io",
@@ -58,8 +63,17 @@ pub const VERSION: &str = "v1alpha1";
         description = "Proxy pods that are ready",
         priority = 1
     ),
-    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode", description = "Routing mode"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Mode",
+        type_ = "string",
+        json_path = ".spec.mode",
+        description = "Routing mode"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ZmqProxySpec {
@@ -90,6 +104,12 @@ pub struct ZmqProxySpec {
     #[serde(default = "default_grace_period")]
     #[schemars(range(min = 0, max = 3600))]
     pub grace_period_seconds: i32,
+    /// Seconds the kubelet waits (preStop `sleep`) before sending SIGTERM;
+    /// 0 = no preStop hook. Only useful for DNS-based clients, and only with
+    /// an image that has `sleep`.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 300))]
+    pub pre_stop_delay_seconds: i32,
     /// Container image; defaults to the proxy image matching the operator version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512), regex(pattern = r"^[^\s]+$"))]
@@ -277,7 +297,10 @@ impl Default for Matchmaker {
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
     /// Secret name.
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// Key in the Secret's data.
     #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
@@ -548,7 +571,9 @@ pub struct ProxyEndpoint {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {
     /// Registrations would expire before they are refreshed.
-    #[error("matchmaker.targetUpdateSeconds ({update}) must be below targetExpireSeconds ({expire})")]
+    #[error(
+        "matchmaker.targetUpdateSeconds ({update}) must be below targetExpireSeconds ({expire})"
+    )]
     RefreshNotBeforeExpiry {
         /// targetUpdateSeconds
         update: i32,
@@ -664,8 +689,14 @@ mod tests {
         assert_eq!(spec["replicas"]["minimum"].as_f64(), Some(0.0));
         assert_eq!(spec["replicas"]["maximum"].as_f64(), Some(1000.0));
         assert_eq!(spec["replicas"]["default"], 2);
-        assert_eq!(spec["mode"]["enum"], serde_json::json!(["DoubleRouter", "SingleRouter"]));
-        assert_eq!(spec["ports"]["properties"]["frontend"]["maximum"].as_f64(), Some(65535.0));
+        assert_eq!(
+            spec["mode"]["enum"],
+            serde_json::json!(["DoubleRouter", "SingleRouter"])
+        );
+        assert_eq!(
+            spec["ports"]["properties"]["frontend"]["maximum"].as_f64(),
+            Some(65535.0)
+        );
         assert_eq!(spec["ports"]["default"]["frontend"], 50001);
         assert_eq!(spec["logging"]["properties"]["level"]["enum"][2], "info");
         assert!(spec["monitoring"]["properties"]["interval"]["pattern"].is_string());
@@ -673,7 +704,9 @@ mod tests {
         let secret = &spec["matchmaker"]["properties"]["redisUrlSecret"];
         assert_eq!(secret["required"], serde_json::json!(["key", "name"]));
         // No CEL: 1.20 would silently ignore it.
-        assert!(!serde_json::to_string(&s).unwrap().contains("x-kubernetes-validations"));
+        assert!(!serde_json::to_string(&s)
+            .unwrap()
+            .contains("x-kubernetes-validations"));
     }
 
     #[test]
@@ -689,7 +722,10 @@ mod tests {
         let scale = sub.scale.as_ref().unwrap();
         assert_eq!(scale.spec_replicas_path, ".spec.replicas");
         assert_eq!(scale.status_replicas_path, ".status.replicas");
-        assert_eq!(scale.label_selector_path.as_deref(), Some(".status.selector"));
+        assert_eq!(
+            scale.label_selector_path.as_deref(),
+            Some(".status.selector")
+        );
         let cols: Vec<_> = v
             .additional_printer_columns
             .as_ref()
@@ -715,7 +751,10 @@ mod tests {
     fn cross_field_rules_are_checked() {
         let mut spec: ZmqProxySpec = serde_json::from_value(serde_json::json!({})).unwrap();
         spec.matchmaker.target_update_seconds = 300;
-        assert!(matches!(spec.validate(), Err(SpecError::RefreshNotBeforeExpiry { .. })));
+        assert!(matches!(
+            spec.validate(),
+            Err(SpecError::RefreshNotBeforeExpiry { .. })
+        ));
         spec.matchmaker.target_update_seconds = 10;
         spec.ports.metrics = spec.ports.backend;
         assert_eq!(spec.validate(), Err(SpecError::DuplicatePort(50002)));

@@ -1,0 +1,460 @@
+//! Status computation: what the children say, turned into the ZmqProxy's
+//! status (conditions Ready / Progressing / Degraded, replica counts,
+//! registered endpoints, the scale selector). Pure: the reconciler gathers
+//! [`Observed`] and writes the result.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use serde_json::Value;
+
+use crate::crd::{ProxyEndpoint, ZmqProxy, ZmqProxyStatus};
+use crate::resources::{selector_string, MissingApi};
+
+/// Condition type: every replica runs and is registered.
+pub const READY: &str = "Ready";
+/// Condition type: a rollout is under way.
+pub const PROGRESSING: &str = "Progressing";
+/// Condition type: something needs a human (invalid spec, failed apply,
+/// missing optional API, stuck rollout).
+pub const DEGRADED: &str = "Degraded";
+
+/// What the reconciler saw this round.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    /// The proxies' Deployment as the API server returned it.
+    pub deployment: Option<Deployment>,
+    /// Proxies registered in the headless Service's EndpointSlices.
+    pub endpoints: Vec<ProxyEndpoint>,
+    /// A spec rule the schema cannot express was broken.
+    pub spec_error: Option<String>,
+    /// Applying the children failed.
+    pub apply_error: Option<String>,
+    /// Optional APIs asked for but not served.
+    pub missing_apis: Vec<MissingApi>,
+}
+
+/// Reads proxy endpoints from EndpointSlice objects (v1 or v1beta1: the
+/// fields used here are identical in both).
+pub fn endpoints_from_slices(slices: &[Value]) -> Vec<ProxyEndpoint> {
+    let mut out = Vec::new();
+    for slice in slices {
+        let ports: BTreeMap<String, i32> = slice["ports"]
+            .as_array()
+            .map(|ps| {
+                ps.iter()
+                    .filter_map(|p| {
+                        Some((
+                            p["name"].as_str()?.to_string(),
+                            i32::try_from(p["port"].as_i64()?).ok()?,
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        for ep in slice["endpoints"].as_array().into_iter().flatten() {
+            // The API treats an unset `ready` as ready.
+            let ready = ep["conditions"]["ready"].as_bool().unwrap_or(true);
+            let pod = ep["targetRef"]["name"].as_str().map(str::to_string);
+            for addr in ep["addresses"].as_array().into_iter().flatten() {
+                if let Some(address) = addr.as_str() {
+                    out.push(ProxyEndpoint {
+                        address: address.to_string(),
+                        pod: pod.clone(),
+                        ready,
+                        ports: ports.clone(),
+                    });
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+struct Rollout {
+    replicas: i32,
+    ready: i32,
+    done: bool,
+    stuck: Option<String>,
+}
+
+fn rollout(desired: i32, dep: Option<&Deployment>) -> Rollout {
+    let Some(dep) = dep else {
+        return Rollout {
+            replicas: 0,
+            ready: 0,
+            done: desired == 0,
+            stuck: None,
+        };
+    };
+    let st = dep.status.clone().unwrap_or_default();
+    let replicas = st.replicas.unwrap_or(0);
+    let ready = st.ready_replicas.unwrap_or(0);
+    let updated = st.updated_replicas.unwrap_or(0);
+    let current = st.observed_generation.unwrap_or(0) >= dep.metadata.generation.unwrap_or(0);
+    let done = current && updated >= desired && replicas == desired && ready >= desired;
+    let stuck = st.conditions.unwrap_or_default().into_iter().find_map(|c| {
+        let bad = (c.type_ == "Progressing" && c.status == "False")
+            || (c.type_ == "ReplicaFailure" && c.status == "True");
+        bad.then(|| c.message.unwrap_or_else(|| c.reason.unwrap_or_default()))
+    });
+    Rollout {
+        replicas,
+        ready,
+        done,
+        stuck,
+    }
+}
+
+fn cond(type_: &str, ok: bool, reason: &str, message: String) -> (String, bool, String, String) {
+    (type_.to_string(), ok, reason.to_string(), message)
+}
+
+/// Computes the status of `zp` from what was observed. Conditions keep their
+/// lastTransitionTime unless their status flips, so watchers can tell how
+/// long a state has held.
+pub fn compute(zp: &ZmqProxy, obs: &Observed, now: Time) -> ZmqProxyStatus {
+    let name = zp.metadata.name.clone().unwrap_or_default();
+    let generation = zp.metadata.generation;
+    let desired = zp.spec.replicas;
+    let r = rollout(desired, obs.deployment.as_ref());
+    let registered = obs.endpoints.iter().filter(|e| e.ready).count();
+    let registered = i32::try_from(registered).unwrap_or(i32::MAX);
+
+    let ready = if let Some(e) = &obs.spec_error {
+        cond(READY, false, "InvalidSpec", e.clone())
+    } else if let Some(e) = &obs.apply_error {
+        cond(READY, false, "ApplyFailed", e.clone())
+    } else if r.ready < desired {
+        cond(
+            READY,
+            false,
+            "ReplicasNotReady",
+            format!("{}/{desired} replicas ready", r.ready),
+        )
+    } else if registered < desired {
+        cond(
+            READY,
+            false,
+            "NotRegistered",
+            format!("{registered}/{desired} proxies registered"),
+        )
+    } else {
+        cond(
+            READY,
+            true,
+            "AllReplicasReady",
+            format!(
+                "{}/{desired} replicas ready, {registered} registered",
+                r.ready
+            ),
+        )
+    };
+    let progressing = if obs.spec_error.is_some() {
+        cond(PROGRESSING, false, "InvalidSpec", "not applied".into())
+    } else if r.done {
+        cond(
+            PROGRESSING,
+            false,
+            "RolloutComplete",
+            format!("{desired} replicas up to date"),
+        )
+    } else {
+        cond(
+            PROGRESSING,
+            true,
+            "RollingOut",
+            format!("{}/{desired} replicas ready, {} exist", r.ready, r.replicas),
+        )
+    };
+    let degraded = if let Some(e) = &obs.spec_error {
+        cond(DEGRADED, true, "InvalidSpec", e.clone())
+    } else if let Some(e) = &obs.apply_error {
+        cond(DEGRADED, true, "ApplyFailed", e.clone())
+    } else if !obs.missing_apis.is_empty() {
+        let kinds: Vec<&str> = obs
+            .missing_apis
+            .iter()
+            .map(|m| match m {
+                MissingApi::ServiceMonitor => "ServiceMonitor",
+                MissingApi::PodMonitor => "PodMonitor",
+            })
+            .collect();
+        cond(
+            DEGRADED,
+            true,
+            "MonitoringApiMissing",
+            format!(
+                "monitoring.coreos.com/v1 {} not served; not created",
+                kinds.join(", ")
+            ),
+        )
+    } else if let Some(m) = r.stuck {
+        cond(DEGRADED, true, "RolloutStuck", m)
+    } else {
+        cond(DEGRADED, false, "AsExpected", "all children applied".into())
+    };
+
+    let previous = zp
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or(&[]);
+    let conditions = [ready, progressing, degraded]
+        .into_iter()
+        .map(|(type_, ok, reason, message)| {
+            let status = if ok { "True" } else { "False" }.to_string();
+            let last_transition_time = previous
+                .iter()
+                .find(|c| c.type_ == type_ && c.status == status)
+                .map(|c| c.last_transition_time.clone())
+                .unwrap_or_else(|| now.clone());
+            Condition {
+                type_,
+                status,
+                reason,
+                message,
+                observed_generation: generation,
+                last_transition_time,
+            }
+        })
+        .collect();
+
+    ZmqProxyStatus {
+        observed_generation: generation,
+        conditions,
+        replicas: r.replicas,
+        ready_replicas: r.ready,
+        endpoints: obs.endpoints.clone(),
+        selector: selector_string(&name),
+    }
+}
+
+/// The status of condition `type_`, if present.
+pub fn condition<'a>(status: &'a ZmqProxyStatus, type_: &str) -> Option<&'a Condition> {
+    status.conditions.iter().find(|c| c.type_ == type_)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::ZmqProxySpec;
+    use k8s_openapi::api::apps::v1::{DeploymentCondition, DeploymentStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use k8s_openapi::jiff::Timestamp;
+    use serde_json::json;
+
+    fn zp(replicas: i32) -> ZmqProxy {
+        let spec: ZmqProxySpec = serde_json::from_value(json!({ "replicas": replicas })).unwrap();
+        let mut zp = ZmqProxy::new("alpha", spec);
+        zp.metadata.namespace = Some("ns".into());
+        zp.metadata.generation = Some(4);
+        zp
+    }
+
+    fn t(secs: i64) -> Time {
+        Time(Timestamp::from_second(secs).unwrap())
+    }
+
+    fn dep(replicas: i32, ready: i32, updated: i32) -> Deployment {
+        Deployment {
+            metadata: ObjectMeta {
+                generation: Some(2),
+                ..Default::default()
+            },
+            status: Some(DeploymentStatus {
+                observed_generation: Some(2),
+                replicas: Some(replicas),
+                ready_replicas: Some(ready),
+                updated_replicas: Some(updated),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn eps(n: usize, ready: bool) -> Vec<ProxyEndpoint> {
+        (0..n)
+            .map(|i| ProxyEndpoint {
+                address: format!("127.0.0.{}", i + 10),
+                pod: Some(format!("p{i}")),
+                ready,
+                ports: BTreeMap::new(),
+            })
+            .collect()
+    }
+
+    fn status_of(s: &ZmqProxyStatus, ty: &str) -> (String, String) {
+        let c = condition(s, ty).unwrap();
+        (c.status.clone(), c.reason.clone())
+    }
+
+    #[test]
+    fn ready_needs_ready_replicas_and_registrations() {
+        let z = zp(2);
+        let mut obs = Observed {
+            deployment: Some(dep(2, 2, 2)),
+            endpoints: eps(1, true),
+            ..Default::default()
+        };
+        let s = compute(&z, &obs, t(10));
+        assert_eq!(
+            status_of(&s, READY),
+            ("False".into(), "NotRegistered".into())
+        );
+        obs.endpoints = eps(2, true);
+        let s = compute(&z, &obs, t(10));
+        assert_eq!(
+            status_of(&s, READY),
+            ("True".into(), "AllReplicasReady".into())
+        );
+        assert_eq!(
+            status_of(&s, PROGRESSING),
+            ("False".into(), "RolloutComplete".into())
+        );
+        assert_eq!(
+            status_of(&s, DEGRADED),
+            ("False".into(), "AsExpected".into())
+        );
+        assert_eq!(s.observed_generation, Some(4));
+        assert_eq!(s.ready_replicas, 2);
+        assert_eq!(s.replicas, 2);
+        assert!(s
+            .conditions
+            .iter()
+            .all(|c| c.observed_generation == Some(4)));
+        assert_eq!(
+            s.selector,
+            "app.kubernetes.io/component=proxy,app.kubernetes.io/instance=alpha,app.kubernetes.io/name=zmq-proxy"
+        );
+        // Registered but not ready endpoints do not count.
+        obs.endpoints = eps(2, false);
+        assert_eq!(status_of(&compute(&z, &obs, t(10)), READY).0, "False");
+    }
+
+    #[test]
+    fn rollout_in_progress_is_progressing() {
+        let s = compute(
+            &zp(3),
+            &Observed {
+                deployment: Some(dep(4, 3, 1)),
+                endpoints: eps(3, true),
+                ..Default::default()
+            },
+            t(1),
+        );
+        assert_eq!(
+            status_of(&s, PROGRESSING),
+            ("True".into(), "RollingOut".into())
+        );
+        let s = compute(&zp(3), &Observed::default(), t(1));
+        assert_eq!(
+            status_of(&s, READY),
+            ("False".into(), "ReplicasNotReady".into())
+        );
+    }
+
+    #[test]
+    fn transition_time_changes_only_with_status() {
+        let mut z = zp(1);
+        let obs = Observed {
+            deployment: Some(dep(1, 1, 1)),
+            endpoints: eps(1, true),
+            ..Default::default()
+        };
+        z.status = Some(compute(&z, &obs, t(100)));
+        let again = compute(&z, &obs, t(200));
+        assert_eq!(
+            condition(&again, READY).unwrap().last_transition_time,
+            t(100)
+        );
+        let down = Observed {
+            deployment: Some(dep(1, 0, 1)),
+            ..Default::default()
+        };
+        let flipped = compute(&z, &down, t(300));
+        assert_eq!(
+            condition(&flipped, READY).unwrap().last_transition_time,
+            t(300)
+        );
+        // Degraded stayed False: its time is kept even though Ready flipped.
+        assert_eq!(
+            condition(&flipped, DEGRADED).unwrap().last_transition_time,
+            t(100)
+        );
+    }
+
+    #[test]
+    fn problems_are_degraded_with_reasons() {
+        let z = zp(1);
+        let invalid = Observed {
+            spec_error: Some("bad".into()),
+            ..Default::default()
+        };
+        let s = compute(&z, &invalid, t(1));
+        assert_eq!(
+            status_of(&s, DEGRADED),
+            ("True".into(), "InvalidSpec".into())
+        );
+        assert_eq!(status_of(&s, READY), ("False".into(), "InvalidSpec".into()));
+        let missing = Observed {
+            deployment: Some(dep(1, 1, 1)),
+            endpoints: eps(1, true),
+            missing_apis: vec![MissingApi::ServiceMonitor],
+            ..Default::default()
+        };
+        let s = compute(&z, &missing, t(1));
+        assert_eq!(
+            status_of(&s, DEGRADED),
+            ("True".into(), "MonitoringApiMissing".into())
+        );
+        // The proxies themselves are fine.
+        assert_eq!(status_of(&s, READY).0, "True");
+        let mut stuck = dep(1, 0, 1);
+        if let Some(st) = stuck.status.as_mut() {
+            st.conditions = Some(vec![DeploymentCondition {
+                type_: "Progressing".into(),
+                status: "False".into(),
+                reason: Some("ProgressDeadlineExceeded".into()),
+                message: Some("deadline".into()),
+                ..Default::default()
+            }]);
+        }
+        let s = compute(
+            &z,
+            &Observed {
+                deployment: Some(stuck),
+                ..Default::default()
+            },
+            t(1),
+        );
+        assert_eq!(
+            status_of(&s, DEGRADED),
+            ("True".into(), "RolloutStuck".into())
+        );
+    }
+
+    #[test]
+    fn endpoints_are_read_from_v1_and_v1beta1_slices() {
+        let slices = vec![
+            json!({"apiVersion": "discovery.k8s.io/v1",
+                   "ports": [{"name": "frontend", "port": 50001}, {"name": "backend", "port": 50002}],
+                   "endpoints": [{"addresses": ["127.0.0.5"], "conditions": {"ready": true},
+                                  "targetRef": {"kind": "Pod", "name": "p1"}}]}),
+            json!({"apiVersion": "discovery.k8s.io/v1beta1",
+                   "ports": [{"name": "frontend", "port": 50001}],
+                   "endpoints": [{"addresses": ["127.0.0.6"], "conditions": {"ready": false}}]}),
+            json!({"endpoints": null}),
+        ];
+        let eps = endpoints_from_slices(&slices);
+        assert_eq!(eps.len(), 2);
+        assert_eq!(eps[0].address, "127.0.0.5");
+        assert_eq!(eps[0].pod.as_deref(), Some("p1"));
+        assert!(eps[0].ready);
+        assert_eq!(eps[0].ports["backend"], 50002);
+        assert!(!eps[1].ready);
+    }
+}

@@ -1,0 +1,444 @@
+//! The EndpointSlice a proxy pod writes about itself, and how readers turn
+//! slices back into [`ProxyAddresses`]. Pure: no API calls here.
+//!
+//! The slice is built as the typed `discovery.k8s.io/v1` object; clusters
+//! that serve only `v1beta1` (Kubernetes < 1.21) get the same object mapped
+//! by [`v1_to_v1beta1`], and what readers receive from them is mapped back by
+//! [`v1beta1_to_v1`], so everything else deals with one shape. The two
+//! versions differ only in topology (`v1beta1.topology` holds the zone and
+//! what `v1.deprecatedTopology` keeps) and in `v1.hints`, which 1.20 does not
+//! know.
+//!
+//! Endpoint conditions: `ready`, `serving` and `terminating` are written true
+//! to life (registered: true/true/false; draining: false/true/true, since a
+//! draining proxy still forwards what reaches it). Kubernetes 1.20 keeps only
+//! `ready` (`serving` and `terminating` sit behind the alpha gate
+//! EndpointSliceTerminatingCondition and are dropped on write); readers
+//! therefore treat `ready` as the authority and `terminating` only as an
+//! extra reason to skip an endpoint.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use serde_json::Value;
+
+use super::PodIdentity;
+use crate::matchmaker::ProxyAddresses;
+
+/// Label naming the Service a slice belongs to (the ZmqProxy's headless Service).
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Label naming the writer of a slice; Kubernetes' own controller ignores
+/// slices whose value is not its own.
+pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
+/// Our value of [`MANAGED_BY_LABEL`].
+pub const MANAGED_BY: &str = "zmq-proxy.zmqproxy.io";
+/// Port names, as the operator's Service and clients without our library use them.
+pub const FRONTEND_PORT: &str = "frontend";
+/// See [`FRONTEND_PORT`].
+pub const BACKEND_PORT: &str = "backend";
+/// See [`FRONTEND_PORT`].
+pub const PUBLISHER_PORT: &str = "publisher";
+/// Topology key `v1beta1` uses for what `v1` calls `zone`.
+const ZONE_TOPOLOGY_KEY: &str = "topology.kubernetes.io/zone";
+
+/// The EndpointSlice API versions this backend speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SliceVersion {
+    /// `discovery.k8s.io/v1` (Kubernetes >= 1.21).
+    V1,
+    /// `discovery.k8s.io/v1beta1` (Kubernetes 1.17 - 1.24).
+    V1beta1,
+}
+
+impl SliceVersion {
+    /// The API group of EndpointSlices.
+    pub const GROUP: &'static str = "discovery.k8s.io";
+
+    /// The version part (`v1`, `v1beta1`).
+    pub fn version(self) -> &'static str {
+        match self {
+            SliceVersion::V1 => "v1",
+            SliceVersion::V1beta1 => "v1beta1",
+        }
+    }
+
+    /// `apiVersion` of objects in this version.
+    pub fn api_version(self) -> String {
+        format!("{}/{}", Self::GROUP, self.version())
+    }
+
+    /// The newest version this backend speaks among those the server
+    /// serves (the versions of the `discovery.k8s.io` group, as discovery
+    /// lists them).
+    pub fn choose<'a>(served: impl IntoIterator<Item = &'a str>) -> Option<SliceVersion> {
+        let served: Vec<&str> = served.into_iter().collect();
+        [SliceVersion::V1, SliceVersion::V1beta1]
+            .into_iter()
+            .find(|v| served.contains(&v.version()))
+    }
+}
+
+/// What the endpoint of a proxy says about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointState {
+    /// Sockets bound and registered: clients should use it.
+    Ready,
+    /// Shutting down: still forwarding, but clients should move away.
+    Terminating,
+}
+
+/// Labels selecting the slices of the proxies of `service` (ours only, not
+/// those Kubernetes' controller may write for the same Service).
+pub fn selector(service: &str) -> String {
+    format!("{SERVICE_NAME_LABEL}={service},{MANAGED_BY_LABEL}={MANAGED_BY}")
+}
+
+/// The owner reference that makes Kubernetes delete an object with its pod.
+/// No `blockOwnerDeletion`: setting it would need update rights on the pod.
+pub fn pod_owner(pod: &PodIdentity) -> Option<OwnerReference> {
+    pod.uid.as_ref().map(|uid| OwnerReference {
+        api_version: "v1".into(),
+        kind: "Pod".into(),
+        name: pod.name.clone(),
+        uid: uid.clone(),
+        controller: Some(true),
+        block_owner_deletion: None,
+    })
+}
+
+/// The slice proxy pod `pod` writes about itself: named after the pod, owned
+/// by it, one endpoint at `address` with one port per socket the proxy has.
+pub fn desired_slice(
+    service: &str,
+    namespace: &str,
+    pod: &PodIdentity,
+    address: IpAddr,
+    proxy: &ProxyAddresses,
+    state: EndpointState,
+) -> EndpointSlice {
+    let port = |name: &str, port: u16| EndpointPort {
+        name: Some(name.into()),
+        port: Some(i32::from(port)),
+        protocol: Some("TCP".into()),
+        app_protocol: None,
+    };
+    let mut ports = vec![port(FRONTEND_PORT, proxy.frontend_port)];
+    ports.extend(proxy.backend_port.map(|p| port(BACKEND_PORT, p)));
+    ports.extend(proxy.publisher_port.map(|p| port(PUBLISHER_PORT, p)));
+    let conditions = match state {
+        EndpointState::Ready => EndpointConditions {
+            ready: Some(true),
+            serving: Some(true),
+            terminating: Some(false),
+        },
+        EndpointState::Terminating => EndpointConditions {
+            ready: Some(false),
+            serving: Some(true),
+            terminating: Some(true),
+        },
+    };
+    let labels = BTreeMap::from([
+        (SERVICE_NAME_LABEL.to_string(), service.to_string()),
+        (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
+    ]);
+    EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some(pod.name.clone()),
+            namespace: Some(namespace.to_string()),
+            labels: Some(labels),
+            owner_references: pod_owner(pod).map(|o| vec![o]),
+            ..Default::default()
+        },
+        address_type: match address {
+            IpAddr::V4(_) => "IPv4".into(),
+            IpAddr::V6(_) => "IPv6".into(),
+        },
+        endpoints: vec![Endpoint {
+            addresses: vec![address.to_string()],
+            conditions: Some(conditions),
+            target_ref: Some(ObjectReference {
+                kind: Some("Pod".into()),
+                name: Some(pod.name.clone()),
+                namespace: Some(namespace.to_string()),
+                uid: pod.uid.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ports: Some(ports),
+    }
+}
+
+/// The JSON body of `slice` in `version`, with apiVersion and kind set (what
+/// server-side apply wants).
+pub fn to_json(slice: &EndpointSlice, version: SliceVersion) -> Result<Value, serde_json::Error> {
+    let v1 = serde_json::to_value(slice)?;
+    Ok(match version {
+        SliceVersion::V1 => v1,
+        SliceVersion::V1beta1 => v1_to_v1beta1(v1),
+    })
+}
+
+/// Parses a slice of either version (as JSON) into the v1 type.
+pub fn from_json(value: Value) -> Result<EndpointSlice, serde_json::Error> {
+    let is_beta = value.get("apiVersion").and_then(Value::as_str)
+        == Some("discovery.k8s.io/v1beta1");
+    let v1 = if is_beta { v1beta1_to_v1(value) } else { value };
+    serde_json::from_value(v1)
+}
+
+/// Maps a `discovery.k8s.io/v1` EndpointSlice (JSON) to `v1beta1`.
+pub fn v1_to_v1beta1(mut slice: Value) -> Value {
+    if let Some(obj) = slice.as_object_mut() {
+        obj.insert(
+            "apiVersion".into(),
+            Value::String(SliceVersion::V1beta1.api_version()),
+        );
+    }
+    for endpoint in endpoints_mut(&mut slice) {
+        let mut topology = match endpoint.remove("deprecatedTopology") {
+            Some(Value::Object(m)) => m,
+            _ => serde_json::Map::new(),
+        };
+        if let Some(zone) = endpoint.remove("zone") {
+            topology.insert(ZONE_TOPOLOGY_KEY.into(), zone);
+        }
+        // Hints came to v1beta1 after 1.20, which rejects unknown fields
+        // in server-side apply; nothing of ours sets them.
+        endpoint.remove("hints");
+        if !topology.is_empty() {
+            endpoint.insert("topology".into(), Value::Object(topology));
+        }
+    }
+    slice
+}
+
+/// Maps a `discovery.k8s.io/v1beta1` EndpointSlice (JSON) to `v1`.
+pub fn v1beta1_to_v1(mut slice: Value) -> Value {
+    if let Some(obj) = slice.as_object_mut() {
+        obj.insert(
+            "apiVersion".into(),
+            Value::String(SliceVersion::V1.api_version()),
+        );
+    }
+    for endpoint in endpoints_mut(&mut slice) {
+        if let Some(Value::Object(mut topology)) = endpoint.remove("topology") {
+            if let Some(zone) = topology.remove(ZONE_TOPOLOGY_KEY) {
+                endpoint.insert("zone".into(), zone);
+            }
+            if !topology.is_empty() {
+                endpoint.insert("deprecatedTopology".into(), Value::Object(topology));
+            }
+        }
+    }
+    slice
+}
+
+fn endpoints_mut(slice: &mut Value) -> impl Iterator<Item = &mut serde_json::Map<String, Value>> {
+    slice
+        .get_mut("endpoints")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_object_mut)
+}
+
+/// The proxies a slice lists as ready: one per ready endpoint (its first
+/// address; Kubernetes treats an endpoint's addresses as fungible), with
+/// ports by name. A slice without a frontend port lists none.
+pub fn ready_proxies(slice: &EndpointSlice) -> Vec<ProxyAddresses> {
+    let port = |name: &str| {
+        slice
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some(name))
+            .and_then(|p| p.port)
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0)
+    };
+    let Some(frontend_port) = port(FRONTEND_PORT) else {
+        return Vec::new();
+    };
+    slice
+        .endpoints
+        .iter()
+        .filter(|e| is_ready(e))
+        .filter_map(|e| e.addresses.first())
+        .map(|host| ProxyAddresses {
+            host: host.clone(),
+            frontend_port,
+            backend_port: port(BACKEND_PORT),
+            publisher_port: port(PUBLISHER_PORT),
+        })
+        .collect()
+}
+
+/// `ready` unset means ready (the API's own rule); `terminating` set means
+/// going away even where a cluster did not clear `ready`.
+fn is_ready(endpoint: &Endpoint) -> bool {
+    let c = endpoint.conditions.clone().unwrap_or_default();
+    c.ready.unwrap_or(true) && !c.terminating.unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod() -> PodIdentity {
+        PodIdentity {
+            name: "zp-demo-7d9f-abcde".into(),
+            uid: Some("0b6e4a3c-1111-2222-3333-444455556666".into()),
+            ip: Some("10.1.2.3".into()),
+        }
+    }
+
+    fn addresses() -> ProxyAddresses {
+        ProxyAddresses {
+            host: "10.1.2.3".into(),
+            frontend_port: 50001,
+            backend_port: Some(50002),
+            publisher_port: Some(50003),
+        }
+    }
+
+    #[test]
+    fn chooses_newest_served_version() {
+        assert_eq!(SliceVersion::choose(["v1beta1", "v1"]), Some(SliceVersion::V1));
+        assert_eq!(SliceVersion::choose(["v1beta1"]), Some(SliceVersion::V1beta1));
+        assert_eq!(SliceVersion::choose(["v1alpha1"]), None);
+    }
+
+    #[test]
+    fn slice_names_owner_labels_ports_and_conditions() {
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        let s = desired_slice("zp-demo", "ns1", &pod(), ip, &addresses(), EndpointState::Ready);
+        let j = to_json(&s, SliceVersion::V1).unwrap();
+        assert_eq!(j["apiVersion"], "discovery.k8s.io/v1");
+        assert_eq!(j["kind"], "EndpointSlice");
+        assert_eq!(j["metadata"]["name"], "zp-demo-7d9f-abcde");
+        assert_eq!(j["metadata"]["labels"][SERVICE_NAME_LABEL], "zp-demo");
+        assert_eq!(j["metadata"]["labels"][MANAGED_BY_LABEL], MANAGED_BY);
+        let owner = &j["metadata"]["ownerReferences"][0];
+        assert_eq!(owner["kind"], "Pod");
+        assert_eq!(owner["uid"], "0b6e4a3c-1111-2222-3333-444455556666");
+        assert_eq!(owner.get("blockOwnerDeletion"), None);
+        assert_eq!(j["addressType"], "IPv4");
+        assert_eq!(j["endpoints"][0]["addresses"], json!(["10.1.2.3"]));
+        assert_eq!(
+            j["endpoints"][0]["conditions"],
+            json!({"ready": true, "serving": true, "terminating": false})
+        );
+        let names: Vec<&str> = j["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["frontend", "backend", "publisher"]);
+        assert_eq!(ready_proxies(&s), vec![addresses()]);
+
+        let draining = desired_slice("zp-demo", "ns1", &pod(), ip, &addresses(), EndpointState::Terminating);
+        assert_eq!(
+            to_json(&draining, SliceVersion::V1).unwrap()["endpoints"][0]["conditions"],
+            json!({"ready": false, "serving": true, "terminating": true})
+        );
+        assert_eq!(ready_proxies(&draining), vec![]);
+    }
+
+    #[test]
+    fn single_router_ipv6_without_owner() {
+        let p = ProxyAddresses {
+            host: "fd00::5".into(),
+            frontend_port: 6000,
+            backend_port: None,
+            publisher_port: None,
+        };
+        let pod = PodIdentity { uid: None, ..pod() };
+        let s = desired_slice("svc", "ns", &pod, "fd00::5".parse().unwrap(), &p, EndpointState::Ready);
+        assert_eq!(s.address_type, "IPv6");
+        assert_eq!(s.metadata.owner_references, None);
+        assert_eq!(s.ports.as_ref().map(Vec::len), Some(1));
+        assert_eq!(ready_proxies(&s), vec![p]);
+    }
+
+    #[test]
+    fn v1beta1_round_trip_maps_topology() {
+        let v1 = json!({
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {"name": "a"},
+            "addressType": "IPv4",
+            "endpoints": [{
+                "addresses": ["10.0.0.1"],
+                "zone": "z1",
+                "deprecatedTopology": {"kubernetes.io/hostname": "n1"},
+                "hints": {"forZones": [{"name": "z1"}]},
+                "nodeName": "n1"
+            }, {"addresses": ["10.0.0.2"]}]
+        });
+        let beta = v1_to_v1beta1(v1.clone());
+        assert_eq!(
+            beta,
+            json!({
+                "apiVersion": "discovery.k8s.io/v1beta1",
+                "kind": "EndpointSlice",
+                "metadata": {"name": "a"},
+                "addressType": "IPv4",
+                "endpoints": [{
+                    "addresses": ["10.0.0.1"],
+                    "topology": {"kubernetes.io/hostname": "n1", "topology.kubernetes.io/zone": "z1"},
+                    "nodeName": "n1"
+                }, {"addresses": ["10.0.0.2"]}]
+            })
+        );
+        let mut back = v1;
+        back["endpoints"][0].as_object_mut().unwrap().remove("hints");
+        assert_eq!(v1beta1_to_v1(beta), back);
+    }
+
+    #[test]
+    fn reads_v1beta1_from_a_1_20_server() {
+        // What 1.20 returns after a drain: serving/terminating dropped.
+        let beta = json!({
+            "apiVersion": "discovery.k8s.io/v1beta1",
+            "kind": "EndpointSlice",
+            "metadata": {"name": "p", "resourceVersion": "7"},
+            "addressType": "IPv4",
+            "endpoints": [
+                {"addresses": ["127.0.0.5"], "conditions": {"ready": true}},
+                {"addresses": ["127.0.0.6"], "conditions": {"ready": false}},
+                {"addresses": ["127.0.0.7"], "conditions": {}},
+                {"addresses": ["127.0.0.8"], "conditions": {"ready": true, "terminating": true}}
+            ],
+            "ports": [
+                {"name": "backend", "port": 2, "protocol": "TCP"},
+                {"name": "frontend", "port": 1, "protocol": "TCP"}
+            ]
+        });
+        let s = from_json(beta).unwrap();
+        let hosts: Vec<String> = ready_proxies(&s).into_iter().map(|p| p.host).collect();
+        assert_eq!(hosts, ["127.0.0.5", "127.0.0.7"]);
+        assert_eq!(ready_proxies(&s)[0].backend_port, Some(2));
+        assert_eq!(ready_proxies(&s)[0].publisher_port, None);
+    }
+
+    #[test]
+    fn slice_without_frontend_lists_nothing() {
+        let s = from_json(json!({
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {"name": "x"},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.0.0.1"]}],
+            "ports": [{"name": "http", "port": 80}]
+        }))
+        .unwrap();
+        assert!(ready_proxies(&s).is_empty());
+        assert_eq!(selector("svc"), "kubernetes.io/service-name=svc,endpointslice.kubernetes.io/managed-by=zmq-proxy.zmqproxy.io");
+    }
+}

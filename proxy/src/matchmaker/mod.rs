@@ -22,6 +22,7 @@
 //! `Arc<dyn Matchmaker>` works (backends are chosen at run time by flag).
 
 pub mod in_process;
+pub mod redis;
 pub mod kubernetes;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,0 +1,187 @@
+//! Invalid and undeliverable input: each case dropped whole, counted in
+//! /metrics by reason, and the next valid message still goes through.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const CLIENT: &str = "127.0.0.1/client-invalid";
+const SERVER: &str = "127.0.0.1/compute/server-invalid";
+
+#[test]
+fn each_invalid_message_is_dropped_counted_and_the_stream_continues() {
+    let proxy = Proxy::start(&[]);
+    let ctx = zmq::Context::new();
+    let client = dealer(&ctx, CLIENT, proxy.frontend());
+    let server = dealer(&ctx, SERVER, proxy.backend());
+    wait_routable(&client, SERVER, &server);
+    wait_routable(&server, CLIENT, &client);
+
+    let cases: Vec<(&str, Frames)> = vec![
+        ("too_few_frames", frames(&[b""])),
+        (
+            "too_few_frames",
+            frames(&[b"", b"1.0", b"1", SERVER.as_bytes()]),
+        ),
+        (
+            "missing_delimiter",
+            frames(&[b"x", b"1.0", b"1", SERVER.as_bytes(), b"id", b"p"]),
+        ),
+        (
+            "unknown_version",
+            frames(&[b"", b"2.0", b"1", SERVER.as_bytes(), b"id", b"p"]),
+        ),
+        (
+            "unknown_version",
+            frames(&[b"", b"", b"1", SERVER.as_bytes(), b"id"]),
+        ),
+        (
+            "bad_type",
+            frames(&[b"", b"1.0", b"0", SERVER.as_bytes(), b"id", b"p"]),
+        ),
+        (
+            "bad_type",
+            frames(&[b"", b"1.0", b"7", SERVER.as_bytes(), b"id", b"p"]),
+        ),
+        (
+            "bad_type",
+            frames(&[b"", b"1.0", b"11", SERVER.as_bytes(), b"id", b"p"]),
+        ),
+        (
+            "bad_type",
+            frames(&[b"", b"1.0", b"call", SERVER.as_bytes(), b"id", b"p"]),
+        ),
+        (
+            "empty_routing_key",
+            frames(&[b"", b"1.0", b"2", b"", b"id", b"p"]),
+        ),
+    ];
+    let mut expected: std::collections::BTreeMap<&str, f64> = Default::default();
+    for (i, (reason, bad)) in cases.iter().enumerate() {
+        send(&client, bad);
+        *expected.entry(reason).or_default() += 1.0;
+        let id = format!("valid-after-{i}");
+        send(&client, &request("2", SERVER, &id, &[b"ok"]));
+        // The valid message arrives whole and nothing of the invalid one does.
+        assert_eq!(
+            expect(&server),
+            delivery(CLIENT, "2", &id, &[b"ok"]),
+            "after case {i} ({reason})"
+        );
+        proxy.wait_metric(
+            &format!(r#"zmq_proxy_dropped_total{{reason="{reason}",socket="frontend"}}"#),
+            expected[reason],
+        );
+    }
+    assert!(
+        recv(&server, Duration::from_millis(200)).is_none(),
+        "nothing else was forwarded"
+    );
+
+    // Invalid input on the backend is handled the same way.
+    send(
+        &server,
+        &frames(&[b"", b"1.0", b"9", CLIENT.as_bytes(), b"id"]),
+    );
+    send(&server, &request("5", CLIENT, "reply-after", &[b"r"]));
+    assert_eq!(
+        expect(&client),
+        delivery(SERVER, "5", "reply-after", &[b"r"])
+    );
+    proxy.wait_metric(
+        r#"zmq_proxy_dropped_total{reason="bad_type",socket="backend"}"#,
+        1.0,
+    );
+    assert!(proxy.log_text().contains("invalid message dropped"));
+    assert_eq!(proxy.get("/healthz").map(|r| r.0), Some(200));
+}
+
+#[test]
+fn a_message_for_an_unknown_identity_is_counted_as_unroutable() {
+    let proxy = Proxy::start(&[]);
+    let ctx = zmq::Context::new();
+    let client = dealer(&ctx, CLIENT, proxy.frontend());
+    let server = dealer(&ctx, SERVER, proxy.backend());
+    wait_routable(&client, SERVER, &server);
+    let before = proxy.metric(r#"zmq_proxy_dropped_total{reason="unroutable",socket="backend"}"#);
+    send(
+        &client,
+        &request("1", "127.0.0.1/compute/gone", "id-lost", &[b"p"]),
+    );
+    send(&client, &request("1", SERVER, "id-ok", &[b"p"]));
+    assert_eq!(expect(&server), delivery(CLIENT, "1", "id-ok", &[b"p"]));
+    proxy.wait_metric(
+        r#"zmq_proxy_dropped_total{reason="unroutable",socket="backend"}"#,
+        before + 1.0,
+    );
+
+    // A reply for a client that left is unroutable on the frontend.
+    send(
+        &server,
+        &request("5", "127.0.0.1/client-gone", "id-lost", &[b"r"]),
+    );
+    proxy.wait_metric(
+        r#"zmq_proxy_dropped_total{reason="unroutable",socket="frontend"}"#,
+        1.0,
+    );
+}
+
+#[test]
+fn drops_at_the_high_water_mark_are_counted_and_never_split_a_message() {
+    let proxy = Proxy::start(&["--hwm", "4"]);
+    let ctx = zmq::Context::new();
+    let client = dealer(&ctx, CLIENT, proxy.frontend());
+    let slow = ctx.socket(zmq::DEALER).unwrap();
+    slow.set_identity(SERVER.as_bytes()).unwrap();
+    slow.set_rcvhwm(1).unwrap();
+    slow.set_rcvbuf(4096).unwrap();
+    slow.set_linger(0).unwrap();
+    slow.connect(proxy.backend()).unwrap();
+    wait_routable(&client, SERVER, &slow);
+    let before_in =
+        proxy.metric(r#"zmq_proxy_messages_total{direction="in",socket="frontend",type="cast"}"#);
+
+    // Flood a server that does not read: TCP buffers fill, then the pipe.
+    let payload = vec![7u8; 64 * 1024];
+    let sent = 600;
+    for i in 0..sent {
+        send(
+            &client,
+            &request("2", SERVER, &format!("flood-{i:04}"), &[&payload, b"tail"]),
+        );
+    }
+    let in_sample = r#"zmq_proxy_messages_total{direction="in",socket="frontend",type="cast"}"#;
+    proxy.wait_metric(in_sample, before_in + sent as f64);
+    let hwm = proxy.metric(r#"zmq_proxy_dropped_total{reason="hwm",socket="backend"}"#);
+    assert!(hwm > 0.0, "expected drops at the high-water mark");
+
+    // Every message the server gets is whole, in order, and delivered + dropped = sent.
+    let mut received = 0;
+    let mut last = String::new();
+    while let Some(m) = recv(&slow, Duration::from_millis(500)) {
+        if m[4] == b"probe" {
+            continue;
+        }
+        assert_eq!(m.len(), 7, "whole message");
+        assert_eq!(
+            &m[..4],
+            &frames(&[b"", b"1.0", CLIENT.as_bytes(), b"2"])[..]
+        );
+        assert_eq!(m[5].len(), payload.len());
+        assert_eq!(m[6], b"tail");
+        let id = String::from_utf8(m[4].clone()).unwrap();
+        assert!(id > last, "in order");
+        last = id;
+        received += 1;
+    }
+    assert_eq!(
+        received as f64 + hwm,
+        sent as f64,
+        "delivered {received} + dropped {hwm} = sent {sent}"
+    );
+    // The stream is still in sync: a new message goes through.
+    send(&client, &request("2", SERVER, "after-flood", &[b"x"]));
+    assert_eq!(expect(&slow), delivery(CLIENT, "2", "after-flood", &[b"x"]));
+}

@@ -18,6 +18,7 @@ pub mod matchmaker;
 pub mod protocol;
 pub mod publisher;
 pub mod router;
+pub mod rpc;
 pub mod shutdown;
 pub mod sockets;
 pub mod telemetry;

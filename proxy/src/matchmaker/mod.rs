@@ -238,10 +238,19 @@ pub fn from_settings(settings: &crate::config::Settings) -> Result<Arc<dyn Match
     use crate::config::MatchmakerKind;
     match settings.matchmaker {
         MatchmakerKind::Static => Ok(Arc::new(in_process::StaticMatchmaker::new())),
-        MatchmakerKind::Redis => Err(MatchmakerError::NotSupported {
-            backend: "redis",
-            what: "backend not built yet",
-        }),
+        // oslo's Redis layout; the URL (`-u zmq+redis://...`) names the
+        // servers, oslo's default 127.0.0.1:6379 otherwise.
+        MatchmakerKind::Redis => {
+            let url = settings
+                .url
+                .as_deref()
+                .unwrap_or("zmq+redis://127.0.0.1:6379");
+            let config = redis::RedisConfig {
+                warmup: settings.liveness.update,
+                ..redis::RedisConfig::from_url(url)?
+            };
+            Ok(Arc::new(redis::RedisMatchmaker::new(config)?))
+        }
         MatchmakerKind::Kubernetes => Err(MatchmakerError::NotSupported {
             backend: "kubernetes",
             what: "backend not built yet",

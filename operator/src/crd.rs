@@ -547,8 +547,9 @@ pub struct ZmqProxyStatus {
     #[serde(default)]
     pub endpoints: Vec<ProxyEndpoint>,
     /// Label selector of the proxy pods (scale subresource labelSelectorPath).
-    #[serde(default)]
-    pub selector: String,
+    /// An Option because Kubernetes 1.20 rejects `default: ""` in a CRD schema.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
 }
 
 /// One registered proxy, as read from an EndpointSlice.
@@ -703,6 +704,10 @@ mod tests {
         assert!(spec["image"]["pattern"].is_string());
         let secret = &spec["matchmaker"]["properties"]["redisUrlSecret"];
         assert_eq!(secret["required"], serde_json::json!(["key", "name"]));
+        // 1.20 reads an empty-string default as null and rejects the CRD.
+        assert!(!serde_json::to_string(&s)
+            .unwrap()
+            .contains("\"default\":\"\""));
         // No CEL: 1.20 would silently ignore it.
         assert!(!serde_json::to_string(&s)
             .unwrap()

@@ -161,13 +161,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!("shutdown requested");
         let _ = stop_tx.send(true);
     });
-    let stopped = {
-        let rx = stop_rx.clone();
-        move || {
-            let mut rx = rx.clone();
-            async move {
-                let _ = rx.wait_for(|s| *s).await;
-            }
+    let stopped = || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
         }
     };
 
@@ -190,37 +187,94 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ))
     };
 
-    if let Some(el) = elector.as_mut() {
-        tracing::info!(identity = %el.identity(), "waiting for leadership");
-        tokio::select! {
-            _ = el.acquire() => {},
-            _ = stopped() => return Ok(()),
+    loop {
+        if let Some(el) = elector.as_mut() {
+            tracing::info!(identity = %el.identity(), "waiting for leadership");
+            tokio::select! {
+                _ = el.acquire() => {},
+                _ = stopped() => return Ok(()),
+            }
+            tracing::info!(identity = %el.identity(), "became leader");
         }
-        tracing::info!(identity = %el.identity(), "became leader");
+        metrics.set_leader(true);
+        let outcome = lead(
+            &client,
+            &args,
+            &metrics,
+            &identity,
+            elector.as_mut(),
+            stop_rx.clone(),
+        )
+        .await;
+        metrics.set_leader(false);
+        match outcome {
+            Outcome::Stopped => return release(elector).await,
+            // Leadership lost (e.g. the API server was unreachable for longer
+            // than the renew deadline) or the served slice version changed:
+            // the controllers have stopped; compete again with fresh ones.
+            Outcome::Restart => {
+                tracing::warn!("controllers stopped; competing for leadership again")
+            }
+        }
     }
-    metrics.set_leader(true);
+}
 
-    let caps = loop {
-        match discovery::discover(client.clone()).await {
-            Ok(c) => break c,
-            Err(e) => {
-                tracing::warn!(error = %e, "API discovery failed; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => {},
-                    _ = stopped() => return release(elector).await,
+/// Why [`lead`] returned.
+enum Outcome {
+    /// Shutdown was requested.
+    Stopped,
+    /// Leadership was lost, or the controllers must be rebuilt.
+    Restart,
+}
+
+/// Runs the controllers while this process leads.
+async fn lead(
+    client: &Client,
+    args: &RunArgs,
+    metrics: &Metrics,
+    identity: &str,
+    mut elector: Option<&mut LeaderElector>,
+    stop_rx: watch::Receiver<bool>,
+) -> Outcome {
+    let stopped = || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    // Keep renewing while discovery retries: an API server that is down
+    // longer than the renew deadline costs the leadership, not a second leader.
+    let discover = async {
+        loop {
+            match discovery::discover(client.clone()).await {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "API discovery failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
                 }
             }
         }
+    };
+    let renew = async {
+        match elector.as_mut() {
+            Some(el) => el.hold().await,
+            None => std::future::pending::<()>().await,
+        }
+    };
+    let caps = tokio::select! {
+        caps = discover => caps,
+        _ = renew => return Outcome::Restart,
+        _ = stopped() => return Outcome::Stopped,
     };
     tracing::info!(?caps, "API discovery");
     let ctx = Arc::new(Context::new(
         client.clone(),
         caps.clone(),
         metrics.clone(),
-        identity,
+        identity.to_string(),
     ));
 
-    // Leadership loss stops the controllers too.
+    // Leadership loss (or a slice version change) stops the controllers too.
     let (lost_tx, lost_rx) = watch::channel(false);
     let namespaces: Vec<Option<String>> = {
         let listed: Vec<String> = args
@@ -267,8 +321,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 
     // Readiness and the managed-objects gauge follow the caches.
-    {
-        let stores = stores.clone();
+    let cache_task = {
         let metrics = metrics.clone();
         tokio::spawn(async move {
             for s in &stores {
@@ -282,12 +335,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 metrics.managed.set(i64::try_from(n).unwrap_or(i64::MAX));
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
-        });
-    }
+        })
+    };
 
     // Discovery refresh: a new CRD (ServiceMonitor) or an upgraded API server
-    // re-triggers every object; the version of the slice watch is fixed per
-    // run, so a change there restarts the process (the Deployment restarts it).
+    // re-triggers every object; a new EndpointSlice version needs a new
+    // watch, so the controllers are rebuilt.
     let discovery_task = {
         let ctx = ctx.clone();
         let client = client.clone();
@@ -333,20 +386,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let mut run_all = std::pin::pin!(run_all.fuse());
         futures::select! {
             _ = run_all => {},
-            _ = hold => {
-                // Let the controllers wind down.
-                run_all.await;
-            },
+            // Let the controllers wind down (their shutdown trigger fired).
+            _ = hold => run_all.await,
         }
     }
     discovery_task.abort();
-    metrics.set_leader(false);
-    if *lost_rx.borrow() && !*stop_rx.borrow() {
-        anyhow::bail!(
-            "leadership lost or served APIs changed; exiting so that a fresh process takes over"
-        );
+    cache_task.abort();
+    if *stop_rx.borrow() {
+        Outcome::Stopped
+    } else {
+        Outcome::Restart
     }
-    release(elector).await
 }
 
 async fn release(elector: Option<LeaderElector>) -> anyhow::Result<()> {

@@ -229,7 +229,7 @@ pub fn compute(zp: &ZmqProxy, obs: &Observed, now: Time) -> ZmqProxyStatus {
         replicas: r.replicas,
         ready_replicas: r.ready,
         endpoints: obs.endpoints.clone(),
-        selector: selector_string(&name),
+        selector: Some(selector_string(&name)),
     }
 }
 
@@ -327,8 +327,8 @@ mod tests {
             .iter()
             .all(|c| c.observed_generation == Some(4)));
         assert_eq!(
-            s.selector,
-            "app.kubernetes.io/component=proxy,app.kubernetes.io/instance=alpha,app.kubernetes.io/name=zmq-proxy"
+            s.selector.as_deref(),
+            Some("app.kubernetes.io/component=proxy,app.kubernetes.io/instance=alpha,app.kubernetes.io/name=zmq-proxy")
         );
         // Registered but not ready endpoints do not count.
         obs.endpoints = eps(2, false);

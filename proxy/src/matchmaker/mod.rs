@@ -22,8 +22,8 @@
 //! `Arc<dyn Matchmaker>` works (backends are chosen at run time by flag).
 
 pub mod in_process;
-pub mod redis;
 pub mod kubernetes;
+pub mod redis;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -251,10 +251,9 @@ pub fn from_settings(settings: &crate::config::Settings) -> Result<Arc<dyn Match
             };
             Ok(Arc::new(redis::RedisMatchmaker::new(config)?))
         }
-        MatchmakerKind::Kubernetes => Err(MatchmakerError::NotSupported {
-            backend: "kubernetes",
-            what: "backend not built yet",
-        }),
+        // Downward-API env and ZMQ_PROXY_SERVICE_NAME; credentials are
+        // found on first use, so a missing API server never stops the start.
+        MatchmakerKind::Kubernetes => Ok(Arc::new(kubernetes::KubernetesMatchmaker::from_env())),
     }
 }
 

@@ -184,8 +184,8 @@ pub fn to_json(slice: &EndpointSlice, version: SliceVersion) -> Result<Value, se
 
 /// Parses a slice of either version (as JSON) into the v1 type.
 pub fn from_json(value: Value) -> Result<EndpointSlice, serde_json::Error> {
-    let is_beta = value.get("apiVersion").and_then(Value::as_str)
-        == Some("discovery.k8s.io/v1beta1");
+    let is_beta =
+        value.get("apiVersion").and_then(Value::as_str) == Some("discovery.k8s.io/v1beta1");
     let v1 = if is_beta { v1beta1_to_v1(value) } else { value };
     serde_json::from_value(v1)
 }
@@ -308,15 +308,28 @@ mod tests {
 
     #[test]
     fn chooses_newest_served_version() {
-        assert_eq!(SliceVersion::choose(["v1beta1", "v1"]), Some(SliceVersion::V1));
-        assert_eq!(SliceVersion::choose(["v1beta1"]), Some(SliceVersion::V1beta1));
+        assert_eq!(
+            SliceVersion::choose(["v1beta1", "v1"]),
+            Some(SliceVersion::V1)
+        );
+        assert_eq!(
+            SliceVersion::choose(["v1beta1"]),
+            Some(SliceVersion::V1beta1)
+        );
         assert_eq!(SliceVersion::choose(["v1alpha1"]), None);
     }
 
     #[test]
     fn slice_names_owner_labels_ports_and_conditions() {
         let ip: IpAddr = "10.1.2.3".parse().unwrap();
-        let s = desired_slice("zp-demo", "ns1", &pod(), ip, &addresses(), EndpointState::Ready);
+        let s = desired_slice(
+            "zp-demo",
+            "ns1",
+            &pod(),
+            ip,
+            &addresses(),
+            EndpointState::Ready,
+        );
         let j = to_json(&s, SliceVersion::V1).unwrap();
         assert_eq!(j["apiVersion"], "discovery.k8s.io/v1");
         assert_eq!(j["kind"], "EndpointSlice");
@@ -342,7 +355,14 @@ mod tests {
         assert_eq!(names, ["frontend", "backend", "publisher"]);
         assert_eq!(ready_proxies(&s), vec![addresses()]);
 
-        let draining = desired_slice("zp-demo", "ns1", &pod(), ip, &addresses(), EndpointState::Terminating);
+        let draining = desired_slice(
+            "zp-demo",
+            "ns1",
+            &pod(),
+            ip,
+            &addresses(),
+            EndpointState::Terminating,
+        );
         assert_eq!(
             to_json(&draining, SliceVersion::V1).unwrap()["endpoints"][0]["conditions"],
             json!({"ready": false, "serving": true, "terminating": true})
@@ -359,7 +379,14 @@ mod tests {
             publisher_port: None,
         };
         let pod = PodIdentity { uid: None, ..pod() };
-        let s = desired_slice("svc", "ns", &pod, "fd00::5".parse().unwrap(), &p, EndpointState::Ready);
+        let s = desired_slice(
+            "svc",
+            "ns",
+            &pod,
+            "fd00::5".parse().unwrap(),
+            &p,
+            EndpointState::Ready,
+        );
         assert_eq!(s.address_type, "IPv6");
         assert_eq!(s.metadata.owner_references, None);
         assert_eq!(s.ports.as_ref().map(Vec::len), Some(1));
@@ -397,7 +424,10 @@ mod tests {
             })
         );
         let mut back = v1;
-        back["endpoints"][0].as_object_mut().unwrap().remove("hints");
+        back["endpoints"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("hints");
         assert_eq!(v1beta1_to_v1(beta), back);
     }
 

@@ -129,16 +129,26 @@ impl KubernetesConfig {
 /// The Kubernetes matchmaker. Cheap to share behind an `Arc`; background
 /// watches stop when it is dropped.
 pub struct KubernetesMatchmaker {
-    client: Client,
-    namespace: String,
+    /// Client and namespace, made on first use when built by
+    /// [`KubernetesMatchmaker::from_env`] (so construction is synchronous
+    /// and cannot fail on missing credentials at start).
+    conn: OnceCell<Conn>,
     config: KubernetesConfig,
     slice_version: OnceCell<SliceVersion>,
-    /// What our endpoint says; `Terminating` once draining, so that a late
-    /// refresh cannot mark a draining proxy ready again.
+    /// What our endpoint says; `Terminating` from `drain_proxy` until
+    /// `unregister_proxy`, so that a late refresh cannot mark a draining
+    /// proxy ready again.
     proxy_state: Mutex<EndpointState>,
     proxy_watch: Mutex<Option<WatchHandle<Vec<ProxyAddresses>>>>,
     server_watch: Mutex<Option<Arc<ServerWatch>>>,
     tasks: Mutex<Vec<AbortHandle>>,
+}
+
+/// A client and the namespace it works in.
+#[derive(Clone)]
+struct Conn {
+    client: Client,
+    namespace: String,
 }
 
 /// A started background watch: its output and whether its first full list
@@ -262,9 +272,13 @@ impl KubernetesMatchmaker {
             .namespace
             .clone()
             .unwrap_or_else(|| client.default_namespace().to_string());
+        let conn = OnceCell::new_with(Some(Conn { client, namespace }));
+        KubernetesMatchmaker::with_conn(conn, config)
+    }
+
+    fn with_conn(conn: OnceCell<Conn>, config: KubernetesConfig) -> KubernetesMatchmaker {
         KubernetesMatchmaker {
-            client,
-            namespace,
+            conn,
             config,
             slice_version: OnceCell::new(),
             proxy_state: Mutex::new(EndpointState::Ready),
@@ -275,18 +289,46 @@ impl KubernetesMatchmaker {
     }
 
     /// A matchmaker configured from the environment ([`KubernetesConfig::from_env`])
-    /// with in-cluster credentials or `KUBECONFIG`.
-    pub async fn from_env() -> Result<KubernetesMatchmaker> {
+    /// that finds credentials on first use: the in-cluster ServiceAccount or
+    /// `KUBECONFIG` (as `kube::Client::try_default`). Missing credentials
+    /// then fail each call (and its retries) rather than the start.
+    pub fn from_env() -> KubernetesMatchmaker {
         let config = KubernetesConfig::from_env(|k| std::env::var(k).ok());
-        let client = Client::try_default()
-            .await
-            .map_err(|e| MatchmakerError::InvalidConfig(format!("no Kubernetes credentials: {e}")))?;
-        Ok(KubernetesMatchmaker::new(client, config))
+        KubernetesMatchmaker::with_conn(OnceCell::new(), config)
     }
 
-    /// The namespace of our slices and Leases.
-    pub fn namespace(&self) -> &str {
-        &self.namespace
+    /// The namespace of our slices and Leases, once known.
+    pub fn namespace(&self) -> Option<&str> {
+        self.conn.get().map(|c| c.namespace.as_str())
+    }
+
+    async fn conn(&self) -> Result<&Conn> {
+        self.conn
+            .get_or_try_init(|| async {
+                let inferred =
+                    tokio::time::timeout(self.config.request_timeout, kube::Config::infer())
+                        .await
+                        .map_err(|_| {
+                            MatchmakerError::Unavailable(
+                                "reading Kubernetes credentials timed out".into(),
+                            )
+                        })?
+                        .map_err(|e| {
+                            MatchmakerError::InvalidConfig(format!(
+                                "no Kubernetes credentials: {e}"
+                            ))
+                        })?;
+                let namespace = self
+                    .config
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| inferred.default_namespace.clone());
+                let client = Client::try_from(inferred).map_err(|e| {
+                    MatchmakerError::InvalidConfig(format!("cannot build a Kubernetes client: {e}"))
+                })?;
+                Ok(Conn { client, namespace })
+            })
+            .await
     }
 
     /// The EndpointSlice version in use, once discovered.
@@ -319,19 +361,22 @@ impl KubernetesMatchmaker {
 
     /// The served EndpointSlice version, discovered once.
     async fn discover_slice_version(&self) -> Result<SliceVersion> {
+        let conn = self.conn().await?;
         self.slice_version
-            .get_or_try_init(|| discover_slice_version(&self.client, self.config.request_timeout))
+            .get_or_try_init(|| discover_slice_version(&conn.client, self.config.request_timeout))
             .await
             .copied()
     }
 
     async fn slice_api(&self) -> Result<Api<DynamicObject>> {
         let version = self.discover_slice_version().await?;
-        Ok(slice_api(&self.client, &self.namespace, version))
+        let conn = self.conn().await?;
+        Ok(slice_api(&conn.client, &conn.namespace, version))
     }
 
-    fn lease_api(&self) -> Api<Lease> {
-        Api::namespaced(self.client.clone(), &self.namespace)
+    async fn lease_api(&self) -> Result<Api<Lease>> {
+        let conn = self.conn().await?;
+        Ok(Api::namespaced(conn.client.clone(), &conn.namespace))
     }
 
     fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
@@ -342,7 +387,9 @@ impl KubernetesMatchmaker {
     async fn apply_slice(&self, proxy: &ProxyAddresses, state: EndpointState) -> Result<()> {
         let service = self.service_name()?;
         let pod = self.config.pod.as_ref().ok_or_else(|| {
-            MatchmakerError::InvalidConfig("POD_NAME is not set: a proxy registers as its pod".into())
+            MatchmakerError::InvalidConfig(
+                "POD_NAME is not set: a proxy registers as its pod".into(),
+            )
         })?;
         let ip = pod.ip.as_deref().unwrap_or(&proxy.host);
         let address: IpAddr = ip.parse().map_err(|_| {
@@ -351,11 +398,12 @@ impl KubernetesMatchmaker {
             ))
         })?;
         let version = self.discover_slice_version().await?;
+        let conn = self.conn().await?;
         let slice =
-            endpoint_slice::desired_slice(service, &self.namespace, pod, address, proxy, state);
+            endpoint_slice::desired_slice(service, &conn.namespace, pod, address, proxy, state);
         let body = endpoint_slice::to_json(&slice, version)
             .map_err(|e| MatchmakerError::Backend(Box::new(e)))?;
-        let api = slice_api(&self.client, &self.namespace, version);
+        let api = slice_api(&conn.client, &conn.namespace, version);
         let params = PatchParams::apply(FIELD_MANAGER).force();
         self.timed(
             "apply EndpointSlice",
@@ -375,13 +423,14 @@ impl KubernetesMatchmaker {
         // Discovery first, so that a cluster without EndpointSlices is an
         // error here rather than a watch retrying forever.
         let version = self.discover_slice_version().await?;
+        let conn = self.conn().await?;
         let mut guard = lock(&self.proxy_watch);
         if let Some(h) = guard.clone() {
             return Ok(h);
         }
         let tx = Arc::new(watch::channel(Vec::new()).0);
         let (synced_tx, synced) = watch::channel(false);
-        let api = slice_api(&self.client, &self.namespace, version);
+        let api = slice_api(&conn.client, &conn.namespace, version);
         self.spawn(run_proxy_watch(api, selector, tx.clone(), synced_tx));
         let handle = WatchHandle { tx, synced };
         *guard = Some(handle.clone());
@@ -389,10 +438,11 @@ impl KubernetesMatchmaker {
     }
 
     /// Starts (once) the server-Lease watch.
-    fn server_watch(&self) -> Arc<ServerWatch> {
+    async fn server_watch(&self) -> Result<Arc<ServerWatch>> {
+        let api = self.lease_api().await?;
         let mut guard = lock(&self.server_watch);
         if let Some(w) = guard.as_ref() {
-            return w.clone();
+            return Ok(w.clone());
         }
         let (synced_tx, synced) = watch::channel(false);
         let shared = Arc::new(ServerWatch {
@@ -400,13 +450,9 @@ impl KubernetesMatchmaker {
             synced,
             changed: tokio::sync::Notify::new(),
         });
-        self.spawn(run_server_watch(
-            self.lease_api(),
-            Arc::downgrade(&shared),
-            synced_tx,
-        ));
+        self.spawn(run_server_watch(api, Arc::downgrade(&shared), synced_tx));
         *guard = Some(shared.clone());
-        shared
+        Ok(shared)
     }
 
     /// Waits until a watch has its first complete list, within the request timeout.
@@ -414,7 +460,9 @@ impl KubernetesMatchmaker {
         let wait = synced.wait_for(|s| *s);
         match tokio::time::timeout(self.config.request_timeout, wait).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(_)) => Err(MatchmakerError::Unavailable(format!("{what} watch stopped"))),
+            Ok(Err(_)) => Err(MatchmakerError::Unavailable(format!(
+                "{what} watch stopped"
+            ))),
             Err(_) => Err(MatchmakerError::Unavailable(format!(
                 "{what}: no list from the API server within {:?} (still retrying)",
                 self.config.request_timeout
@@ -439,7 +487,10 @@ async fn discover_slice_version(client: &Client, timeout: Duration) -> Result<Sl
             "the cluster serves no discovery.k8s.io v1 or v1beta1 (served: {served:?})"
         ))
     })?;
-    tracing::info!(version = version.version(), "EndpointSlice API version chosen");
+    tracing::info!(
+        version = version.version(),
+        "EndpointSlice API version chosen"
+    );
     Ok(version)
 }
 
@@ -558,7 +609,9 @@ async fn run_server_watch(
     // Leases whose deletion was tried (name, resourceVersion): tried once.
     let mut deleted: std::collections::BTreeSet<(String, Option<String>)> = Default::default();
     loop {
-        let Some(watch) = shared.upgrade() else { return };
+        let Some(watch) = shared.upgrade() else {
+            return;
+        };
         let now = Timestamp::now();
         let next = {
             let state = lock(&watch.state);
@@ -595,7 +648,9 @@ async fn run_server_watch(
                 }
             }
             Some(Ok(Event::Delete(lease))) => {
-                state.records.remove(&lease.metadata.name.clone().unwrap_or_default());
+                state
+                    .records
+                    .remove(&lease.metadata.name.clone().unwrap_or_default());
             }
             Some(Err(error)) => {
                 if !failing {
@@ -645,7 +700,9 @@ async fn delete_expired_lease(api: Api<Lease>, name: String, resource_version: O
     };
     match tokio::time::timeout(DEFAULT_REQUEST_TIMEOUT, api.delete(&name, &params)).await {
         Ok(Ok(_)) => tracing::info!(lease = %name, "deleted expired server Lease"),
-        Ok(Err(error)) => tracing::debug!(lease = %name, %error, "expired server Lease not deleted"),
+        Ok(Err(error)) => {
+            tracing::debug!(lease = %name, %error, "expired server Lease not deleted")
+        }
         Err(_) => tracing::debug!(lease = %name, "deleting expired server Lease timed out"),
     }
 }
@@ -678,13 +735,19 @@ impl Matchmaker for KubernetesMatchmaker {
     fn unregister_proxy<'a>(&'a self, proxy: &'a ProxyAddresses) -> BoxFuture<'a, Result<()>> {
         let _ = proxy;
         Box::pin(async move {
-            *lock(&self.proxy_state) = EndpointState::Terminating;
-            let pod = self.config.pod.as_ref().ok_or_else(|| {
-                MatchmakerError::InvalidConfig("POD_NAME is not set".into())
-            })?;
+            // A later register_proxy is a new registration: ready again.
+            *lock(&self.proxy_state) = EndpointState::Ready;
+            let pod = self
+                .config
+                .pod
+                .as_ref()
+                .ok_or_else(|| MatchmakerError::InvalidConfig("POD_NAME is not set".into()))?;
             let api = self.slice_api().await?;
             match self
-                .timed("delete EndpointSlice", api.delete(&pod.name, &DeleteParams::default()))
+                .timed(
+                    "delete EndpointSlice",
+                    api.delete(&pod.name, &DeleteParams::default()),
+                )
                 .await?
             {
                 Ok(_) => Ok(()),
@@ -699,7 +762,10 @@ impl Matchmaker for KubernetesMatchmaker {
             let selector = endpoint_slice::selector(self.service_name()?);
             let api = self.slice_api().await?;
             let list = self
-                .timed("list EndpointSlices", api.list(&ListParams::default().labels(&selector)))
+                .timed(
+                    "list EndpointSlices",
+                    api.list(&ListParams::default().labels(&selector)),
+                )
                 .await?
                 .map_err(|e| api_error("list EndpointSlices", e))?;
             let by_slice: BTreeMap<String, Vec<ProxyAddresses>> = list
@@ -714,7 +780,8 @@ impl Matchmaker for KubernetesMatchmaker {
     fn watch_proxies(&self) -> BoxFuture<'_, Result<watch::Receiver<Vec<ProxyAddresses>>>> {
         Box::pin(async move {
             let handle = self.proxy_watch().await?;
-            self.wait_synced(handle.synced.clone(), "EndpointSlice").await?;
+            self.wait_synced(handle.synced.clone(), "EndpointSlice")
+                .await?;
             Ok(handle.tx.subscribe())
         })
     }
@@ -726,8 +793,9 @@ impl Matchmaker for KubernetesMatchmaker {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
+            let api = self.lease_api().await?;
             let lease = server_lease::desired_lease(
-                &self.namespace,
+                api.namespace().unwrap_or_default(),
                 target,
                 identity,
                 ttl,
@@ -738,7 +806,7 @@ impl Matchmaker for KubernetesMatchmaker {
             let params = PatchParams::apply(FIELD_MANAGER).force();
             self.timed(
                 "apply server Lease",
-                self.lease_api().patch(&name, &params, &Patch::Apply(&lease)),
+                api.patch(&name, &params, &Patch::Apply(&lease)),
             )
             .await?
             .map_err(|e| api_error("apply server Lease", e))?;
@@ -753,10 +821,11 @@ impl Matchmaker for KubernetesMatchmaker {
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let name = server_lease::lease_name(target, identity);
+            let api = self.lease_api().await?;
             match self
                 .timed(
                     "delete server Lease",
-                    self.lease_api().delete(&name, &DeleteParams::default()),
+                    api.delete(&name, &DeleteParams::default()),
                 )
                 .await?
             {
@@ -770,13 +839,21 @@ impl Matchmaker for KubernetesMatchmaker {
     fn servers<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, Result<Vec<String>>> {
         Box::pin(async move {
             let params = ListParams::default().labels(&server_lease::target_selector(target));
+            let api = self.lease_api().await?;
             let list = self
-                .timed("list server Leases", self.lease_api().list(&params))
+                .timed("list server Leases", api.list(&params))
                 .await?
                 .map_err(|e| api_error("list server Leases", e))?;
-            let records: Vec<ServerRecord> =
-                list.items.iter().filter_map(ServerRecord::from_lease).collect();
-            Ok(server_lease::live_identities(&records, target, Timestamp::now()))
+            let records: Vec<ServerRecord> = list
+                .items
+                .iter()
+                .filter_map(ServerRecord::from_lease)
+                .collect();
+            Ok(server_lease::live_identities(
+                &records,
+                target,
+                Timestamp::now(),
+            ))
         })
     }
 
@@ -785,8 +862,9 @@ impl Matchmaker for KubernetesMatchmaker {
         target: &'a Target,
     ) -> BoxFuture<'a, Result<watch::Receiver<Vec<String>>>> {
         Box::pin(async move {
-            let shared = self.server_watch();
-            self.wait_synced(shared.synced.clone(), "server Lease").await?;
+            let shared = self.server_watch().await?;
+            self.wait_synced(shared.synced.clone(), "server Lease")
+                .await?;
             let rx = {
                 let mut state = lock(&shared.state);
                 let live = server_lease::live_identities(

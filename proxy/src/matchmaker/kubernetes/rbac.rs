@@ -10,7 +10,9 @@ use k8s_openapi::api::rbac::v1::{PolicyRule, Role};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 const READ: [&str; 3] = ["get", "list", "watch"];
-const WRITE: [&str; 7] = ["get", "list", "watch", "create", "update", "patch", "delete"];
+const WRITE: [&str; 7] = [
+    "get", "list", "watch", "create", "update", "patch", "delete",
+];
 
 fn rule(group: &str, resource: &str, verbs: &[&str]) -> PolicyRule {
     PolicyRule {
@@ -43,7 +45,11 @@ pub fn rpc_server_rules() -> Vec<PolicyRule> {
 pub fn rpc_client_rules() -> Vec<PolicyRule> {
     vec![
         rule("discovery.k8s.io", "endpointslices", &READ),
-        rule("coordination.k8s.io", "leases", &["get", "list", "watch", "delete"]),
+        rule(
+            "coordination.k8s.io",
+            "leases",
+            &["get", "list", "watch", "delete"],
+        ),
     ]
 }
 
@@ -93,14 +99,20 @@ mod tests {
             std::fs::write(path, &want).unwrap();
         }
         let have = std::fs::read_to_string(path).unwrap_or_default();
-        assert_eq!(have, want, "run with ZMQ_PROXY_UPDATE_RBAC=1 to regenerate {path}");
+        assert_eq!(
+            have, want,
+            "run with ZMQ_PROXY_UPDATE_RBAC=1 to regenerate {path}"
+        );
     }
 
     #[test]
     fn proxies_write_only_slices() {
         let rules = proxy_rules();
         assert_eq!(rules.len(), 1);
-        assert_eq!(rules[0].resources.as_deref(), Some(&["endpointslices".to_string()][..]));
+        assert_eq!(
+            rules[0].resources.as_deref(),
+            Some(&["endpointslices".to_string()][..])
+        );
         assert!(rpc_client_rules()
             .iter()
             .all(|r| !r.verbs.iter().any(|v| v == "create" || v == "patch")));

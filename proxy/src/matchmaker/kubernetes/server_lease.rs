@@ -81,7 +81,11 @@ pub fn all_servers_selector() -> String {
 
 /// Selector for the server Leases of `target`.
 pub fn target_selector(target: &Target) -> String {
-    format!("{},{TARGET_LABEL}={}", all_servers_selector(), target_hash(target))
+    format!(
+        "{},{TARGET_LABEL}={}",
+        all_servers_selector(),
+        target_hash(target)
+    )
 }
 
 /// The Lease name of (`target`, `identity`): a readable prefix from the topic
@@ -99,7 +103,11 @@ pub fn lease_name(target: &Target, identity: &str) -> String {
         .collect();
     prefix.truncate(30);
     let prefix = prefix.trim_matches('-');
-    let mut hash = digest(&[Some(&target.topic), target.server.as_deref(), Some(identity)]);
+    let mut hash = digest(&[
+        Some(&target.topic),
+        target.server.as_deref(),
+        Some(identity),
+    ]);
     hash.truncate(32);
     if prefix.is_empty() {
         format!("zmq-server-{hash}")
@@ -179,7 +187,9 @@ impl ServerRecord {
             .or_else(|| annotations.get(IDENTITY_ANNOTATION).cloned())?;
         let renewed = spec.renew_time.as_ref()?.0;
         let seconds = i64::from(spec.lease_duration_seconds?.max(0));
-        let expires = renewed.checked_add(SignedDuration::from_secs(seconds)).ok()?;
+        let expires = renewed
+            .checked_add(SignedDuration::from_secs(seconds))
+            .ok()?;
         Some(ServerRecord {
             target,
             identity,
@@ -235,11 +245,20 @@ mod tests {
         let t = Target::server("Compute.Service_x/y", "node-1.example");
         let name = lease_name(&t, "host/Compute/node-1/uuid");
         assert!(name.len() <= 63, "{name}");
-        assert!(name.starts_with("zmq-server-compute-service-x-y-"), "{name}");
+        assert!(
+            name.starts_with("zmq-server-compute-service-x-y-"),
+            "{name}"
+        );
         assert!(name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
-        assert_ne!(name, lease_name(&Target::topic("Compute.Service_x/y"), "host/Compute/node-1/uuid"));
+        assert_ne!(
+            name,
+            lease_name(
+                &Target::topic("Compute.Service_x/y"),
+                "host/Compute/node-1/uuid"
+            )
+        );
         assert_ne!(name, lease_name(&t, "host/Compute/node-1/uuid2"));
         assert_eq!(name, lease_name(&t, "host/Compute/node-1/uuid"));
         assert!(lease_name(&Target::topic("///"), "x").starts_with("zmq-server-"));
@@ -259,7 +278,14 @@ mod tests {
             ip: None,
         };
         let t = Target::server("compute", "node1");
-        let lease = desired_lease("ns", &t, "h/compute/node1/u", Duration::from_secs(30), t0(), Some(&pod));
+        let lease = desired_lease(
+            "ns",
+            &t,
+            "h/compute/node1/u",
+            Duration::from_secs(30),
+            t0(),
+            Some(&pod),
+        );
         let json = serde_json::to_value(&lease).unwrap();
         assert_eq!(json["apiVersion"], "coordination.k8s.io/v1");
         assert_eq!(json["spec"]["leaseDurationSeconds"], 30);
@@ -269,7 +295,10 @@ mod tests {
         let record = ServerRecord::from_lease(&lease).unwrap();
         assert_eq!(record.target, t);
         assert_eq!(record.identity, "h/compute/node1/u");
-        assert_eq!(record.expires, "2026-01-02T03:04:35.123456Z".parse().unwrap());
+        assert_eq!(
+            record.expires,
+            "2026-01-02T03:04:35.123456Z".parse().unwrap()
+        );
 
         let no_pod = desired_lease("ns", &t, "i", Duration::from_secs(1), t0(), None);
         assert_eq!(no_pod.metadata.owner_references, None);
@@ -296,9 +325,22 @@ mod tests {
         let t = Target::topic("compute");
         let other = Target::topic("network");
         let rec = |target: &Target, id: &str, secs: u64| {
-            ServerRecord::from_lease(&desired_lease("ns", target, id, Duration::from_secs(secs), t0(), None)).unwrap()
+            ServerRecord::from_lease(&desired_lease(
+                "ns",
+                target,
+                id,
+                Duration::from_secs(secs),
+                t0(),
+                None,
+            ))
+            .unwrap()
         };
-        let records = vec![rec(&t, "b", 10), rec(&t, "a", 20), rec(&t, "a", 20), rec(&other, "c", 5)];
+        let records = vec![
+            rec(&t, "b", 10),
+            rec(&t, "a", 20),
+            rec(&t, "a", 20),
+            rec(&other, "c", 5),
+        ];
         let at = |s: i64| t0().checked_add(SignedDuration::from_secs(s)).unwrap();
         assert_eq!(live_identities(&records, &t, at(0)), ["a", "b"]);
         assert_eq!(live_identities(&records, &t, at(10)), ["a"]);

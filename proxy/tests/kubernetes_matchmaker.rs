@@ -1,0 +1,445 @@
+//! The Kubernetes matchmaker against a real control plane (the harness's
+//! kube-apiserver + controller manager, or the cluster named by
+//! `ZMQ_PROXY_TEST_KUBECONFIG`): proxy EndpointSlices written by the real
+//! binary with only the operator's Role, garbage collection with the pod,
+//! SIGTERM order, watch-based discovery and its delay, and RPC server Leases.
+
+mod k8s_support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Result};
+use futures::{StreamExt, TryStreamExt};
+use harness::wait::until;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_support::{labels, Cluster, ProxyProcess, SERVICE, TIMEOUT};
+use kube::api::{DynamicObject, ListParams, WatchEvent, WatchParams};
+use kube::core::ApiResource;
+use kube::{Api, Client};
+use zmq_proxy::matchmaker::kubernetes::endpoint_slice::{self, SliceVersion};
+use zmq_proxy::matchmaker::kubernetes::{
+    rbac, KubernetesConfig, KubernetesMatchmaker, PodIdentity,
+};
+use zmq_proxy::matchmaker::{Matchmaker, ProxyAddresses, Target};
+
+/// The served EndpointSlice API, as the proxy chooses it.
+async fn slices(client: &Client, ns: &str) -> Result<(Api<DynamicObject>, SliceVersion)> {
+    let groups = client.list_api_groups().await?;
+    let served: Vec<String> = groups
+        .groups
+        .iter()
+        .filter(|g| g.name == "discovery.k8s.io")
+        .flat_map(|g| g.versions.iter().map(|v| v.version.clone()))
+        .collect();
+    let version = SliceVersion::choose(served.iter().map(String::as_str))
+        .ok_or_else(|| anyhow!("no EndpointSlice API"))?;
+    let resource = ApiResource {
+        group: "discovery.k8s.io".into(),
+        version: version.version().into(),
+        api_version: version.api_version(),
+        kind: "EndpointSlice".into(),
+        plural: "endpointslices".into(),
+    };
+    Ok((Api::namespaced_with(client.clone(), ns, &resource), version))
+}
+
+fn parse(o: &DynamicObject) -> Result<k8s_openapi::api::discovery::v1::EndpointSlice> {
+    Ok(endpoint_slice::from_json(serde_json::to_value(o)?)?)
+}
+
+#[tokio::test]
+async fn proxy_registers_its_slice_and_sigterm_drains_then_removes_it() -> Result<()> {
+    let cluster = Cluster::new("kmm-sigterm").await?;
+    let (_, kubeconfig) = cluster
+        .service_account("proxy", rbac::proxy_rules())
+        .await?;
+    let pod = cluster.pod("proxy-a").await?;
+    let proxy = ProxyProcess::start(&cluster, &pod, &kubeconfig).await?;
+    let (api, version) = slices(&cluster.admin, &cluster.ns).await?;
+
+    let slice = until("the proxy's EndpointSlice", TIMEOUT, || async {
+        Ok(api.get_opt("proxy-a").await?)
+    })
+    .await?;
+    println!("EndpointSlice API in use: {}", version.api_version());
+    let l = labels(&slice.metadata);
+    assert_eq!(
+        l.get("kubernetes.io/service-name").map(String::as_str),
+        Some(SERVICE)
+    );
+    assert_eq!(
+        l.get("endpointslice.kubernetes.io/managed-by")
+            .map(String::as_str),
+        Some("zmq-proxy.zmqproxy.io")
+    );
+    let owners = slice.metadata.owner_references.clone().unwrap_or_default();
+    assert_eq!(owners.len(), 1);
+    assert_eq!(owners[0].kind, "Pod");
+    assert_eq!(owners[0].name, "proxy-a");
+    assert_eq!(Some(&owners[0].uid), pod.metadata.uid.as_ref());
+    let managers: Vec<String> = slice
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert!(
+        managers.iter().any(|m| m == "zmq-proxy"),
+        "field managers: {managers:?}"
+    );
+    let typed = parse(&slice)?;
+    assert_eq!(typed.address_type, "IPv4");
+    assert_eq!(
+        endpoint_slice::ready_proxies(&typed),
+        vec![ProxyAddresses {
+            host: proxy.ip.clone(),
+            frontend_port: proxy.frontend,
+            backend_port: Some(proxy.backend),
+            publisher_port: typed
+                .ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.as_deref() == Some("publisher"))
+                .and_then(|p| p.port)
+                .map(|p| p as u16),
+        }]
+    );
+    let conditions = typed.endpoints[0].conditions.clone().unwrap_or_default();
+    assert_eq!(conditions.ready, Some(true));
+    until("/readyz 200 once registered", TIMEOUT, || async {
+        Ok((proxy.readyz() == Some(200)).then_some(()))
+    })
+    .await?;
+
+    // Record every change from now on, then SIGTERM.
+    let rv = slice.metadata.resource_version.clone().unwrap_or_default();
+    let mut events = api
+        .watch(&WatchParams::default().fields("metadata.name=proxy-a"), &rv)
+        .await?
+        .boxed();
+    proxy.process.signal(libc::SIGTERM);
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let event = tokio::time::timeout(left, events.try_next())
+            .await
+            .map_err(|_| anyhow!("no deletion within {TIMEOUT:?}; saw {seen:?}"))??
+            .ok_or_else(|| anyhow!("watch ended; saw {seen:?}"))?;
+        match event {
+            WatchEvent::Modified(o) => {
+                let c = parse(&o)?.endpoints[0]
+                    .conditions
+                    .clone()
+                    .unwrap_or_default();
+                seen.push(format!(
+                    "modified ready={:?} serving={:?} terminating={:?}",
+                    c.ready, c.serving, c.terminating
+                ));
+            }
+            WatchEvent::Deleted(_) => {
+                seen.push("deleted".into());
+                break;
+            }
+            other => seen.push(format!("{other:?}")),
+        }
+    }
+    println!("after SIGTERM: {seen:?}");
+    assert!(
+        seen[0].starts_with("modified ready=Some(false)"),
+        "first change after SIGTERM must mark the endpoint not ready: {seen:?}"
+    );
+    // Clusters that keep the terminating condition (>= 1.22, or the 1.20
+    // alpha gate) show it; 1.20 by default drops it.
+    if seen[0].contains("terminating=Some") {
+        assert!(seen[0].contains("terminating=Some(true)"), "{seen:?}");
+    }
+    assert_eq!(seen.last().map(String::as_str), Some("deleted"));
+    let exit = proxy
+        .process
+        .wait_timeout(TIMEOUT)
+        .await
+        .ok_or_else(|| anyhow!("proxy did not exit after SIGTERM"))?;
+    assert!(
+        exit.success(),
+        "proxy exit: {exit}; log:\n{}",
+        proxy.log_text()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn slice_is_garbage_collected_with_its_pod() -> Result<()> {
+    let cluster = Cluster::new("kmm-gc").await?;
+    let (_, kubeconfig) = cluster
+        .service_account("proxy", rbac::proxy_rules())
+        .await?;
+    let pod = cluster.pod("proxy-gc").await?;
+    let proxy = ProxyProcess::start(&cluster, &pod, &kubeconfig).await?;
+    let (api, _) = slices(&cluster.admin, &cluster.ns).await?;
+    until("the proxy's EndpointSlice", TIMEOUT, || async {
+        Ok(api.get_opt("proxy-gc").await?)
+    })
+    .await?;
+    // As if the pod crashed for good: the process never deregisters.
+    proxy.process.signal(libc::SIGKILL);
+    proxy.process.wait_timeout(TIMEOUT).await;
+    let started = Instant::now();
+    cluster.delete_pod("proxy-gc").await?;
+    until(
+        "the garbage collector to delete the slice",
+        TIMEOUT,
+        || async { Ok(api.get_opt("proxy-gc").await?.is_none().then_some(())) },
+    )
+    .await?;
+    println!(
+        "slice garbage-collected {:?} after its pod was deleted",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+/// A proxy registered through the library, as pod `name` at `ip`.
+async fn library_proxy(
+    cluster: &Cluster,
+    client: Client,
+    name: &str,
+    ip: &str,
+) -> Result<(KubernetesMatchmaker, ProxyAddresses)> {
+    let pod = cluster.pod(name).await?;
+    let mm = KubernetesMatchmaker::new(
+        client,
+        KubernetesConfig {
+            namespace: Some(cluster.ns.clone()),
+            service_name: Some(SERVICE.into()),
+            pod: Some(PodIdentity {
+                name: name.into(),
+                uid: pod.metadata.uid.clone(),
+                ip: Some(ip.into()),
+            }),
+            ..Default::default()
+        },
+    );
+    let addresses = ProxyAddresses {
+        host: ip.into(),
+        frontend_port: 50001,
+        backend_port: Some(50002),
+        publisher_port: None,
+    };
+    Ok((mm, addresses))
+}
+
+/// Waits until the watched list satisfies `f`; returns how long it took.
+async fn changed_within(
+    rx: &mut tokio::sync::watch::Receiver<Vec<ProxyAddresses>>,
+    what: &str,
+    f: impl Fn(&[ProxyAddresses]) -> bool,
+) -> Result<Duration> {
+    let started = Instant::now();
+    tokio::time::timeout(TIMEOUT, rx.wait_for(|v| f(v)))
+        .await
+        .map_err(|_| anyhow!("watch never showed {what}"))??;
+    Ok(started.elapsed())
+}
+
+#[tokio::test]
+async fn watching_client_sees_proxies_come_and_go_without_polling() -> Result<()> {
+    let cluster = Cluster::new("kmm-watch").await?;
+    let (proxy_client, _) = cluster
+        .service_account("proxy", rbac::proxy_rules())
+        .await?;
+    let (client, _) = cluster
+        .service_account("rpc-client", rbac::rpc_client_rules())
+        .await?;
+    let watcher = KubernetesMatchmaker::new(
+        client,
+        KubernetesConfig {
+            namespace: Some(cluster.ns.clone()),
+            service_name: Some(SERVICE.into()),
+            ..Default::default()
+        },
+    );
+    let (first, first_addr) =
+        library_proxy(&cluster, proxy_client.clone(), "proxy-1", "127.0.0.201").await?;
+    let (second, second_addr) =
+        library_proxy(&cluster, proxy_client, "proxy-2", "127.0.0.202").await?;
+    let ttl = Duration::from_secs(300);
+    first.register_proxy(&first_addr, ttl).await?;
+
+    let mut rx = watcher.watch_proxies().await?;
+    assert_eq!(*rx.borrow_and_update(), vec![first_addr.clone()]);
+    assert_eq!(watcher.proxies().await?, vec![first_addr.clone()]);
+
+    // Discovery delay: from the start of the registering call to the
+    // watcher's list changing (includes the apply's round trip).
+    let mut delays = Vec::new();
+    let t = Instant::now();
+    second.register_proxy(&second_addr, ttl).await?;
+    changed_within(&mut rx, "the second proxy", |v| v.contains(&second_addr)).await?;
+    delays.push(("appear", t.elapsed()));
+
+    let t = Instant::now();
+    first.drain_proxy(&first_addr).await?;
+    changed_within(&mut rx, "the first proxy draining", |v| {
+        !v.contains(&first_addr)
+    })
+    .await?;
+    delays.push(("drain (not ready)", t.elapsed()));
+    assert_eq!(*rx.borrow(), vec![second_addr.clone()]);
+
+    let t = Instant::now();
+    second.unregister_proxy(&second_addr).await?;
+    changed_within(&mut rx, "the second proxy leaving", |v| v.is_empty()).await?;
+    delays.push(("leave (deleted)", t.elapsed()));
+
+    let t = Instant::now();
+    second.register_proxy(&second_addr, ttl).await?;
+    changed_within(&mut rx, "the second proxy returning", |v| {
+        v == [second_addr.clone()]
+    })
+    .await?;
+    delays.push(("return", t.elapsed()));
+    first.unregister_proxy(&first_addr).await?;
+
+    for (what, d) in &delays {
+        println!("discovery delay ({what}): {:.1} ms", d.as_secs_f64() * 1e3);
+    }
+    // "Within a second" is the requirement; allow slack for a loaded machine
+    // (figures above are the measurement).
+    for (what, d) in &delays {
+        assert!(*d < Duration::from_secs(5), "{what} took {d:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn server_leases_register_expire_and_are_cleaned_up() -> Result<()> {
+    let cluster = Cluster::new("kmm-lease").await?;
+    let (server_client, _) = cluster
+        .service_account("rpc-server", rbac::rpc_server_rules())
+        .await?;
+    let (client, _) = cluster
+        .service_account("rpc-client", rbac::rpc_client_rules())
+        .await?;
+    let config = |pod: Option<PodIdentity>| KubernetesConfig {
+        namespace: Some(cluster.ns.clone()),
+        service_name: Some(SERVICE.into()),
+        pod,
+        ..Default::default()
+    };
+    let server_pod = cluster.pod("server-0").await?;
+    let in_pod = KubernetesMatchmaker::new(
+        server_client.clone(),
+        config(Some(PodIdentity {
+            name: "server-0".into(),
+            uid: server_pod.metadata.uid.clone(),
+            ip: None,
+        })),
+    );
+    let outside = KubernetesMatchmaker::new(server_client, config(None));
+    let reader = KubernetesMatchmaker::new(client, config(None));
+    let leases: Api<Lease> = Api::namespaced(cluster.admin.clone(), &cluster.ns);
+
+    let topic = Target::topic("compute");
+    let on_host = Target::server("compute", "node-1");
+    let long = Duration::from_secs(300);
+    let short = Duration::from_secs(3);
+    let a = "127.0.0.1/compute/node-1/aaaa";
+    let b = "127.0.0.1/compute/bbbb";
+    in_pod.register_server(&topic, a, long).await?;
+    in_pod.register_server(&on_host, a, long).await?;
+
+    let mut rx = reader.watch_servers(&topic).await?;
+    assert_eq!(*rx.borrow_and_update(), vec![a.to_string()]);
+    assert_eq!(reader.servers(&on_host).await?, vec![a.to_string()]);
+
+    // A server outside any pod, with a short TTL, that then crashes.
+    let t = Instant::now();
+    outside.register_server(&topic, b, short).await?;
+    tokio::time::timeout(TIMEOUT, rx.wait_for(|v| v.len() == 2)).await??;
+    println!("server Lease seen by the watcher after {:?}", t.elapsed());
+    assert_eq!(*rx.borrow(), vec![b.to_string(), a.to_string()], "sorted");
+    drop(outside);
+    let crashed = Instant::now();
+    tokio::time::timeout(TIMEOUT, rx.wait_for(|v| *v == [a.to_string()])).await??;
+    let expired_after = crashed.elapsed();
+    println!("crashed server left the watched list after {expired_after:?} (TTL {short:?})");
+    assert!(
+        expired_after >= short - Duration::from_millis(500),
+        "expired too early: {expired_after:?}"
+    );
+    assert_eq!(reader.servers(&topic).await?, vec![a.to_string()]);
+    // The reader (allowed to delete) removes the expired Lease.
+    let name_b = zmq_proxy::matchmaker::kubernetes::server_lease::lease_name(&topic, b);
+    until("the expired Lease deleted by a reader", TIMEOUT, || async {
+        Ok(leases.get_opt(&name_b).await?.is_none().then_some(()))
+    })
+    .await?;
+
+    // Clean shutdown: unregister removes it at once.
+    in_pod
+        .register_server(&topic, "127.0.0.1/compute/cccc", long)
+        .await?;
+    tokio::time::timeout(TIMEOUT, rx.wait_for(|v| v.len() == 2)).await??;
+    in_pod
+        .unregister_server(&topic, "127.0.0.1/compute/cccc")
+        .await?;
+    tokio::time::timeout(TIMEOUT, rx.wait_for(|v| *v == [a.to_string()])).await??;
+
+    // The pod goes: its Leases go with it (garbage collector).
+    let selector = zmq_proxy::matchmaker::kubernetes::server_lease::all_servers_selector();
+    assert_eq!(
+        leases
+            .list(&ListParams::default().labels(&selector))
+            .await?
+            .items
+            .len(),
+        2
+    );
+    cluster.delete_pod("server-0").await?;
+    until("the pod's Leases garbage-collected", TIMEOUT, || async {
+        Ok(leases
+            .list(&ListParams::default().labels(&selector))
+            .await?
+            .items
+            .is_empty()
+            .then_some(()))
+    })
+    .await?;
+    tokio::time::timeout(TIMEOUT, rx.wait_for(|v| v.is_empty())).await??;
+    Ok(())
+}
+
+#[tokio::test]
+async fn proxy_role_cannot_touch_leases_or_pods() -> Result<()> {
+    // The operator's Role is exactly what registration needs: check a few
+    // things it must not allow, so the tests above prove least privilege.
+    let cluster = Cluster::new("kmm-rbac").await?;
+    let (client, _) = cluster
+        .service_account("proxy", rbac::proxy_rules())
+        .await?;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &cluster.ns);
+    let err = leases
+        .list(&ListParams::default())
+        .await
+        .err()
+        .ok_or_else(|| anyhow!("listing Leases allowed"))?;
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 403),
+        "{err}"
+    );
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client, &cluster.ns);
+    let err = pods
+        .list(&ListParams::default())
+        .await
+        .err()
+        .ok_or_else(|| anyhow!("listing Pods allowed"))?;
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 403),
+        "{err}"
+    );
+    let _ = Arc::new(());
+    Ok(())
+}

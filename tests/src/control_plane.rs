@@ -16,6 +16,7 @@
 //! ServiceAccount credentials, as in a real cluster. There is no scheduler
 //! and no kubelet: [`crate::NodeAgent`] plays both.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -65,6 +66,17 @@ struct Local {
 }
 
 static SHARED: OnceCell<ControlPlane> = OnceCell::const_new();
+
+/// Which thread (= which test, under `cargo test`) created each namespace,
+/// so that node agents of parallel tests in one process bind only their own
+/// test's pods (see [`crate::NodeAgent::start`]).
+static NAMESPACE_OWNERS: Mutex<BTreeMap<String, std::thread::ThreadId>> =
+    Mutex::new(BTreeMap::new());
+
+/// The thread that created namespace `ns` through [`ControlPlane::namespace`].
+pub fn namespace_owner(ns: &str) -> Option<std::thread::ThreadId> {
+    NAMESPACE_OWNERS.lock().ok()?.get(ns).copied()
+}
 
 impl ControlPlane {
     /// The control plane of this test process, started on first use (or the
@@ -328,16 +340,22 @@ impl ControlPlane {
             .create(&PostParams::default(), &ns)
             .await
             .with_context(|| format!("cannot create namespace {name}"))?;
+        if let Ok(mut owners) = NAMESPACE_OWNERS.lock() {
+            owners.insert(name.clone(), std::thread::current().id());
+        }
         // Pods are rejected until the namespace's default ServiceAccount
         // exists (and, on 1.20, its token secret): wait, so tests need not.
         let sas: Api<ServiceAccount> = Api::namespaced(self.client()?, &name);
         let needs_secret = self.is_local();
-        crate::wait::until("the namespace's default ServiceAccount", STARTUP_TIMEOUT, || async {
-            Ok(sas
-                .get_opt("default")
-                .await?
-                .filter(|sa| !needs_secret || sa.secrets.as_ref().is_some_and(|s| !s.is_empty())))
-        })
+        crate::wait::until(
+            "the namespace's default ServiceAccount",
+            STARTUP_TIMEOUT,
+            || async {
+                Ok(sas.get_opt("default").await?.filter(|sa| {
+                    !needs_secret || sa.secrets.as_ref().is_some_and(|s| !s.is_empty())
+                }))
+            },
+        )
         .await?;
         Ok(name)
     }
@@ -387,7 +405,8 @@ impl ControlPlane {
         request_token(&api, sa, bound).await
     }
 
-    /// Stops the API server (SIGTERM, then SIGKILL after 15 s) for outage
+    /// Stops the API server (SIGTERM, then SIGKILL after 5 s: kube-apiserver 1.20 can take
+    /// 15 s and more to drain its watches) for outage
     /// tests; etcd and the controller manager keep running.
     pub async fn stop_apiserver(&self) -> Result<()> {
         let local = self
@@ -400,7 +419,7 @@ impl ControlPlane {
             .map_err(|_| anyhow!("apiserver lock poisoned"))?
             .take();
         if let Some(p) = process {
-            let info = p.terminate(Duration::from_secs(15)).await;
+            let info = p.terminate(Duration::from_secs(5)).await;
             tracing::info!("kube-apiserver stopped ({info})");
         }
         Ok(())

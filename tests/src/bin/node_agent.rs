@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use anyhow::{anyhow, Context, Result};
 use clap::Parser;
 use harness::kubeconfig;
+use harness::node_agent::Scope;
 use harness::NodeAgent;
 
 /// Runs pods as local processes (image repository -> binary).
@@ -40,10 +41,12 @@ async fn main() -> Result<()> {
     let client = kube::Client::try_from(config)?;
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("cannot create {}", args.dir.display()))?;
-    let namespaces: Option<HashSet<String>> =
-        (!args.namespaces.is_empty()).then(|| args.namespaces.into_iter().collect());
-    let agent =
-        NodeAgent::start_with(client, cluster, &args.dir, images, namespaces, false).await?;
+    let scope = if args.namespaces.is_empty() {
+        Scope::All
+    } else {
+        Scope::Namespaces(args.namespaces.into_iter().collect::<HashSet<String>>())
+    };
+    let agent = NodeAgent::start_with(client, cluster, &args.dir, images, scope, false).await?;
     println!(
         "node {} running; pod logs under {}",
         agent.node_name(),

@@ -21,9 +21,14 @@
 //!   `<pod dir>/<container>.log` ([`NodeAgent::pod_log`]).
 //!
 //! Unsupported pod features are logged as warnings (initContainers, exec
-//! probes, lifecycle hooks, most volume types, ...). Several agents may share
-//! a control plane only if their namespaces are disjoint
-//! ([`NodeAgent::start_in_namespaces`]).
+//! probes, lifecycle hooks, most volume types, ...).
+//!
+//! Which pending pods an agent binds ([`Scope`]): under cargo-nextest every
+//! test has its own process, plane and agent, so "all" is right. Under
+//! `cargo test`, parallel tests share the plane; an agent from
+//! [`NodeAgent::start`] then binds pods of namespaces its own test created
+//! with [`ControlPlane::namespace`] (same thread), and pods of other
+//! namespaces only while it is the only agent in the process.
 
 pub mod env;
 pub mod expand;
@@ -38,6 +43,7 @@ pub mod volumes;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -67,6 +73,34 @@ pub const NODE_LABEL: &str = "zmq-proxy.io/node-agent";
 const LEASE_RENEW: Duration = Duration::from_secs(10);
 /// How long `Drop` waits for SIGTERMed pod processes before SIGKILL.
 const DROP_GRACE: Duration = Duration::from_secs(10);
+
+/// Which pending pods an agent binds.
+#[derive(Clone, Debug)]
+pub enum Scope {
+    /// Every namespace.
+    All,
+    /// Only these namespaces.
+    Namespaces(HashSet<String>),
+    /// Namespaces created (via [`ControlPlane::namespace`]) on this thread,
+    /// others only while this is the process's only agent.
+    Test(std::thread::ThreadId),
+}
+
+impl Scope {
+    fn binds(&self, ns: &str) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Namespaces(set) => set.contains(ns),
+            Scope::Test(me) => match crate::control_plane::namespace_owner(ns) {
+                Some(owner) => owner == *me,
+                None => LIVE_AGENTS.load(Ordering::Relaxed) <= 1,
+            },
+        }
+    }
+}
+
+/// Agents alive in this process.
+static LIVE_AGENTS: AtomicUsize = AtomicUsize::new(0);
 
 /// What every pod worker shares.
 pub struct AgentContext {
@@ -112,15 +146,17 @@ pub struct NodeAgent {
 }
 
 impl NodeAgent {
-    /// Starts an agent serving pods of every namespace; `images` maps image
-    /// repositories (the part before ':') to local binaries.
+    /// Starts an agent; `images` maps image repositories (the part before
+    /// ':') to local binaries. It binds pending pods as [`Scope::Test`]
+    /// says: those of namespaces this test created, others while it is the
+    /// only agent of the process.
     pub async fn start(cp: &ControlPlane, images: HashMap<String, PathBuf>) -> Result<NodeAgent> {
         Self::start_with(
             cp.client()?,
             cp.cluster().clone(),
             cp.dir(),
             images,
-            None,
+            Scope::Test(std::thread::current().id()),
             !cp.is_local(),
         )
         .await
@@ -139,7 +175,7 @@ impl NodeAgent {
             cp.cluster().clone(),
             cp.dir(),
             images,
-            Some(ns),
+            Scope::Namespaces(ns),
             !cp.is_local(),
         )
         .await
@@ -152,7 +188,7 @@ impl NodeAgent {
         cluster: ClusterAccess,
         base_dir: &Path,
         images: HashMap<String, PathBuf>,
-        namespaces: Option<HashSet<String>>,
+        scope: Scope,
         taint: bool,
     ) -> Result<NodeAgent> {
         static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -179,13 +215,14 @@ impl NodeAgent {
             processes: Mutex::new(Vec::new()),
         });
         register_node(&client, &node, taint).await?;
+        LIVE_AGENTS.fetch_add(1, Ordering::Relaxed);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let tasks = vec![
             tokio::spawn(heartbeat(client.clone(), node.clone(), shutdown_rx.clone())),
             tokio::spawn(binder(
                 client.clone(),
                 node.clone(),
-                namespaces,
+                scope,
                 shutdown_rx.clone(),
             )),
             tokio::spawn(dispatcher(ctx.clone(), shutdown_rx)),
@@ -238,6 +275,7 @@ impl NodeAgent {
     /// and deletes the Node.
     pub async fn stop(mut self) -> Result<()> {
         self.stopped = true;
+        LIVE_AGENTS.fetch_sub(1, Ordering::Relaxed);
         let _ = self.shutdown.send(true);
         for t in std::mem::take(&mut self.tasks) {
             let _ = t.await;
@@ -257,6 +295,7 @@ impl Drop for NodeAgent {
         if self.stopped {
             return;
         }
+        LIVE_AGENTS.fetch_sub(1, Ordering::Relaxed);
         let _ = self.shutdown.send(true);
         for t in &self.tasks {
             t.abort();
@@ -379,14 +418,8 @@ async fn heartbeat(client: Client, node: String, mut shutdown: watch::Receiver<b
     }
 }
 
-/// The scheduler part: binds every unscheduled pod (of the served
-/// namespaces) to this node.
-async fn binder(
-    client: Client,
-    node: String,
-    namespaces: Option<HashSet<String>>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// The scheduler part: binds every unscheduled pod in scope to this node.
+async fn binder(client: Client, node: String, scope: Scope, mut shutdown: watch::Receiver<bool>) {
     let pods: Api<Pod> = Api::all(client.clone());
     let cfg = watcher::Config::default().fields("spec.nodeName=");
     let mut stream = watcher::watcher(pods, cfg).default_backoff().boxed();
@@ -409,10 +442,7 @@ async fn binder(
             .spec
             .as_ref()
             .is_some_and(|s| s.node_name.as_deref().unwrap_or("").is_empty());
-        if !unscheduled
-            || pod.metadata.deletion_timestamp.is_some()
-            || namespaces.as_ref().is_some_and(|set| !set.contains(&ns))
-        {
+        if !unscheduled || pod.metadata.deletion_timestamp.is_some() || !scope.binds(&ns) {
             continue;
         }
         let name = pod.name_any();

@@ -440,6 +440,141 @@ async fn proxy_role_cannot_touch_leases_or_pods() -> Result<()> {
         matches!(err, kube::Error::Api(ref s) if s.code == 403),
         "{err}"
     );
-    let _ = Arc::new(());
+    Ok(())
+}
+
+fn k8s_matchmaker(client: Client, ns: &str) -> Arc<dyn Matchmaker> {
+    Arc::new(KubernetesMatchmaker::new(
+        client,
+        KubernetesConfig {
+            namespace: Some(ns.into()),
+            service_name: Some(SERVICE.into()),
+            ..Default::default()
+        },
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_through_proxies_found_in_kubernetes_follows_them_coming_and_going() -> Result<()> {
+    use zmq_proxy::rpc::{
+        ClientConfig, Incoming, RemoteError, Request, RpcClient, RpcServer, ServerConfig,
+    };
+
+    let cluster = Cluster::new("kmm-rpc").await?;
+    let (_, proxy_kubeconfig) = cluster
+        .service_account("proxy", rbac::proxy_rules())
+        .await?;
+    let (server_client, _) = cluster
+        .service_account("rpc-server", rbac::rpc_server_rules())
+        .await?;
+    let (client_client, _) = cluster
+        .service_account("rpc-client", rbac::rpc_client_rules())
+        .await?;
+    let pod_a = cluster.pod("proxy-a").await?;
+    let pod_b = cluster.pod("proxy-b").await?;
+    let a = ProxyProcess::start(&cluster, &pod_a, &proxy_kubeconfig).await?;
+
+    let target = Target::topic("k8s-e2e");
+    let server = RpcServer::start(
+        k8s_matchmaker(server_client, &cluster.ns),
+        ServerConfig {
+            host: "127.0.0.1".into(),
+            acks: true,
+            shutdown_grace: Duration::from_millis(200),
+            ..ServerConfig::new(target.clone())
+        },
+        |inc: Incoming| async move { Ok::<_, RemoteError>(inc.args().clone()) },
+    )
+    .await?;
+    assert!(
+        server.wait_ready(1, TIMEOUT).await,
+        "server registered and connected"
+    );
+    let client = RpcClient::connect(
+        k8s_matchmaker(client_client, &cluster.ns),
+        ClientConfig {
+            host: "127.0.0.1".into(),
+            acks: true,
+            ack_timeout: Duration::from_secs(1),
+            retries: 3,
+            call_timeout: Duration::from_secs(10),
+            ..ClientConfig::default()
+        },
+    )
+    .await?;
+    assert!(client.wait_for_proxies(1, TIMEOUT).await);
+
+    // Calls run the whole time; every one must succeed.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let calls = tokio::spawn({
+        let client = client.clone();
+        let target = target.clone();
+        let stop = stop.clone();
+        async move {
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                i += 1;
+                match client
+                    .call(&target, &Request::new("echo", serde_json::json!({"i": i})))
+                    .await
+                {
+                    Ok(v) if v["i"] == i => ok += 1,
+                    other => failed.push(format!("call {i}: {other:?}")),
+                }
+            }
+            (ok, failed)
+        }
+    });
+
+    // A second proxy appears: client and server connect to it.
+    let t = Instant::now();
+    let b = ProxyProcess::start(&cluster, &pod_b, &proxy_kubeconfig).await?;
+    assert!(
+        client.wait_for_proxies(2, TIMEOUT).await,
+        "client connects to the second proxy"
+    );
+    assert!(
+        server.wait_ready(2, TIMEOUT).await,
+        "server connects to the second proxy"
+    );
+    println!(
+        "second proxy started and connected by client and server in {:?}",
+        t.elapsed()
+    );
+    let stats_before = client.stats();
+    until("calls through both proxies", TIMEOUT, || async {
+        Ok((client.stats().replies >= stats_before.replies + 50).then_some(()))
+    })
+    .await?;
+
+    // The first leaves (SIGTERM: not ready, deregistered, drained, gone).
+    a.process.signal(libc::SIGTERM);
+    let exit = a
+        .process
+        .wait_timeout(TIMEOUT)
+        .await
+        .ok_or_else(|| anyhow!("proxy-a did not exit"))?;
+    assert!(exit.success(), "{exit}");
+    let after_exit = client.stats();
+    until("calls through the remaining proxy", TIMEOUT, || async {
+        Ok((client.stats().replies >= after_exit.replies + 50).then_some(()))
+    })
+    .await?;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed) = calls.await?;
+    let stats = client.stats();
+    println!(
+        "{ok} calls ok, {} failed; client sent {}, retries {} ({} after proxy-a exited)",
+        failed.len(),
+        stats.sent,
+        stats.retries,
+        stats.retries - after_exit.retries
+    );
+    assert!(failed.is_empty(), "failed calls: {failed:?}");
+    client.close().await;
+    server.stop().await;
+    b.process.signal(libc::SIGTERM);
+    b.process.wait_timeout(TIMEOUT).await;
     Ok(())
 }

@@ -674,6 +674,8 @@ async fn run_server_watch(
             .map(|(name, (_, rv))| (name.clone(), rv.clone()))
             .filter(|key| !deleted.contains(key))
             .collect();
+        // Forget attempts on Leases that are gone, so the set stays small.
+        deleted.retain(|(name, _)| state.records.contains_key(name));
         drop(state);
         for key in expired {
             deleted.insert(key.clone());

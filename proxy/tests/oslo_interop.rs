@@ -1,0 +1,247 @@
+//! Interop with unmodified oslo.messaging 8.1.4 (ZeroMQ driver, Redis
+//! matchmaker) through our proxy: a Rust client calls an oslo server, and an
+//! oslo client calls a Rust server, with and without acks, including remote
+//! errors. oslo.messaging comes from PyPI into a venv under the target dir
+//! (`tests/oslo/install.sh`, which applies its Python 3.11 fixes at install
+//! time); the Python side is `tests/oslo/oslo_rpc.py`.
+
+mod rpc_support;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Once};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use zmq_proxy::matchmaker::redis::{RedisConfig, RedisMatchmaker};
+use zmq_proxy::matchmaker::{Matchmaker, Target};
+use zmq_proxy::rpc::{
+    ClientConfig, Incoming, RemoteError, Request, RpcClient, RpcError, RpcServer, ServerConfig,
+};
+
+use rpc_support::{Proxy, Redis, WAIT};
+
+fn oslo_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oslo")
+}
+
+/// The venv's python, installing oslo.messaging on first use.
+fn python() -> PathBuf {
+    static INSTALL: Once = Once::new();
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("oslo-venv");
+    INSTALL.call_once(|| {
+        let out = Command::new("sh")
+            .arg(oslo_dir().join("install.sh"))
+            .arg(&venv)
+            .output()
+            .expect("run install.sh");
+        assert!(
+            out.status.success(),
+            "installing oslo.messaging 8.1.4 failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+    venv.join("bin/python")
+}
+
+/// A Python child process, SIGTERMed (then killed) when dropped.
+struct Py {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Py {
+    fn start(args: &[&str], acks: bool) -> Py {
+        let mut child = Command::new(python())
+            .arg(oslo_dir().join("oslo_rpc.py"))
+            .args(args)
+            .env("OSLO_ACKS", if acks { "true" } else { "false" })
+            .env("PYTHONWARNINGS", "ignore")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn python");
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let tx2 = tx.clone();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        std::thread::spawn(move || {
+            for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx2.send(format!("stderr: {l}"));
+            }
+        });
+        Py { child, lines }
+    }
+
+    /// Waits for a stdout line satisfying `pred`; panics with everything seen otherwise.
+    fn expect_line(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let mut seen = Vec::new();
+        let deadline = std::time::Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(l) if !l.starts_with("stderr: ") && pred(&l) => return l,
+                Ok(l) => seen.push(l),
+                Err(_) => break,
+            }
+        }
+        panic!("expected line not seen; output:\n{}", seen.join("\n"));
+    }
+}
+
+impl Drop for Py {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's PID.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn oslo_call(url: &str, topic: &str, method: &str, args: Value, acks: bool) -> Value {
+    let py = Py::start(&["call", url, topic, method, &args.to_string(), "20"], acks);
+    let line = py.expect_line(Duration::from_secs(60), |l| l.starts_with('{'));
+    serde_json::from_str(&line).expect("json line")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_and_oslo_call_each_other_through_the_proxy() {
+    let _ = python();
+    let redis = Redis::start();
+    let url = redis.url();
+    let oslo_url = format!("{url}/");
+    let proxy = Proxy::start(&["-u", &url]);
+    let mm: Arc<dyn Matchmaker> = Arc::new(
+        RedisMatchmaker::new(RedisConfig {
+            poll_period: Duration::from_millis(200),
+            ..RedisConfig::from_url(&url).unwrap()
+        })
+        .unwrap(),
+    );
+
+    // oslo server (acks on), called by a Rust client with acks on.
+    let oslo_server = Py::start(&["serve", &oslo_url, "oslo_topic"], true);
+    oslo_server.expect_line(Duration::from_secs(60), |l| l == "ready");
+    let client = RpcClient::connect(
+        Arc::clone(&mm),
+        ClientConfig {
+            host: "127.0.0.1".into(),
+            acks: true,
+            ack_timeout: Duration::from_secs(5),
+            call_timeout: Duration::from_secs(20),
+            ..ClientConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(client.wait_for_proxies(1, WAIT).await);
+    let target = Target::topic("oslo_topic");
+    let reply = client
+        .call(
+            &target,
+            &Request::new("echo", json!({"x": 1})).with_context(json!({"user": "rust"})),
+        )
+        .await
+        .expect("rust -> oslo call");
+    assert_eq!(
+        reply,
+        json!({"args": {"x": 1}, "server": "oslo", "ctxt": {"user": "rust"}})
+    );
+    match client.call(&target, &Request::new("fail", json!({}))).await {
+        Err(RpcError::Remote(e)) => {
+            assert_eq!(
+                (e.class.as_str(), e.module.as_str()),
+                ("ValueError", "builtins")
+            );
+            assert_eq!(e.message, "oslo failed on purpose");
+            assert!(!e.tb.is_empty(), "oslo sends its traceback");
+        }
+        other => panic!("expected oslo's ValueError, got {other:?}"),
+    }
+    client
+        .cast(&target, &Request::new("echo", json!({})))
+        .await
+        .expect("oslo server acks a cast");
+    assert_eq!(
+        client.stats().retries,
+        0,
+        "oslo acked every message in time"
+    );
+    // A server-specific target reaches it too (DEALER/oslo_topic/oslo-server).
+    let reply = client
+        .call(
+            &Target::server("oslo_topic", "oslo-server"),
+            &Request::new("echo", json!({"y": 2})),
+        )
+        .await
+        .expect("call to oslo's server target");
+    assert_eq!(reply["args"], json!({"y": 2}));
+
+    // Rust servers, called by oslo clients. Acks must be on or off on both
+    // sides alike: an oslo client without acks fails on an unexpected ACK
+    // (it has no ack future to resolve), as it does with an oslo server.
+    let handler = |inc: Incoming| async move {
+        match inc.method() {
+            Some("echo") => Ok(json!({"args": inc.args(), "server": "rust", "ctxt": inc.context})),
+            _ => Err(RemoteError::new("KeyError", "no such method")),
+        }
+    };
+    let mut servers = Vec::new();
+    for acks in [false, true] {
+        let server = RpcServer::start(
+            Arc::clone(&mm),
+            ServerConfig {
+                host: "127.0.0.1".into(),
+                acks,
+                shutdown_grace: Duration::ZERO,
+                ..ServerConfig::new(Target::topic(format!("rust_acks_{acks}")))
+            },
+            handler,
+        )
+        .await
+        .unwrap();
+        assert!(server.wait_ready(1, WAIT).await);
+        servers.push(server);
+    }
+    for acks in [false, true] {
+        let topic = format!("rust_acks_{acks}");
+        let r = oslo_call(&oslo_url, &topic, "echo", json!({"z": 3}), acks);
+        assert_eq!(
+            r,
+            json!({"ok": {"args": {"z": 3}, "server": "rust", "ctxt": {"caller": "oslo"}}}),
+            "oslo -> rust (acks {acks})"
+        );
+        let r = oslo_call(&oslo_url, &topic, "nope", json!({}), acks);
+        assert_eq!(r["error"], "KeyError", "{r}");
+        assert!(
+            r["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("no such method"),
+            "{r}"
+        );
+    }
+
+    client.close().await;
+    for server in servers {
+        server.stop().await;
+    }
+    drop(oslo_server);
+    drop(proxy);
+}

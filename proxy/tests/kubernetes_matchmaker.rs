@@ -97,13 +97,7 @@ async fn proxy_registers_its_slice_and_sigterm_drains_then_removes_it() -> Resul
             host: proxy.ip.clone(),
             frontend_port: proxy.frontend,
             backend_port: Some(proxy.backend),
-            publisher_port: typed
-                .ports
-                .iter()
-                .flatten()
-                .find(|p| p.name.as_deref() == Some("publisher"))
-                .and_then(|p| p.port)
-                .map(|p| p as u16),
+            publisher_port: proxy.publisher,
         }]
     );
     let conditions = typed.endpoints[0].conditions.clone().unwrap_or_default();

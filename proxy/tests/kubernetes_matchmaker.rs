@@ -572,3 +572,42 @@ async fn rpc_through_proxies_found_in_kubernetes_follows_them_coming_and_going()
     b.process.wait_timeout(TIMEOUT).await;
     Ok(())
 }
+
+#[tokio::test]
+async fn registrant_deletes_expired_leases_of_its_target() -> Result<()> {
+    // No watcher runs here: the only one to clean up is the next registrant.
+    let cluster = Cluster::new("kmm-sweep").await?;
+    let (server_client, _) = cluster
+        .service_account("rpc-server", rbac::rpc_server_rules())
+        .await?;
+    let mm = KubernetesMatchmaker::new(
+        server_client,
+        KubernetesConfig {
+            namespace: Some(cluster.ns.clone()),
+            ..Default::default()
+        },
+    );
+    let leases: Api<Lease> = Api::namespaced(cluster.admin.clone(), &cluster.ns);
+    let target = Target::topic("sweep");
+    let crashed = "127.0.0.1/sweep/crashed";
+    mm.register_server(&target, crashed, Duration::from_secs(1))
+        .await?;
+    let name = zmq_proxy::matchmaker::kubernetes::server_lease::lease_name(&target, crashed);
+    assert!(leases.get_opt(&name).await?.is_some());
+    until("the crashed server's Lease to expire", TIMEOUT, || async {
+        Ok(mm.servers(&target).await?.is_empty().then_some(()))
+    })
+    .await?;
+    assert!(
+        leases.get_opt(&name).await?.is_some(),
+        "expired, but nobody deleted it yet"
+    );
+    mm.register_server(&target, "127.0.0.1/sweep/next", Duration::from_secs(60))
+        .await?;
+    assert!(
+        leases.get_opt(&name).await?.is_none(),
+        "the next registrant deletes it"
+    );
+    assert_eq!(mm.servers(&target).await?, ["127.0.0.1/sweep/next"]);
+    Ok(())
+}

@@ -12,7 +12,7 @@ use anyhow::{anyhow, Result};
 use harness::wait::until;
 use k8s_support::{Cluster, ProxyProcess, Traffic, SERVICE, TIMEOUT};
 use zmq_proxy::matchmaker::kubernetes::{rbac, KubernetesConfig, KubernetesMatchmaker};
-use zmq_proxy::matchmaker::{Matchmaker, ProxyAddresses};
+use zmq_proxy::matchmaker::{Matchmaker, ProxyAddresses, Target};
 
 fn hosts(list: &[ProxyAddresses]) -> Vec<String> {
     list.iter().map(|p| p.host.clone()).collect()
@@ -46,6 +46,23 @@ async fn apiserver_restart_does_not_stop_forwarding_and_registration_recovers() 
     let pod_b = cluster.pod("proxy-b").await?;
     let a = ProxyProcess::start(&cluster, &pod_a, &kubeconfig).await?;
     let mut rx = watcher.watch_proxies().await?;
+    let (server_client, _) = cluster
+        .service_account("rpc-server", rbac::rpc_server_rules())
+        .await?;
+    let registrant = KubernetesMatchmaker::new(
+        server_client,
+        KubernetesConfig {
+            namespace: Some(cluster.ns.clone()),
+            request_timeout,
+            ..Default::default()
+        },
+    );
+    let target = Target::topic("outage");
+    registrant
+        .register_server(&target, "127.0.0.1/outage/before", Duration::from_secs(300))
+        .await?;
+    let mut servers_rx = watcher.watch_servers(&target).await?;
+    assert_eq!(*servers_rx.borrow_and_update(), ["127.0.0.1/outage/before"]);
     tokio::time::timeout(TIMEOUT, rx.wait_for(|v| hosts(v) == [a.ip.clone()]))
         .await
         .map_err(|_| anyhow!("proxy-a never listed"))??;
@@ -60,8 +77,13 @@ async fn apiserver_restart_does_not_stop_forwarding_and_registration_recovers() 
         || async { Ok((traffic.count() >= during + 50).then_some(())) },
     )
     .await?;
-    // Calls fail (fast) instead of hanging, and the watched list stays.
+    // Calls fail (fast) instead of hanging, and the watched lists stay.
     let t = Instant::now();
+    assert!(registrant
+        .register_server(&target, "127.0.0.1/outage/after", Duration::from_secs(300))
+        .await
+        .is_err());
+    assert_eq!(*servers_rx.borrow(), ["127.0.0.1/outage/before"]);
     assert!(
         watcher.proxies().await.is_err(),
         "API server should be down"
@@ -99,6 +121,13 @@ async fn apiserver_restart_does_not_stop_forwarding_and_registration_recovers() 
             )
         })??;
     let recovered = back.elapsed();
+    // The server-Lease watch is back too.
+    registrant
+        .register_server(&target, "127.0.0.1/outage/after", Duration::from_secs(300))
+        .await?;
+    tokio::time::timeout(TIMEOUT, servers_rx.wait_for(|v| v.len() == 2))
+        .await
+        .map_err(|_| anyhow!("server Lease watch did not recover"))??;
     until("proxy-b ready once registered", TIMEOUT, || async {
         Ok((b.readyz() == Some(200)).then_some(()))
     })

@@ -455,6 +455,31 @@ impl KubernetesMatchmaker {
         Ok(shared)
     }
 
+    /// Deletes the expired Leases of `target` (unless renewed meanwhile);
+    /// failures are only logged.
+    async fn delete_expired_leases(&self, api: &Api<Lease>, target: &Target) {
+        let params = ListParams::default().labels(&server_lease::target_selector(target));
+        let list = match self.timed("list server Leases", api.list(&params)).await {
+            Ok(Ok(list)) => list,
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "cannot list server Leases to clean up");
+                return;
+            }
+            Err(error) => {
+                tracing::debug!(%error, "cannot list server Leases to clean up");
+                return;
+            }
+        };
+        let now = Timestamp::now();
+        for lease in &list.items {
+            if let Some((name, (record, rv))) = lease_entry(lease) {
+                if !record.is_live(now) {
+                    delete_expired_lease(api.clone(), name, rv).await;
+                }
+            }
+        }
+    }
+
     /// Waits until a watch has its first complete list, within the request timeout.
     async fn wait_synced(&self, mut synced: watch::Receiver<bool>, what: &str) -> Result<()> {
         let wait = synced.wait_for(|s| *s);
@@ -812,6 +837,9 @@ impl Matchmaker for KubernetesMatchmaker {
             )
             .await?
             .map_err(|e| api_error("apply server Lease", e))?;
+            // Registrants clean up after crashed peers of the same target
+            // (best effort: readers ignore expired Leases anyway).
+            self.delete_expired_leases(&api, target).await;
             Ok(())
         })
     }

@@ -12,8 +12,9 @@
 //!   NTP sync, as for every Kubernetes Lease consumer; a skew eats into the TTL);
 //! - garbage collection: the Lease is owned by the server's Pod when it runs
 //!   in one, so Kubernetes deletes it with the pod; expired Leases (a server
-//!   outside Kubernetes that crashed) are deleted by readers allowed to,
-//!   with a resourceVersion precondition so a renewal that races wins;
+//!   outside Kubernetes that crashed, or one whose pod lives on) are deleted
+//!   by the next registrant of the same target and by watching readers
+//!   allowed to, with a resourceVersion precondition so a racing renewal wins;
 //! - watchable: labels select Leases by target. Topics, server names and
 //!   identities need not fit label syntax, so the label holds a hash of the
 //!   target and annotations hold the full values, which readers check.

@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use super::connections::{self, follow_proxies};
 use super::payload::{decode_reply, encode_pair, Request};
 use super::routing::Routes;
-use super::socket_thread::{Command, SocketThread};
+use super::socket_thread::{Command, Monitor, SocketThread};
 use super::{configure_socket, default_host, new_message_id, RpcError};
 use crate::matchmaker::{Matchmaker, Target};
 use crate::protocol::{dealer_request, Delivery, MessageType};
@@ -139,6 +139,7 @@ struct Inner {
     waiters: Waiters,
     routes: Routes,
     counters: Arc<Counters>,
+    /// Proxies whose frontend completed the handshake.
     connected: watch::Receiver<usize>,
     stop: watch::Sender<bool>,
     _ctx: zmq::Context,
@@ -174,20 +175,20 @@ impl RpcClient {
             let counters = Arc::clone(&counters);
             move |_socket: usize, frames: Vec<Vec<u8>>| deliver(&waiters, &counters, &frames)
         };
+        let (peers, connected) = watch::channel(0usize);
         let thread = Arc::new(SocketThread::spawn(
             "rpc-client",
             &ctx,
             vec![dealer],
             Duration::from_millis(500),
+            Some(Monitor { socket: 0, peers }),
             on_message,
         )?);
         let (stop, stop_rx) = watch::channel(false);
-        let (connected_tx, connected) = watch::channel(0usize);
         tokio::spawn(follow_proxies(
             Arc::clone(&matchmaker),
             Arc::clone(&thread),
             vec![(0, connections::frontend as connections::EndpointOf)],
-            connected_tx,
             stop_rx,
         ));
         Ok(RpcClient {
@@ -226,7 +227,7 @@ impl RpcClient {
         }
     }
 
-    /// Waits until the socket has been told to connect to at least `n` proxies.
+    /// Waits until the DEALER has completed the handshake with at least `n` proxies.
     pub async fn wait_for_proxies(&self, n: usize, timeout: Duration) -> bool {
         let mut rx = self.inner.connected.clone();
         tokio::time::timeout(timeout, rx.wait_for(|c| *c >= n))

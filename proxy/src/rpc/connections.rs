@@ -37,13 +37,11 @@ pub fn publisher(p: &ProxyAddresses) -> Option<String> {
 
 /// Connects and disconnects sockets of `thread` as the proxy list changes:
 /// each `(socket index, endpoint function)` pair gets its own endpoint set.
-/// Runs until `stop` turns true or the receiver closes. `connected` is told
-/// the number of frontends/backends connected (for readiness waits).
+/// Runs until `stop` turns true or the receiver closes.
 pub async fn follow_proxies(
     matchmaker: Arc<dyn Matchmaker>,
     thread: Arc<SocketThread>,
     sockets: Vec<(usize, EndpointOf)>,
-    connected: watch::Sender<usize>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut rx = loop {
@@ -79,7 +77,6 @@ pub async fn follow_proxies(
             }
             current[k] = wanted;
         }
-        connected.send_replace(current.first().map_or(0, BTreeSet::len));
         tokio::select! {
             changed = rx.changed() => if changed.is_err() { return },
             _ = stop.wait_for(|s| *s) => return,

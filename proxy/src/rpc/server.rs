@@ -5,7 +5,7 @@
 //! `{host}/{topic}/{server}/{uuid4}`, as oslo names them) connected to every
 //! proxy's backend, and with pub/sub a SUB on every proxy's PUB. The identity
 //! is registered in the matchmaker under `topic/server` and `topic` and kept
-//! fresh. Both sockets live on one [`SocketThread`]; replies and acks are
+//! fresh, from the moment the DEALER has met its first proxy. Both sockets live on one [`SocketThread`]; replies and acks are
 //! sent by that thread too.
 //!
 //! With acks on, CALL and CAST are acknowledged on receipt. Message ids are
@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use super::connections::{self, follow_proxies};
 use super::dedup::{Dedup, Seen};
 use super::payload::{decode_pair, encode_reply, RemoteError};
-use super::socket_thread::{Command, SocketThread};
+use super::socket_thread::{Command, Monitor, SocketThread};
 use super::{configure_socket, default_host, RpcError};
 use crate::matchmaker::{BoxFuture, Liveness, Matchmaker, Target};
 use crate::protocol::{dealer_request, Delivery, MessageType, Publication};
@@ -177,18 +177,22 @@ impl RpcServer {
             sockets.push(sub);
         }
         let (inbox_tx, inbox) = mpsc::unbounded_channel::<(usize, Vec<Vec<u8>>)>();
+        let (peers, connected) = watch::channel(0usize);
         let thread = Arc::new(SocketThread::spawn(
             "rpc-server",
             &ctx,
             sockets,
             Duration::from_secs(2),
+            Some(Monitor {
+                socket: DEALER,
+                peers,
+            }),
             move |socket, frames| {
                 let _ = inbox_tx.send((socket, frames));
             },
         )?);
         let (stop, stop_rx) = watch::channel(false);
         let (accepting, accepting_rx) = watch::channel(true);
-        let (connected_tx, connected) = watch::channel(0usize);
         let mut follow: Vec<(usize, connections::EndpointOf)> =
             vec![(DEALER, connections::backend)];
         if config.pubsub {
@@ -198,12 +202,12 @@ impl RpcServer {
             Arc::clone(&matchmaker),
             Arc::clone(&thread),
             follow,
-            connected_tx,
             stop_rx.clone(),
         ));
         let (registered_tx, registered) = watch::channel(false);
         tokio::spawn(keep_registered(
             Arc::clone(&matchmaker),
+            connected.clone(),
             registration_targets(&config.target),
             identity.clone(),
             config.liveness,
@@ -239,8 +243,8 @@ impl RpcServer {
         &self.identity
     }
 
-    /// Waits until the identity is registered and the DEALER was told to
-    /// connect to at least `proxies` proxies.
+    /// Waits until the identity is registered and the DEALER completed the
+    /// handshake with at least `proxies` proxies.
     pub async fn wait_ready(&self, proxies: usize, timeout: Duration) -> bool {
         let mut reg = self.registered.clone();
         let mut con = self.connected.clone();
@@ -284,14 +288,22 @@ fn registration_targets(target: &Target) -> Vec<Target> {
     v
 }
 
+/// Registers once the DEALER is reachable through at least one proxy (a
+/// proxy's ROUTER drops messages for identities it has not met, so
+/// registering earlier would send clients into a void), then refreshes.
 async fn keep_registered(
     matchmaker: Arc<dyn Matchmaker>,
+    mut connected: watch::Receiver<usize>,
     targets: Vec<Target>,
     identity: String,
     liveness: Liveness,
     registered: watch::Sender<bool>,
     mut stop: watch::Receiver<bool>,
 ) {
+    tokio::select! {
+        r = connected.wait_for(|n| *n > 0) => if r.is_err() { return },
+        _ = stop.wait_for(|s| *s) => return,
+    }
     let mut backoff = Duration::from_millis(200);
     loop {
         let mut ok = true;

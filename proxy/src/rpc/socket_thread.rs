@@ -7,16 +7,22 @@
 //! Received messages are handed to a callback on the thread, which routes
 //! them onwards (to waiting futures, or to a dispatcher channel).
 //!
+//! Optionally the thread watches one socket with the ZeroMQ socket monitor
+//! and publishes how many peers completed the ZMTP handshake, which is when
+//! a proxy's ROUTER knows our identity and can route to us.
+//!
 //! Sends never block the thread: a message a socket cannot take now (e.g. a
 //! DEALER with ZMQ_IMMEDIATE and no proxy connected yet) waits in a queue
 //! until its deadline, then is dropped; the sender's ack or reply timeout
 //! decides what happens next.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::mpsc;
 use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
 
 use super::RpcError;
 
@@ -60,6 +66,15 @@ pub enum Command {
     },
 }
 
+/// Which socket to watch with the socket monitor, and where to publish its
+/// number of handshaken peers.
+pub struct Monitor {
+    /// Socket index.
+    pub socket: usize,
+    /// Receives the peer count on every change.
+    pub peers: watch::Sender<usize>,
+}
+
 /// Handle on the socket-owning thread; shareable between tasks.
 pub struct SocketThread {
     commands: Mutex<Option<mpsc::Sender<Command>>>,
@@ -80,6 +95,7 @@ impl SocketThread {
         ctx: &zmq::Context,
         sockets: Vec<zmq::Socket>,
         linger: Duration,
+        monitor: Option<Monitor>,
         mut on_message: F,
     ) -> Result<SocketThread, RpcError>
     where
@@ -92,12 +108,34 @@ impl SocketThread {
         push.set_linger(0).map_err(zmq_error("ZMQ_LINGER"))?;
         push.connect(&endpoint)
             .map_err(zmq_error("connect wake PUSH"))?;
+        let monitor = match monitor {
+            Some(m) => {
+                let socket = sockets
+                    .get(m.socket)
+                    .ok_or_else(|| RpcError::Socket("monitored socket index".into()))?;
+                let endpoint = format!("inproc://rpc-monitor-{}", uuid::Uuid::new_v4());
+                let events = zmq::SocketEvent::HANDSHAKE_SUCCEEDED.to_raw()
+                    | zmq::SocketEvent::DISCONNECTED.to_raw();
+                socket
+                    .monitor(&endpoint, i32::from(events))
+                    .map_err(zmq_error("socket monitor"))?;
+                let pair = ctx.socket(zmq::PAIR).map_err(zmq_error("monitor PAIR"))?;
+                pair.connect(&endpoint)
+                    .map_err(zmq_error("connect monitor PAIR"))?;
+                Some(PeerWatch {
+                    pair,
+                    peers: m.peers,
+                    handshaken: BTreeSet::new(),
+                })
+            }
+            None => None,
+        };
         let (tx, rx) = mpsc::channel::<Command>();
         let linger_ms = i32::try_from(linger.as_millis()).unwrap_or(i32::MAX);
         let join = std::thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
-                run(&pull, &sockets, &rx, &mut on_message);
+                run(&pull, &sockets, monitor, &rx, &mut on_message);
                 for s in &sockets {
                     let _ = s.set_linger(linger_ms);
                 }
@@ -148,6 +186,53 @@ impl Drop for SocketThread {
     }
 }
 
+/// Monitor events of the watched socket, turned into a peer count.
+struct PeerWatch {
+    pair: zmq::Socket,
+    peers: watch::Sender<usize>,
+    handshaken: BTreeSet<String>,
+}
+
+impl PeerWatch {
+    fn drain(&mut self) {
+        while let Ok(frames) = self.pair.recv_multipart(zmq::DONTWAIT) {
+            let (Some(head), Some(endpoint)) = (frames.first(), frames.get(1)) else {
+                continue;
+            };
+            if head.len() < 2 {
+                continue;
+            }
+            let event = zmq::SocketEvent::from_raw(u16::from_le_bytes([head[0], head[1]]));
+            let endpoint = String::from_utf8_lossy(endpoint).into_owned();
+            match event {
+                zmq::SocketEvent::HANDSHAKE_SUCCEEDED => {
+                    self.handshaken.insert(endpoint);
+                }
+                zmq::SocketEvent::DISCONNECTED => {
+                    self.handshaken.remove(&endpoint);
+                }
+                _ => {}
+            }
+            self.publish();
+        }
+    }
+
+    fn forget(&mut self, endpoint: &str) {
+        if self.handshaken.remove(endpoint) {
+            self.publish();
+        }
+    }
+
+    fn publish(&self) {
+        let n = self.handshaken.len();
+        self.peers.send_if_modified(|cur| {
+            let changed = *cur != n;
+            *cur = n;
+            changed
+        });
+    }
+}
+
 struct Pending {
     socket: usize,
     frames: Vec<Vec<u8>>,
@@ -157,11 +242,14 @@ struct Pending {
 fn run<F: FnMut(usize, Vec<Vec<u8>>)>(
     wake: &zmq::Socket,
     sockets: &[zmq::Socket],
+    mut monitor: Option<PeerWatch>,
     commands: &mpsc::Receiver<Command>,
     on_message: &mut F,
 ) {
     let mut pending: VecDeque<Pending> = VecDeque::new();
     let mut stopping = false;
+    // Poll items: the wake socket, the monitor (if any), then the sockets.
+    let first_socket = 1 + usize::from(monitor.is_some());
     loop {
         let timeout = if pending.is_empty() {
             -1
@@ -169,8 +257,11 @@ fn run<F: FnMut(usize, Vec<Vec<u8>>)>(
             RETRY_PERIOD_MS
         };
         let readable: Vec<bool> = {
-            let mut items: Vec<zmq::PollItem<'_>> = Vec::with_capacity(sockets.len() + 1);
+            let mut items: Vec<zmq::PollItem<'_>> = Vec::with_capacity(sockets.len() + 2);
             items.push(wake.as_poll_item(zmq::POLLIN));
+            if let Some(m) = &monitor {
+                items.push(m.pair.as_poll_item(zmq::POLLIN));
+            }
             items.extend(sockets.iter().map(|s| s.as_poll_item(zmq::POLLIN)));
             match zmq::poll(&mut items, timeout) {
                 Ok(_) => items.iter().map(|i| i.is_readable()).collect(),
@@ -184,6 +275,9 @@ fn run<F: FnMut(usize, Vec<Vec<u8>>)>(
         if readable.first().copied().unwrap_or(false) {
             while wake.recv_bytes(zmq::DONTWAIT).is_ok() {}
         }
+        if let Some(m) = &mut monitor {
+            m.drain();
+        }
         loop {
             match commands.try_recv() {
                 Ok(Command::Send {
@@ -195,7 +289,13 @@ fn run<F: FnMut(usize, Vec<Vec<u8>>)>(
                     frames,
                     deadline,
                 }),
-                Ok(other) => apply(sockets, other),
+                Ok(other) => {
+                    if let (Command::Disconnect { endpoint, .. }, Some(m)) = (&other, &mut monitor)
+                    {
+                        m.forget(endpoint);
+                    }
+                    apply(sockets, other)
+                }
                 Err(mpsc::TryRecvError::Empty) => break,
                 Err(mpsc::TryRecvError::Disconnected) => {
                     stopping = true;
@@ -205,7 +305,7 @@ fn run<F: FnMut(usize, Vec<Vec<u8>>)>(
         }
         flush(sockets, &mut pending);
         for (i, socket) in sockets.iter().enumerate() {
-            if !readable.get(i + 1).copied().unwrap_or(false) {
+            if !readable.get(i + first_socket).copied().unwrap_or(false) {
                 continue;
             }
             for _ in 0..READ_BATCH {

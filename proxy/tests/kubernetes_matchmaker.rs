@@ -1,8 +1,10 @@
 //! The Kubernetes matchmaker against a real control plane (the harness's
 //! kube-apiserver + controller manager, or the cluster named by
 //! `ZMQ_PROXY_TEST_KUBECONFIG`): proxy EndpointSlices written by the real
-//! binary with only the operator's Role, garbage collection with the pod,
-//! SIGTERM order, watch-based discovery and its delay, and RPC server Leases.
+//! binary with only the Role the operator grants (taken from the operator
+//! crate), garbage collection with the pod, SIGTERM order, watch-based
+//! discovery and its delay, RPC through proxies found in Kubernetes, and RPC
+//! server Leases.
 
 mod k8s_support;
 
@@ -52,7 +54,7 @@ fn parse(o: &DynamicObject) -> Result<k8s_openapi::api::discovery::v1::EndpointS
 async fn proxy_registers_its_slice_and_sigterm_drains_then_removes_it() -> Result<()> {
     let cluster = Cluster::new("kmm-sigterm").await?;
     let (_, kubeconfig) = cluster
-        .service_account("proxy", rbac::proxy_rules())
+        .service_account("proxy", zmq_proxy_operator::resources::proxy_role_rules())
         .await?;
     let pod = cluster.pod("proxy-a").await?;
     let proxy = ProxyProcess::start(&cluster, &pod, &kubeconfig).await?;
@@ -168,7 +170,7 @@ async fn proxy_registers_its_slice_and_sigterm_drains_then_removes_it() -> Resul
 async fn slice_is_garbage_collected_with_its_pod() -> Result<()> {
     let cluster = Cluster::new("kmm-gc").await?;
     let (_, kubeconfig) = cluster
-        .service_account("proxy", rbac::proxy_rules())
+        .service_account("proxy", zmq_proxy_operator::resources::proxy_role_rules())
         .await?;
     let pod = cluster.pod("proxy-gc").await?;
     let proxy = ProxyProcess::start(&cluster, &pod, &kubeconfig).await?;
@@ -242,7 +244,7 @@ async fn changed_within(
 async fn watching_client_sees_proxies_come_and_go_without_polling() -> Result<()> {
     let cluster = Cluster::new("kmm-watch").await?;
     let (proxy_client, _) = cluster
-        .service_account("proxy", rbac::proxy_rules())
+        .service_account("proxy", zmq_proxy_operator::resources::proxy_role_rules())
         .await?;
     let (client, _) = cluster
         .service_account("rpc-client", rbac::rpc_client_rules())
@@ -412,7 +414,7 @@ async fn proxy_role_cannot_touch_leases_or_pods() -> Result<()> {
     // things it must not allow, so the tests above prove least privilege.
     let cluster = Cluster::new("kmm-rbac").await?;
     let (client, _) = cluster
-        .service_account("proxy", rbac::proxy_rules())
+        .service_account("proxy", zmq_proxy_operator::resources::proxy_role_rules())
         .await?;
     let leases: Api<Lease> = Api::namespaced(client.clone(), &cluster.ns);
     let err = leases
@@ -456,7 +458,7 @@ async fn rpc_through_proxies_found_in_kubernetes_follows_them_coming_and_going()
 
     let cluster = Cluster::new("kmm-rpc").await?;
     let (_, proxy_kubeconfig) = cluster
-        .service_account("proxy", rbac::proxy_rules())
+        .service_account("proxy", zmq_proxy_operator::resources::proxy_role_rules())
         .await?;
     let (server_client, _) = cluster
         .service_account("rpc-server", rbac::rpc_server_rules())
@@ -610,4 +612,14 @@ async fn registrant_deletes_expired_leases_of_its_target() -> Result<()> {
     );
     assert_eq!(mm.servers(&target).await?, ["127.0.0.1/sweep/next"]);
     Ok(())
+}
+
+#[test]
+fn operator_grants_proxies_exactly_the_matchmaker_rules() {
+    // The tests above run proxies with the operator's Role; this keeps the
+    // matchmaker's published rules (proxy/rbac/) the same.
+    assert_eq!(
+        zmq_proxy_operator::resources::proxy_role_rules(),
+        rbac::proxy_rules()
+    );
 }

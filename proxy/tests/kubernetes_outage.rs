@@ -26,7 +26,7 @@ async fn apiserver_restart_does_not_stop_forwarding_and_registration_recovers() 
         return Ok(());
     }
     let (_, kubeconfig) = cluster
-        .service_account("proxy", rbac::proxy_rules())
+        .service_account("proxy", zmq_proxy_operator::resources::proxy_role_rules())
         .await?;
     let (client, _) = cluster
         .service_account("rpc-client", rbac::rpc_client_rules())

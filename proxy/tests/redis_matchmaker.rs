@@ -333,3 +333,81 @@ async fn redis_restart_loses_no_registration_and_no_call() {
     server.stop().await;
     drop(proxy);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_follow_proxies_appearing_and_leaving_in_redis() {
+    let redis = Redis::start();
+    let url = redis.url();
+    let poll = Duration::from_millis(200);
+    let mm = matchmaker(&redis, poll, Duration::ZERO);
+    let mut first = Proxy::start(&["-u", &url]);
+    let target = Target::topic("svc");
+    let handler = |inc: Incoming| async move { Ok::<Value, RemoteError>(inc.args().clone()) };
+    let server = RpcServer::start(
+        Arc::clone(&mm),
+        ServerConfig {
+            host: "127.0.0.1".into(),
+            shutdown_grace: Duration::ZERO,
+            ..ServerConfig::new(target.clone())
+        },
+        handler,
+    )
+    .await
+    .unwrap();
+    assert!(server.wait_ready(1, WAIT).await);
+    let client = RpcClient::connect(
+        Arc::clone(&mm),
+        ClientConfig {
+            host: "127.0.0.1".into(),
+            call_timeout: Duration::from_secs(5),
+            ..ClientConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(client.wait_for_proxies(1, WAIT).await);
+    assert_eq!(
+        client
+            .call(&target, &Request::new("echo", json!(1)))
+            .await
+            .unwrap(),
+        json!(1)
+    );
+
+    // A second proxy appears: client and server connect to it.
+    let appeared = Instant::now();
+    let second = Proxy::start(&["-u", &url]);
+    assert!(client.wait_for_proxies(2, WAIT).await);
+    assert!(server.wait_ready(2, WAIT).await);
+    let join_delay = appeared.elapsed();
+
+    // The first leaves (SIGTERM unregisters it): both let it go, and calls
+    // keep working through the second.
+    let mut rx = mm.watch_proxies().await.unwrap();
+    first.sigterm();
+    let left = Instant::now();
+    tokio::time::timeout(
+        WAIT,
+        rx.wait_for(|l| l == std::slice::from_ref(&second.addresses)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let leave_delay = left.elapsed();
+    assert!(first.wait_exit(WAIT).is_some_and(|s| s.success()));
+    for i in 0..10 {
+        assert_eq!(
+            client
+                .call(&target, &Request::new("echo", json!(i)))
+                .await
+                .unwrap(),
+            json!(i)
+        );
+    }
+    println!(
+        "redis discovery (poll {poll:?}): second proxy connected {join_delay:.2?} after its start; \
+         first left the lists {leave_delay:.2?} after SIGTERM"
+    );
+    client.close().await;
+    server.stop().await;
+}

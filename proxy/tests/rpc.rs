@@ -501,3 +501,56 @@ async fn calls_rotate_over_servers_and_follow_them_leaving() {
     c.close().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_rechooses_the_server_when_the_chosen_one_left() {
+    let proxy = Proxy::start(&[]);
+    let mm = static_matchmaker(&[&proxy]);
+    let target = Target::topic("svc");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let s = start_server(
+        &mm,
+        ServerConfig {
+            acks: true,
+            ..server_config(target.clone())
+        },
+        "s",
+        &tx,
+        1,
+    )
+    .await;
+    // A dead identity that sorts first, so round-robin picks it first.
+    let ghost = "127.0.0.1/svc/!ghost";
+    mm.register_server(&target, ghost, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let c = client(
+        &mm,
+        ClientConfig {
+            acks: true,
+            ack_timeout: Duration::from_millis(300),
+            retries: 3,
+            ..client_config()
+        },
+        1,
+    )
+    .await;
+    let cast = tokio::spawn({
+        let (c, target) = (c.clone(), target.clone());
+        async move {
+            c.cast(&target, &Request::new("noop", json!({"n": 1})))
+                .await
+        }
+    });
+    // The ghost leaves the matchmaker before the ack timeout.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    mm.unregister_server(&target, ghost).await.unwrap();
+    cast.await
+        .unwrap()
+        .expect("the retry went to the live server");
+    assert_eq!(c.stats().retries, 1);
+    let (name, inc) = recv_n(&mut rx, 1).await.remove(0);
+    assert_eq!((name.as_str(), inc.args()), ("s", &json!({"n": 1})));
+    c.close().await;
+    s.stop().await;
+}

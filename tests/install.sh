@@ -25,6 +25,8 @@ K8S_DIR="$CACHE/k8s-$K8S_VERSION"
 HELM_VERSION=3.17.3.post1
 NEXTEST_VERSION=0.9.143
 LOGDIR="$CACHE/logs"
+# Marks binaries built with reflect2 1.0.2 (see build_k8s).
+REFLECT2_MARK=.built-with-reflect2-1.0.2
 mkdir -p "$CACHE" "$LOGDIR"
 
 SUDO=""
@@ -32,10 +34,14 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 export DEBIAN_FRONTEND=noninteractive
 
 # step NAME CMD...: runs CMD with its output in a log; prints the log on failure.
+# The command runs as a background job: in an `if` condition bash would
+# ignore `set -e` inside it, and a failing command in the middle of a step
+# would go unnoticed.
 step() {
     local name="$1"; shift
     local log="$LOGDIR/install-$name.log"
-    if ! "$@" >"$log" 2>&1; then
+    ( "$@" ) >"$log" 2>&1 &
+    if ! wait "$!"; then
         echo "install.sh: step '$name' failed (full log: $log); last lines:" >&2
         tail -n 40 "$log" >&2
         exit 1
@@ -45,6 +51,7 @@ step() {
 # --- Debian packages ---------------------------------------------------------
 PACKAGES=(etcd-server redis-server libzmq3-dev pkg-config openssl
           golang-go rsync dpkg-dev make python3-venv ca-certificates
+          golang-github-modern-go-reflect2-dev
           prometheus)
 
 apt_install() {
@@ -97,6 +104,18 @@ build_k8s() {
     [ -n "$src" ] || { echo "no kubernetes source dir in $work"; return 1; }
     mkdir -p "$work/.go/src/k8s.io"
     ln -sfn "$src" "$work/.go/src/k8s.io/kubernetes"
+    # Kubernetes 1.20 vendors reflect2 v1.0.1, which calls reflect.mapiterinit
+    # with its pre-Go-1.18 signature: built with Debian's Go 1.19, the API
+    # server then writes map iterators through a garbage pointer whenever
+    # json-iterator walks a map (every custom resource create or update) and
+    # dies with "fatal error: fault" (modern-go/reflect2#26). reflect2 1.0.2
+    # (Debian's golang-github-modern-go-reflect2-dev) is the upstream fix,
+    # with the same API.
+    local r2=/usr/share/gocode/src/github.com/modern-go/reflect2
+    [ -f "$r2/go_above_118.go" ] || { echo "reflect2 >= 1.0.2 sources missing in $r2"; return 1; }
+    rm -rf "$src/vendor/github.com/modern-go/reflect2"
+    mkdir -p "$src/vendor/github.com/modern-go/reflect2"
+    cp "$r2"/*.go "$r2"/*.s "$src/vendor/github.com/modern-go/reflect2/"
     cd "$work/.go/src/k8s.io/kubernetes"
     # No .git in a source package: give the build its version explicitly.
     GOPATH="$work/.go" CGO_ENABLED=0 \
@@ -111,6 +130,7 @@ build_k8s() {
         install -m 0755 "$out" "$K8S_DIR/bin/$b.tmp"
         mv "$K8S_DIR/bin/$b.tmp" "$K8S_DIR/bin/$b"
     done
+    touch "$K8S_DIR/bin/$REFLECT2_MARK"
     cd "$CACHE"
     rm -rf "$work"
 }
@@ -144,10 +164,15 @@ install_nextest() {
 }
 
 step apt apt_install
-if [ ! -x "$K8S_DIR/bin/kube-apiserver" ] || [ ! -x "$K8S_DIR/bin/kube-controller-manager" ] || [ ! -x "$K8S_DIR/bin/kubectl" ]; then
+# Binaries built before the reflect2 fix (no mark) crash: rebuild them.
+K8S_STALE=""
+if [ ! -x "$K8S_DIR/bin/kube-apiserver" ] || [ ! -x "$K8S_DIR/bin/kube-controller-manager" ] || [ ! -e "$K8S_DIR/bin/$REFLECT2_MARK" ]; then
+    K8S_STALE=1
+fi
+if [ -n "$K8S_STALE" ] || [ ! -x "$K8S_DIR/bin/kubectl" ]; then
     step deb-src deb_src
 fi
-if [ ! -x "$K8S_DIR/bin/kube-apiserver" ] || [ ! -x "$K8S_DIR/bin/kube-controller-manager" ]; then
+if [ -n "$K8S_STALE" ]; then
     echo "install.sh: building kube-apiserver and kube-controller-manager $K8S_VERSION (several minutes, once)"
     step k8s-build build_k8s
 fi
@@ -160,7 +185,8 @@ fi
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "install.sh: installing cargo-nextest $NEXTEST_VERSION (a few minutes, once)"
     # Optional: it needs rustc >= 1.91; tests/run.sh falls back to cargo test.
-    if ! install_nextest >"$LOGDIR/install-nextest.log" 2>&1; then
+    ( install_nextest ) >"$LOGDIR/install-nextest.log" 2>&1 &
+    if ! wait "$!"; then
         echo "install.sh: cargo-nextest could not be installed (see $LOGDIR/install-nextest.log); tests will run with cargo test"
     fi
 fi

@@ -50,7 +50,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{Binding, Namespace, Node, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
@@ -87,13 +87,17 @@ pub enum Scope {
 }
 
 impl Scope {
-    fn binds(&self, ns: &str) -> bool {
+    /// Whether to bind pods of `ns`; `harness_ns`: the namespace carries
+    /// the harness label (created by some test process).
+    fn binds(&self, ns: &str, harness_ns: impl FnOnce() -> bool) -> bool {
         match self {
             Scope::All => true,
             Scope::Namespaces(set) => set.contains(ns),
             Scope::Test(me) => match crate::control_plane::namespace_owner(ns) {
                 Some(owner) => owner == *me,
-                None => LIVE_AGENTS.load(Ordering::Relaxed) <= 1,
+                // Another process's test namespace (several test processes
+                // on one existing cluster) is never ours.
+                None => LIVE_AGENTS.load(Ordering::Relaxed) <= 1 && !harness_ns(),
             },
         }
     }
@@ -421,6 +425,8 @@ async fn heartbeat(client: Client, node: String, mut shutdown: watch::Receiver<b
 /// The scheduler part: binds every unscheduled pod in scope to this node.
 async fn binder(client: Client, node: String, scope: Scope, mut shutdown: watch::Receiver<bool>) {
     let pods: Api<Pod> = Api::all(client.clone());
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let mut harness_namespaces: HashMap<String, bool> = HashMap::new();
     let cfg = watcher::Config::default().fields("spec.nodeName=");
     let mut stream = watcher::watcher(pods, cfg).default_backoff().boxed();
     loop {
@@ -442,7 +448,26 @@ async fn binder(client: Client, node: String, scope: Scope, mut shutdown: watch:
             .spec
             .as_ref()
             .is_some_and(|s| s.node_name.as_deref().unwrap_or("").is_empty());
-        if !unscheduled || pod.metadata.deletion_timestamp.is_some() || !scope.binds(&ns) {
+        if !unscheduled || pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let labelled = match (&scope, harness_namespaces.get(&ns)) {
+            (Scope::Test(_), None) if crate::control_plane::namespace_owner(&ns).is_none() => {
+                let labelled = namespaces
+                    .get_opt(&ns)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|n| {
+                        n.labels()
+                            .contains_key(crate::control_plane::NAMESPACE_LABEL)
+                    });
+                harness_namespaces.insert(ns.clone(), labelled);
+                labelled
+            }
+            (_, known) => known.copied().unwrap_or(false),
+        };
+        if !scope.binds(&ns, || labelled) {
             continue;
         }
         let name = pod.name_any();

@@ -8,10 +8,10 @@
 //! fresh, from the moment the DEALER has met its first proxy. Both sockets live on one [`SocketThread`]; replies and acks are
 //! sent by that thread too.
 //!
-//! With acks on, CALL and CAST are acknowledged on receipt. Message ids are
-//! remembered for a TTL (always, not only with acks: a client may retry
-//! through another proxy): a copy is not handled again; its ack is re-sent,
-//! and for a CALL the cached reply once there is one.
+//! With acks on, CALL and CAST are acknowledged on receipt, and message ids
+//! are remembered for a TTL (clients with acks re-send, possibly through
+//! another proxy): a copy is not handled again; its ack is re-sent, and for
+//! a CALL the cached reply once there is one.
 //!
 //! [`RpcServer::stop`] unregisters first, keeps serving for a short grace
 //! period while clients notice, then stops taking requests, waits for the
@@ -49,7 +49,7 @@ pub struct ServerConfig {
     pub acks: bool,
     /// Also receive fanout/notify from the proxies' PUB sockets (`use_pub_sub`).
     pub pubsub: bool,
-    /// How long message ids are remembered (`rpc_message_ttl`, 300 s).
+    /// How long message ids are remembered with acks on (`rpc_message_ttl`, 300 s).
     pub dedup_ttl: Duration,
     /// Registration TTL and refresh (`zmq_target_expire` / `zmq_target_update`).
     pub liveness: Liveness,
@@ -398,9 +398,14 @@ impl Dispatcher {
         }
         let direct = matches!(msg_type, MessageType::Call | MessageType::Cast);
         let ack = || dealer_request(MessageType::Ack, sender, message_id, &[]);
-        let seen = {
+        // Only clients with acks re-send, so only then are ids remembered
+        // (as oslo): at thousands of messages per second, 300 s of ids and
+        // replies is memory worth spending only when it buys something.
+        let seen = if self.config.acks {
             let mut d = self.dedup.lock().unwrap_or_else(|p| p.into_inner());
             d.check(message_id, std::time::Instant::now())
+        } else {
+            Seen::New
         };
         if let Seen::Duplicate(reply) = seen {
             tracing::debug!(msg_id = %String::from_utf8_lossy(message_id), "duplicate dropped");

@@ -121,6 +121,7 @@ struct Prometheus {
     process: Process,
     addr: String,
     log: PathBuf,
+    _sd_bridge: Option<http_sd::Bridge>,
 }
 
 impl Drop for Prometheus {
@@ -341,6 +342,26 @@ async fn scenario(
         ],
     )?;
 
+    // 1b. The documented CRD upgrade path works on the CRD Helm installed:
+    //     server-side apply takes the object over from Helm's field manager.
+    let crds_dir = chart().join("crds");
+    let out = run(
+        &kubectl,
+        &[
+            "--kubeconfig",
+            &kubeconfig,
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            crds_dir.to_str().context("crds path")?,
+        ],
+    )?;
+    ensure!(
+        out.contains("zmqproxies.zmqproxy.io serverside-applied"),
+        "kubectl apply --server-side: {out}"
+    );
+
     // 2. Two operator pods run; one of them takes the Lease.
     let selector =
         format!("app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=operator");
@@ -534,6 +555,7 @@ async fn start_prometheus(
     let token = cp
         .service_account_token(release_ns, "prometheus", None)
         .await?;
+    let (prom_client, _) = cp.service_account_client(release_ns, "prometheus").await?;
 
     let dir = cp.dir().join(&name);
     std::fs::create_dir_all(dir.join("data"))?;
@@ -573,6 +595,32 @@ async fn start_prometheus(
         "namespaces".into(),
         json!({"names": [release_ns, watch_ns]}),
     );
+    // Debian builds Prometheus without Kubernetes service discovery (no
+    // client-go in Debian). Then the same pod targets, with the same
+    // __meta_kubernetes_* labels, come from an HTTP SD endpoint that lists
+    // the pods as Prometheus's ServiceAccount; the documented relabelling
+    // applies unchanged.
+    let mut sd_bridge = None;
+    if !supports_kubernetes_sd(&dir, &scrape)? {
+        let bridge = http_sd::serve(
+            prom_client,
+            vec![release_ns.to_string(), watch_ns.to_string()],
+        )
+        .await?;
+        eprintln!(
+            "this Prometheus has no kubernetes_sd_configs; pods discovered through {}",
+            bridge.url
+        );
+        let job = scrape["scrape_configs"][0]
+            .as_object_mut()
+            .context("documented job")?;
+        job.remove("kubernetes_sd_configs");
+        job.insert(
+            "http_sd_configs".into(),
+            json!([{"url": bridge.url, "refresh_interval": "1s"}]),
+        );
+        sd_bridge = Some(bridge);
+    }
 
     // The chart's alert rules, as the PrometheusRule would carry them.
     let rendered = run(
@@ -599,8 +647,8 @@ async fn start_prometheus(
         "rule_files": [rules_file],
         "scrape_configs": scrape["scrape_configs"],
     });
-    let config_file = dir.join("prometheus.json");
-    std::fs::write(&config_file, config.to_string())?;
+    let config_file = dir.join("prometheus.yml");
+    std::fs::write(&config_file, serde_yaml::to_string(&config)?)?;
     let port = harness::net::free_port()?;
     let addr = format!("127.0.0.1:{port}");
     let log = dir.join("prometheus.log");
@@ -615,7 +663,12 @@ async fn start_prometheus(
         format!("--web.listen-address={addr}"),
     ]);
     let process = Process::spawn(&spec)?;
-    let prom = Prometheus { process, addr, log };
+    let prom = Prometheus {
+        process,
+        addr,
+        log,
+        _sd_bridge: sd_bridge,
+    };
     until("Prometheus ready", Duration::from_secs(60), || async {
         if let Some(exit) = prom.process.exited() {
             bail!("prometheus exited ({exit}):\n{}", prom.log_tail());
@@ -889,4 +942,176 @@ async fn check_prometheus(
         }
     }
     Ok(())
+}
+
+/// Whether this Prometheus understands `kubernetes_sd_configs` (promtool
+/// checks a configuration holding the documented job).
+fn supports_kubernetes_sd(dir: &Path, scrape: &Value) -> Result<bool> {
+    let file = dir.join("kubernetes-sd-check.yml");
+    std::fs::write(&file, serde_yaml::to_string(scrape)?)?;
+    let out = Command::new("promtool")
+        .args(["check", "config", "--syntax-only"])
+        .arg(&file)
+        .output()
+        .context("running promtool")?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if text.contains("field kubernetes_sd_configs not found") {
+        return Ok(false);
+    }
+    ensure!(out.status.success(), "promtool check config: {text}");
+    Ok(true)
+}
+
+/// Prometheus HTTP service discovery serving what `kubernetes_sd_configs`
+/// with `role: pod` yields: one target per declared container port, labelled
+/// with the same `__meta_kubernetes_*` names.
+mod http_sd {
+    use std::collections::BTreeMap;
+
+    use anyhow::Result;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::ListParams;
+    use kube::{Api, Client, ResourceExt};
+    use serde_json::{json, Value};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::task::JoinHandle;
+
+    /// The running endpoint; stops when dropped.
+    pub struct Bridge {
+        /// URL for `http_sd_configs`.
+        pub url: String,
+        task: JoinHandle<()>,
+    }
+
+    impl Drop for Bridge {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    fn sanitize(name: &str) -> String {
+        name.chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect()
+    }
+
+    /// Target groups for the pods of `namespaces`, as Prometheus's
+    /// Kubernetes SD (role: pod) labels them.
+    pub fn target_groups(pods: &[Pod]) -> Vec<Value> {
+        let mut groups = Vec::new();
+        for pod in pods {
+            let Some(status) = &pod.status else { continue };
+            let Some(ip) = &status.pod_ip else { continue };
+            let mut common = BTreeMap::new();
+            common.insert(
+                "__meta_kubernetes_namespace".to_string(),
+                pod.namespace().unwrap_or_default(),
+            );
+            common.insert("__meta_kubernetes_pod_name".to_string(), pod.name_any());
+            common.insert("__meta_kubernetes_pod_ip".to_string(), ip.clone());
+            common.insert(
+                "__meta_kubernetes_pod_phase".to_string(),
+                status.phase.clone().unwrap_or_default(),
+            );
+            let ready = status
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            common.insert("__meta_kubernetes_pod_ready".to_string(), ready.to_string());
+            for (k, v) in pod.labels() {
+                common.insert(
+                    format!("__meta_kubernetes_pod_label_{}", sanitize(k)),
+                    v.clone(),
+                );
+                common.insert(
+                    format!("__meta_kubernetes_pod_labelpresent_{}", sanitize(k)),
+                    "true".into(),
+                );
+            }
+            for (k, v) in pod.annotations() {
+                common.insert(
+                    format!("__meta_kubernetes_pod_annotation_{}", sanitize(k)),
+                    v.clone(),
+                );
+                common.insert(
+                    format!("__meta_kubernetes_pod_annotationpresent_{}", sanitize(k)),
+                    "true".into(),
+                );
+            }
+            for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
+                let mut labels = common.clone();
+                labels.insert(
+                    "__meta_kubernetes_pod_container_name".into(),
+                    c.name.clone(),
+                );
+                labels.insert(
+                    "__meta_kubernetes_pod_container_image".into(),
+                    c.image.clone().unwrap_or_default(),
+                );
+                let ports = c.ports.clone().unwrap_or_default();
+                if ports.is_empty() {
+                    groups.push(json!({"targets": [ip], "labels": labels}));
+                }
+                for p in ports {
+                    let mut labels = labels.clone();
+                    labels.insert(
+                        "__meta_kubernetes_pod_container_port_name".into(),
+                        p.name.clone().unwrap_or_default(),
+                    );
+                    labels.insert(
+                        "__meta_kubernetes_pod_container_port_number".into(),
+                        p.container_port.to_string(),
+                    );
+                    labels.insert(
+                        "__meta_kubernetes_pod_container_port_protocol".into(),
+                        p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                    );
+                    groups.push(json!({"targets": [format!("{ip}:{}", p.container_port)], "labels": labels}));
+                }
+            }
+        }
+        groups
+    }
+
+    async fn answer(client: &Client, namespaces: &[String]) -> Result<String> {
+        let mut pods = Vec::new();
+        for ns in namespaces {
+            let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+            pods.extend(api.list(&ListParams::default()).await?.items);
+        }
+        Ok(Value::Array(target_groups(&pods)).to_string())
+    }
+
+    /// Serves the target groups on 127.0.0.1 (a free port), listing pods
+    /// with `client` on every request.
+    pub async fn serve(client: Client, namespaces: Vec<String>) -> Result<Bridge> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}/targets", listener.local_addr()?);
+        let task = tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let client = client.clone();
+                let namespaces = namespaces.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    // One small GET per connection; the request is not needed.
+                    let _ = conn.read(&mut buf).await;
+                    let (status, body) = match answer(&client, &namespaces).await {
+                        Ok(body) => ("200 OK", body),
+                        Err(e) => ("500 Internal Server Error", format!("{e:#}")),
+                    };
+                    let response = format!(
+                        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = conn.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        Ok(Bridge { url, task })
+    }
 }

@@ -411,3 +411,54 @@ async fn clients_follow_proxies_appearing_and_leaving_in_redis() {
     client.close().await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_redis_servers_with_passwords_get_every_record_and_one_outage_is_invisible() {
+    let mut a = Redis::start_with_password(Some("s3cret"));
+    let b = Redis::start_with_password(Some("other"));
+    let url = format!("zmq+redis://{},{}", a.host(), b.host());
+    let proxy = Proxy::start(&["-u", &url]);
+    let (publisher, router) = members_of(&proxy.addresses);
+    for r in [&a, &b] {
+        wait_for(WAIT, || {
+            (r.smembers("ROUTERS") == [router.clone()]).then_some(())
+        })
+        .await
+        .unwrap_or_else(|| panic!("redis {} has no record: {:?}", r.port, r.keys()));
+        assert_eq!(r.smembers("PUBLISHERS"), vec![publisher.clone()]);
+    }
+    // Without the password a client is refused.
+    let anonymous =
+        RedisMatchmaker::from_url(&format!("zmq+redis://127.0.0.1:{}", a.port)).unwrap();
+    assert!(anonymous.proxies().await.is_err());
+
+    let mm = matchmaker_url(&url);
+    assert_eq!(mm.proxies().await.unwrap(), vec![proxy.addresses.clone()]);
+    // One server down: reads fall back to the other, writes still succeed.
+    a.kill();
+    assert_eq!(mm.proxies().await.unwrap(), vec![proxy.addresses.clone()]);
+    mm.register_server(&Target::topic("t"), "h/t/x", Duration::from_secs(30))
+        .await
+        .expect("a write succeeds while one redis is up");
+    assert_eq!(b.smembers("DEALER/t"), vec!["h/t/x".to_string()]);
+    // Back, empty: our records are written to it again.
+    a.restart();
+    wait_for(WAIT, || {
+        (a.smembers("ROUTERS") == [router.clone()]
+            && a.smembers("DEALER/t") == ["h/t/x".to_string()])
+        .then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("records not replayed: {:?}", a.keys()));
+}
+
+fn matchmaker_url(url: &str) -> Arc<dyn Matchmaker> {
+    Arc::new(
+        RedisMatchmaker::new(RedisConfig {
+            poll_period: Duration::from_millis(200),
+            warmup: Duration::ZERO,
+            ..RedisConfig::from_url(url).unwrap()
+        })
+        .unwrap(),
+    )
+}

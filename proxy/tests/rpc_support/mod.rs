@@ -176,22 +176,38 @@ pub struct Redis {
     child: Option<Child>,
     /// Its port on 127.0.0.1.
     pub port: u16,
+    /// `requirepass`, if any.
+    pub password: Option<String>,
 }
 
 impl Redis {
     /// Starts redis-server on a free port and waits until it answers.
     pub fn start() -> Redis {
+        Redis::start_with_password(None)
+    }
+
+    /// Starts redis-server requiring `password` (AUTH), if given.
+    pub fn start_with_password(password: Option<&str>) -> Redis {
         let mut r = Redis {
             child: None,
             port: free_port(),
+            password: password.map(str::to_string),
         };
         r.restart();
         r
     }
 
-    /// `zmq+redis://127.0.0.1:{port}`.
+    /// `zmq+redis://[:password@]127.0.0.1:{port}`.
     pub fn url(&self) -> String {
-        format!("zmq+redis://127.0.0.1:{}", self.port)
+        format!("zmq+redis://{}", self.host())
+    }
+
+    /// `[:password@]127.0.0.1:{port}`, one host of a transport URL.
+    pub fn host(&self) -> String {
+        match &self.password {
+            Some(p) => format!(":{p}@127.0.0.1:{}", self.port),
+            None => format!("127.0.0.1:{}", self.port),
+        }
     }
 
     /// Kills the server (SIGKILL: an outage, not a clean stop).
@@ -205,17 +221,21 @@ impl Redis {
     /// (Re)starts the server on the same port, empty, and waits for PING.
     pub fn restart(&mut self) {
         self.kill();
+        let mut args = vec![
+            "--port".to_string(),
+            self.port.to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--save".into(),
+            "".into(),
+            "--appendonly".into(),
+            "no".into(),
+        ];
+        if let Some(p) = &self.password {
+            args.extend(["--requirepass".into(), p.clone()]);
+        }
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -231,7 +251,7 @@ impl Redis {
 
     /// A raw synchronous connection, if the server answers.
     pub fn conn(&self) -> Option<redis::Connection> {
-        let client = redis::Client::open(format!("redis://127.0.0.1:{}/0", self.port)).ok()?;
+        let client = redis::Client::open(format!("redis://{}/0", self.host())).ok()?;
         let mut c = client
             .get_connection_with_timeout(Duration::from_millis(500))
             .ok()?;

@@ -462,3 +462,55 @@ fn matchmaker_url(url: &str) -> Arc<dyn Matchmaker> {
         .unwrap(),
     )
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_router_proxies_are_found_and_used_through_redis() {
+    let redis = Redis::start();
+    let url = redis.url();
+    let proxy = Proxy::start(&["-u", &url, "--mode", "single-router"]);
+    assert_eq!(proxy.addresses.backend_port, None);
+    let fe = format!("127.0.0.1:{}", proxy.addresses.frontend_port);
+    wait_for(WAIT, || {
+        (redis.smembers("ROUTERS") == [fe.clone()]).then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("ROUTERS names the frontend: {:?}", redis.keys()));
+    let mm = matchmaker(&redis, Duration::from_millis(200), Duration::ZERO);
+    assert_eq!(mm.proxies().await.unwrap(), vec![proxy.addresses.clone()]);
+    let target = Target::topic("single");
+    let handler = |inc: Incoming| async move { Ok::<Value, RemoteError>(inc.args().clone()) };
+    let server = RpcServer::start(
+        Arc::clone(&mm),
+        ServerConfig {
+            host: "127.0.0.1".into(),
+            shutdown_grace: Duration::ZERO,
+            ..ServerConfig::new(target.clone())
+        },
+        handler,
+    )
+    .await
+    .unwrap();
+    assert!(server.wait_ready(1, WAIT).await);
+    let client = RpcClient::connect(
+        Arc::clone(&mm),
+        ClientConfig {
+            host: "127.0.0.1".into(),
+            call_timeout: Duration::from_secs(5),
+            ..ClientConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(client.wait_for_proxies(1, WAIT).await);
+    for i in 0..5 {
+        assert_eq!(
+            client
+                .call(&target, &Request::new("echo", json!(i)))
+                .await
+                .unwrap(),
+            json!(i)
+        );
+    }
+    client.close().await;
+    server.stop().await;
+}

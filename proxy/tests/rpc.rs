@@ -554,3 +554,38 @@ async fn a_retry_rechooses_the_server_when_the_chosen_one_left() {
     c.close().await;
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_unregisters_first_and_lets_running_handlers_reply() {
+    let proxy = Proxy::start(&[]);
+    let mm = static_matchmaker(&[&proxy]);
+    let target = Target::topic("svc");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let s = start_server(&mm, server_config(target.clone()), "s", &tx, 1).await;
+    let c = client(&mm, client_config(), 1).await;
+    let slow = tokio::spawn({
+        let (c, target) = (c.clone(), target.clone());
+        async move {
+            c.call(&target, &Request::new("sleep", json!({"ms": 800})))
+                .await
+        }
+    });
+    recv_n(&mut rx, 1).await;
+    let mut servers = mm.watch_servers(&target).await.unwrap();
+    let stopping = tokio::spawn(s.stop());
+    // Unregistered at once, long before the handler is done.
+    tokio::time::timeout(
+        Duration::from_millis(500),
+        servers.wait_for(|l| l.is_empty()),
+    )
+    .await
+    .expect("unregistered first")
+    .unwrap();
+    assert!(!slow.is_finished());
+    assert_eq!(
+        slow.await.unwrap().expect("reply of the running handler"),
+        json!("slept")
+    );
+    stopping.await.unwrap();
+    c.close().await;
+}

@@ -325,10 +325,24 @@ async fn lead(
         let metrics = metrics.clone();
         tokio::spawn(async move {
             for s in &stores {
-                if s.wait_until_ready().await.is_err() {
-                    return;
+                // kube-runtime's ready signal wakes only its latest waiter
+                // (one oneshot receiver shared by every reader, and the
+                // controller itself waits on it too): poll it again now and
+                // then instead of waiting once.
+                loop {
+                    match tokio::time::timeout(Duration::from_millis(250), s.wait_until_ready())
+                        .await
+                    {
+                        Ok(Ok(())) => break,
+                        Ok(Err(_)) => {
+                            tracing::warn!("a controller stopped before its cache synced");
+                            return;
+                        }
+                        Err(_) => continue,
+                    }
                 }
             }
+            tracing::info!("caches synced");
             metrics.set_synced();
             loop {
                 let n: usize = stores.iter().map(|s| s.len()).sum();

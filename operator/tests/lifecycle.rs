@@ -227,10 +227,10 @@ async fn lifecycle(
             .unwrap_or(0.0)
             >= 1.0
     );
-    assert_eq!(
-        op.metric("zmq_proxy_operator_managed_objects").await?,
-        Some(1.0)
-    );
+    harness::wait::until("managed_objects = 1", SHORT, || async {
+        Ok((op.metric("zmq_proxy_operator_managed_objects").await? == Some(1.0)).then_some(()))
+    })
+    .await?;
 
     // A label-only change leaves the pods alone.
     let zps: Api<ZmqProxy> = Api::namespaced(client.clone(), ns);

@@ -311,6 +311,9 @@ struct Instance {
     warm_from: Mutex<Option<Instant>>,
     /// Whether a connection was ever established (the first one needs no warm-up).
     ever_connected: Mutex<bool>,
+    /// After a failed connect, no new attempt before this time, so a dead
+    /// server costs one connect timeout per period, not one per operation.
+    next_attempt: Mutex<Option<Instant>>,
 }
 
 /// oslo's Redis layout behind the [`Matchmaker`] trait; cheap to clone.
@@ -359,6 +362,7 @@ impl RedisMatchmaker {
                 conn: tokio::sync::Mutex::new(None),
                 warm_from: Mutex::new(None),
                 ever_connected: Mutex::new(false),
+                next_attempt: Mutex::new(None),
             });
         }
         Ok(RedisMatchmaker {
@@ -417,11 +421,22 @@ impl Inner {
         let cfg = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.config.timeout))
             .set_response_timeout(Some(self.config.timeout));
-        let mut conn = inst
+        if lock(&inst.next_attempt).is_some_and(|t| Instant::now() < t) {
+            return Err(unavailable(format!("{}: down", inst.address)));
+        }
+        let connected = inst
             .client
             .get_multiplexed_async_connection_with_config(&cfg)
-            .await
-            .map_err(|e| unavailable(format!("{}: {e}", inst.address)))?;
+            .await;
+        let mut conn = match connected {
+            Ok(c) => c,
+            Err(e) => {
+                let retry = self.config.poll_period.max(Duration::from_millis(200));
+                *lock(&inst.next_attempt) = Some(Instant::now() + retry);
+                return Err(unavailable(format!("{}: {e}", inst.address)));
+            }
+        };
+        let reconnect = *lock(&inst.ever_connected);
         let owned: Vec<(Record, u64)> = lock(&self.owned)
             .iter()
             .map(|(r, t)| (r.clone(), *t))
@@ -434,16 +449,16 @@ impl Inner {
             pipe.exec_async(&mut conn)
                 .await
                 .map_err(|e| unavailable(format!("{}: {e}", inst.address)))?;
-            tracing::info!(redis = %inst.address, records = owned.len(), "re-registered in redis");
-        }
-        {
-            let mut ever = lock(&inst.ever_connected);
-            if *ever {
-                *lock(&inst.warm_from) = Some(Instant::now() + self.config.warmup);
-                tracing::info!(redis = %inst.address, "redis is reachable again");
+            if reconnect {
+                tracing::info!(redis = %inst.address, records = owned.len(), "re-registered in redis");
             }
-            *ever = true;
         }
+        if reconnect {
+            *lock(&inst.warm_from) = Some(Instant::now() + self.config.warmup);
+            tracing::info!(redis = %inst.address, "redis is reachable again");
+        }
+        *lock(&inst.ever_connected) = true;
+        *lock(&inst.next_attempt) = None;
         *slot = Some(conn.clone());
         Ok(conn)
     }

@@ -39,7 +39,7 @@ async fn malformed_object_does_not_stall_the_controller() -> Result<()> {
         &client,
         &ns,
         "broken",
-        json!({ "replicas": "many", "mode": 42 }),
+        json!({ "replicas": 1, "mode": 42, "ports": { "frontend": "high" } }),
     )
     .await?;
     // Then the real schema; the stored object stays as it is.

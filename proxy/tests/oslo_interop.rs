@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use zmq_proxy::matchmaker::redis::{RedisConfig, RedisMatchmaker};
 use zmq_proxy::matchmaker::{Matchmaker, Target};
+use zmq_proxy::protocol::MessageType;
 use zmq_proxy::rpc::{
     ClientConfig, Incoming, RemoteError, Request, RpcClient, RpcError, RpcServer, ServerConfig,
 };
@@ -54,10 +55,15 @@ struct Py {
 
 impl Py {
     fn start(args: &[&str], acks: bool) -> Py {
+        Py::start_with(args, acks, false)
+    }
+
+    fn start_with(args: &[&str], acks: bool, pubsub: bool) -> Py {
         let mut child = Command::new(python())
             .arg(oslo_dir().join("oslo_rpc.py"))
             .args(args)
             .env("OSLO_ACKS", if acks { "true" } else { "false" })
+            .env("OSLO_PUBSUB", if pubsub { "true" } else { "false" })
             .env("PYTHONWARNINGS", "ignore")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -243,5 +249,124 @@ async fn rust_and_oslo_call_each_other_through_the_proxy() {
         server.stop().await;
     }
     drop(oslo_server);
+    drop(proxy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn casts_and_fanouts_cross_between_rust_and_oslo_over_pub_sub() {
+    let _ = python();
+    let redis = Redis::start();
+    let url = redis.url();
+    let oslo_url = format!("{url}/");
+    let proxy = Proxy::start(&["-u", &url, "--pubsub"]);
+    assert!(proxy.addresses.publisher_port.is_some());
+    let mm: Arc<dyn Matchmaker> = Arc::new(
+        RedisMatchmaker::new(RedisConfig {
+            poll_period: Duration::from_millis(200),
+            ..RedisConfig::from_url(&url).unwrap()
+        })
+        .unwrap(),
+    );
+
+    // Rust -> oslo: a routed cast, then fanouts over PUB/SUB (repeated until
+    // oslo's SUB subscription has reached the proxy's PUB).
+    let oslo_server = Py::start_with(&["serve", &oslo_url, "oslo_fan"], false, true);
+    oslo_server.expect_line(Duration::from_secs(60), |l| l == "ready");
+    let client = RpcClient::connect(
+        Arc::clone(&mm),
+        ClientConfig {
+            host: "127.0.0.1".into(),
+            pubsub: true,
+            ..ClientConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(client.wait_for_proxies(1, WAIT).await);
+    client
+        .cast(
+            &Target::topic("oslo_fan"),
+            &Request::new("note", json!({"kind": "cast"})),
+        )
+        .await
+        .unwrap();
+    oslo_server.expect_line(WAIT, |l| l == r#"note {"kind": "cast"}"#);
+    let fanouts = tokio::spawn({
+        let client = client.clone();
+        async move {
+            for i in 0..100 {
+                let _ = client
+                    .fanout(
+                        "oslo_fan",
+                        &Request::new("note", json!({"kind": "fanout", "i": i})),
+                    )
+                    .await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    let line = tokio::task::spawn_blocking(move || {
+        let l = oslo_server.expect_line(WAIT, |l| l.starts_with(r#"note {"i": "#));
+        (oslo_server, l)
+    })
+    .await
+    .unwrap()
+    .1;
+    assert!(line.contains(r#""kind": "fanout""#), "{line}");
+    fanouts.abort();
+
+    // oslo -> Rust: a cast and a fanout (oslo publishes through the proxy).
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Incoming>();
+    let handler = move |inc: Incoming| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(inc);
+            Ok::<Value, RemoteError>(Value::Null)
+        }
+    };
+    let server = RpcServer::start(
+        Arc::clone(&mm),
+        ServerConfig {
+            host: "127.0.0.1".into(),
+            pubsub: true,
+            shutdown_grace: Duration::ZERO,
+            ..ServerConfig::new(Target::topic("rust_fan"))
+        },
+        handler,
+    )
+    .await
+    .unwrap();
+    assert!(server.wait_ready(1, WAIT).await);
+    let py = Py::start_with(
+        &["cast", &oslo_url, "rust_fan", "note", r#"{"from": "oslo"}"#],
+        false,
+        true,
+    );
+    py.expect_line(Duration::from_secs(60), |l| l == "sent");
+    let inc = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (inc.msg_type, inc.method()),
+        (MessageType::Cast, Some("note"))
+    );
+    assert_eq!(inc.args(), &json!({"from": "oslo"}));
+    assert_eq!(inc.context, json!({"caller": "oslo"}));
+    let py = Py::start_with(
+        &["fanout", &oslo_url, "rust_fan", "note", r#"{"fan": true}"#],
+        false,
+        true,
+    );
+    py.expect_line(Duration::from_secs(60), |l| l == "sent");
+    let inc = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(inc.msg_type, MessageType::CastFanout);
+    assert_eq!(inc.args(), &json!({"fan": true}));
+
+    client.close().await;
+    server.stop().await;
     drop(proxy);
 }

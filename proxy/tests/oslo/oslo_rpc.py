@@ -1,11 +1,15 @@
 """An unmodified oslo.messaging 8.1.4 RPC server or client on the ZeroMQ
 driver, for the interop test (proxy/tests/oslo_interop.rs).
 
-    oslo_rpc.py serve URL TOPIC          # endpoint: echo(**kw), fail(); prints "ready"
-    oslo_rpc.py call  URL TOPIC METHOD ARGS_JSON [TIMEOUT]   # prints one JSON line
+    oslo_rpc.py serve  URL TOPIC         # endpoint: echo(**kw), fail(), note(**kw);
+                                         # prints "ready", then "note <json>" per note
+    oslo_rpc.py call   URL TOPIC METHOD ARGS_JSON [TIMEOUT]   # prints one JSON line
+    oslo_rpc.py cast   URL TOPIC METHOD ARGS_JSON             # prints "sent"
+    oslo_rpc.py fanout URL TOPIC METHOD ARGS_JSON             # prints "sent"
 
-Both use the router proxy (use_router_proxy) found through the Redis
-matchmaker of URL (zmq+redis://host:port/).
+All use the router proxy (use_router_proxy) found through the Redis
+matchmaker of URL (zmq+redis://host:port/). OSLO_ACKS and OSLO_PUBSUB set
+rpc_use_acks and use_pub_sub.
 """
 import json
 import os
@@ -13,6 +17,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 
 from oslo_config import cfg
 import oslo_messaging as om
@@ -26,10 +31,15 @@ def make_conf(url):
         "[oslo_messaging_zmq]\n"
         "rpc_zmq_host = 127.0.0.1\n"
         "use_router_proxy = true\n"
-        "use_pub_sub = false\n"
+        "use_pub_sub = %s\n"
         "rpc_use_acks = %s\n"
         "zmq_target_update = 2\n"
-        "zmq_target_expire = 10\n" % (url, os.environ.get("OSLO_ACKS", "false"))
+        "zmq_target_expire = 10\n"
+        % (
+            url,
+            os.environ.get("OSLO_PUBSUB", "false"),
+            os.environ.get("OSLO_ACKS", "false"),
+        )
     )
     ini.close()
     conf = cfg.ConfigOpts()
@@ -43,6 +53,9 @@ class Endpoint(object):
 
     def fail(self, ctxt, **kwargs):
         raise ValueError("oslo failed on purpose")
+
+    def note(self, ctxt, **kwargs):
+        print("note " + json.dumps(kwargs, sort_keys=True), flush=True)
 
 
 def serve(url, topic):
@@ -77,9 +90,22 @@ def call(url, topic, method, args, timeout):
         transport.cleanup()
 
 
+def cast(url, topic, method, args, fanout):
+    conf = make_conf(url)
+    transport = om.get_rpc_transport(conf, url=url)
+    client = om.RPCClient(transport, om.Target(topic=topic, fanout=fanout))
+    client.cast({"caller": "oslo"}, method, **args)
+    # The send is asynchronous: give the socket time before closing it.
+    time.sleep(1)
+    print("sent", flush=True)
+    transport.cleanup()
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "serve":
         serve(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] in ("cast", "fanout"):
+        cast(sys.argv[2], sys.argv[3], sys.argv[4], json.loads(sys.argv[5]), sys.argv[1] == "fanout")
     else:
         timeout = int(sys.argv[6]) if len(sys.argv) > 6 else 30
         call(sys.argv[2], sys.argv[3], sys.argv[4], json.loads(sys.argv[5]), timeout)

@@ -514,3 +514,88 @@ async fn single_router_proxies_are_found_and_used_through_redis() {
     client.close().await;
     server.stop().await;
 }
+
+/// The proxy's Redis commands, as `redis-cli monitor` shows them, are the
+/// ones oslo.messaging 8.1.4's proxy sends (captured from
+/// `oslo-messaging-zmq-proxy --url zmq+redis://...`), plus the removal on
+/// SIGTERM that oslo's `RouterUpdater.cleanup` would send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_sends_oslos_exact_command_sequence() {
+    let redis = Redis::start();
+    let mut monitor = KillOnDrop(
+        std::process::Command::new("redis-cli")
+            .args(["-p", &redis.port.to_string(), "monitor"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("redis-cli monitor"),
+    );
+    let stdout = monitor.0.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    // redis-cli prints OK once it monitors.
+    assert_eq!(rx.recv_timeout(WAIT).as_deref(), Ok("OK"));
+    let url = redis.url();
+    let mut proxy = Proxy::start(&["--pubsub", "-u", &url, "--target-expire", "300"]);
+    let (p, r) = members_of(&proxy.addresses);
+    wait_for(WAIT, || (redis.keys().len() == 4).then_some(()))
+        .await
+        .expect("registered");
+    proxy.sigterm();
+    assert!(proxy.wait_exit(WAIT).is_some_and(|s| s.success()));
+    let q = |s: &str| format!("\"{s}\"");
+    let expected: Vec<String> = [
+        vec!["SADD", "PUBLISHERS", &p],
+        vec!["EXPIRE", "PUBLISHERS", "300"],
+        vec!["SADD", &p, " "],
+        vec!["EXPIRE", &p, "300"],
+        vec!["SADD", "ROUTERS", &r],
+        vec!["EXPIRE", "ROUTERS", "300"],
+        vec!["SADD", &r, " "],
+        vec!["EXPIRE", &r, "300"],
+        vec!["SREM", "PUBLISHERS", &p],
+        vec!["SREM", &p, " "],
+        vec!["SREM", "ROUTERS", &r],
+        vec!["SREM", &r, " "],
+    ]
+    .iter()
+    .map(|c| c.iter().map(|a| q(a)).collect::<Vec<_>>().join(" "))
+    .collect();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while seen.len() < expected.len() && Instant::now() < deadline {
+        let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) else {
+            continue;
+        };
+        // `1700000000.123456 [0 127.0.0.1:5555] "SADD" ...`; our own reads
+        // and keepalives are not part of the comparison.
+        let Some((_, command)) = line.split_once("] ") else {
+            continue;
+        };
+        if command.starts_with("\"SADD\"")
+            || command.starts_with("\"EXPIRE\"")
+            || command.starts_with("\"SREM\"")
+        {
+            seen.push(command.to_string());
+        }
+    }
+    drop(monitor);
+    assert_eq!(seen, expected);
+}
+
+/// A helper process killed (by PID) when the test ends, also on panic.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

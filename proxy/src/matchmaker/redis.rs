@@ -314,6 +314,9 @@ struct Instance {
     /// After a failed connect, no new attempt before this time, so a dead
     /// server costs one connect timeout per period, not one per operation.
     next_attempt: Mutex<Option<Instant>>,
+    /// A write to this server failed: our records must be written again on
+    /// the next connection (besides after every reconnect).
+    missed_writes: Mutex<bool>,
 }
 
 /// oslo's Redis layout behind the [`Matchmaker`] trait; cheap to clone.
@@ -363,6 +366,7 @@ impl RedisMatchmaker {
                 warm_from: Mutex::new(None),
                 ever_connected: Mutex::new(false),
                 next_attempt: Mutex::new(None),
+                missed_writes: Mutex::new(false),
             });
         }
         Ok(RedisMatchmaker {
@@ -437,10 +441,18 @@ impl Inner {
             }
         };
         let reconnect = *lock(&inst.ever_connected);
-        let owned: Vec<(Record, u64)> = lock(&self.owned)
-            .iter()
-            .map(|(r, t)| (r.clone(), *t))
-            .collect();
+        // A first connection needs no replay unless a write was missed: the
+        // write that asked for the connection follows, and a doubled write
+        // would differ from oslo's command sequence.
+        let replay = reconnect || *lock(&inst.missed_writes);
+        let owned: Vec<(Record, u64)> = if replay {
+            lock(&self.owned)
+                .iter()
+                .map(|(r, t)| (r.clone(), *t))
+                .collect()
+        } else {
+            Vec::new()
+        };
         if !owned.is_empty() {
             let mut pipe = redis::pipe();
             for (record, ttl) in &owned {
@@ -459,6 +471,7 @@ impl Inner {
         }
         *lock(&inst.ever_connected) = true;
         *lock(&inst.next_attempt) = None;
+        *lock(&inst.missed_writes) = false;
         *slot = Some(conn.clone());
         Ok(conn)
     }
@@ -479,6 +492,7 @@ impl Inner {
             let mut conn = match self.connection(inst).await {
                 Ok(c) => c,
                 Err(e) => {
+                    *lock(&inst.missed_writes) = true;
                     last_error = Some(e);
                     continue;
                 }
@@ -486,6 +500,7 @@ impl Inner {
             match pipe.exec_async(&mut conn).await {
                 Ok(()) => ok = true,
                 Err(e) => {
+                    *lock(&inst.missed_writes) = true;
                     self.drop_connection(inst, &e).await;
                     last_error = Some(unavailable(format!("{}: {e}", inst.address)));
                 }

@@ -589,3 +589,55 @@ async fn stop_unregisters_first_and_lets_running_handlers_reply() {
     stopping.await.unwrap();
     c.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_requests_skip_a_listed_server_that_stopped_acking() {
+    let proxy = Proxy::start(&[]);
+    let mm = static_matchmaker(&[&proxy]);
+    let target = Target::topic("svc");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let s = start_server(
+        &mm,
+        ServerConfig {
+            acks: true,
+            ..server_config(target.clone())
+        },
+        "s",
+        &tx,
+        1,
+    )
+    .await;
+    // A crashed server: still registered (until its TTL), never acks.
+    mm.register_server(&target, "127.0.0.1/svc/!crashed", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let c = client(
+        &mm,
+        ClientConfig {
+            acks: true,
+            ack_timeout: Duration::from_millis(200),
+            retries: 1,
+            ..client_config()
+        },
+        1,
+    )
+    .await;
+    // The first cast goes to the crashed server: its retries keep that
+    // server (a re-send elsewhere could run the message twice) and fail.
+    let r = c
+        .cast(&target, &Request::new("noop", json!({"n": 0})))
+        .await;
+    assert!(matches!(r, Err(RpcError::NoAck { attempts: 2 })), "{r:?}");
+    // Every later request goes to the live server, without a retry.
+    let retries = c.stats().retries;
+    for n in 1..=6 {
+        c.cast(&target, &Request::new("noop", json!({"n": n})))
+            .await
+            .expect("acked by the live server");
+    }
+    assert_eq!(c.stats().retries, retries);
+    let got = recv_n(&mut rx, 6).await;
+    assert!(got.iter().all(|(name, _)| name == "s"));
+    c.close().await;
+    s.stop().await;
+}

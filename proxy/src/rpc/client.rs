@@ -14,6 +14,8 @@
 //! server when the chosen one has left the matchmaker. A CALL that was acked
 //! but whose reply is late is re-sent the same way (the server answers a
 //! copy with its cached reply), because a reply can die with a proxy too.
+//! A server that let an ack time out is skipped by new requests for a while
+//! (see [`super::routing`]): a crashed server stays listed until its TTL.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,6 +55,9 @@ pub struct ClientConfig {
     pub pubsub: bool,
     /// ZMQ_RECONNECT_IVL towards proxies.
     pub reconnect_interval: Duration,
+    /// Acks on: how long new requests skip a server that let an ack time
+    /// out (it may have crashed and still be listed until its TTL).
+    pub suspect_period: Duration,
 }
 
 impl Default for ClientConfig {
@@ -67,6 +72,7 @@ impl Default for ClientConfig {
             discovery_timeout: Duration::from_secs(20),
             pubsub: false,
             reconnect_interval: Duration::from_millis(10),
+            suspect_period: Duration::from_secs(60),
         }
     }
 }
@@ -395,10 +401,12 @@ impl RpcClient {
         loop {
             tokio::select! {
                 reply = &mut reply_rx, if is_call => {
+                    self.inner.routes.clear(target, &server).await;
                     return Ok(reply.ok());
                 }
                 ack = &mut ack_rx, if !acked => {
                     acked = true;
+                    self.inner.routes.clear(target, &server).await;
                     if ack.is_ok() && !is_call {
                         return Ok(None);
                     }
@@ -406,6 +414,9 @@ impl RpcClient {
                 _ = tokio::time::sleep_until(next_retry), if retries_left > 0 => {
                     retries_left -= 1;
                     attempts += 1;
+                    if !acked {
+                        self.inner.routes.suspect(target, &server, cfg.suspect_period).await;
+                    }
                     if !self.inner.routes.is_live(target, &server).await {
                         // The chosen server left: pick a live one if one
                         // shows up in time, else try the old one again.
@@ -421,6 +432,7 @@ impl RpcClient {
                     next_retry = Instant::now() + ack_timeout;
                 }
                 _ = tokio::time::sleep_until(next_retry), if retries_left == 0 && !is_call => {
+                    self.inner.routes.suspect(target, &server, cfg.suspect_period).await;
                     return Err(RpcError::NoAck { attempts });
                 }
                 _ = tokio::time::sleep_until(deadline), if is_call => {

@@ -6,9 +6,17 @@
 //! list: when every server of a target vanishes and comes back, rotation
 //! goes on where it stopped (oslo reset it). Identities that leave the
 //! matchmaker leave the rotation at the next list update.
+//!
+//! A server that crashed stays listed until its registration expires. So
+//! that new requests do not keep going to it meanwhile, a server that let
+//! an ack time out is *suspect* for a while: new requests skip it (unless
+//! every server is suspect), and any ack or reply from it clears it.
+//! Re-sends of one message keep their server (see the client), so this
+//! never makes a message run twice.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{watch, Mutex};
 use tokio::time::Instant;
@@ -37,6 +45,8 @@ impl RoundRobin {
 struct Route {
     servers: watch::Receiver<Vec<String>>,
     rr: RoundRobin,
+    /// Servers skipped by new requests until the given time.
+    suspects: HashMap<String, Instant>,
 }
 
 /// Per-target server lists and rotation state of one client.
@@ -65,6 +75,7 @@ impl Routes {
             Route {
                 servers: rx.clone(),
                 rr: RoundRobin::default(),
+                suspects: HashMap::new(),
             },
         );
         Ok(rx)
@@ -91,11 +102,35 @@ impl Routes {
         let route = routes
             .get_mut(target)
             .ok_or_else(|| RpcError::NoServers(target.clone()))?;
+        let now = Instant::now();
+        route.suspects.retain(|_, until| *until > now);
+        let healthy: Vec<String> = list
+            .iter()
+            .filter(|s| !route.suspects.contains_key(*s))
+            .cloned()
+            .collect();
+        let pool = if healthy.is_empty() { &list } else { &healthy };
         route
             .rr
-            .choose(&list)
+            .choose(pool)
             .cloned()
             .ok_or_else(|| RpcError::NoServers(target.clone()))
+    }
+
+    /// Marks `identity` as suspect for `period`: new requests skip it.
+    pub async fn suspect(&self, target: &Target, identity: &str, period: Duration) {
+        if let Some(route) = self.routes.lock().await.get_mut(target) {
+            route
+                .suspects
+                .insert(identity.to_string(), Instant::now() + period);
+        }
+    }
+
+    /// Clears a suspicion: `identity` answered.
+    pub async fn clear(&self, target: &Target, identity: &str) {
+        if let Some(route) = self.routes.lock().await.get_mut(target) {
+            route.suspects.remove(identity);
+        }
     }
 
     /// Whether `identity` is still listed for `target`.

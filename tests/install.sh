@@ -29,6 +29,12 @@ LOGDIR="$CACHE/logs"
 REFLECT2_MARK=.built-with-reflect2-1.0.2
 mkdir -p "$CACHE" "$LOGDIR"
 
+# One install at a time: concurrent runs (tests/run.sh, control-plane.sh)
+# would share $CACHE/k8s-build and delete each other's tree mid-build. The
+# second waits, then finds everything in place and skips.
+exec 9>"$CACHE/.install.lock"
+flock 9
+
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 export DEBIAN_FRONTEND=noninteractive

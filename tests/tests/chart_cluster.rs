@@ -22,7 +22,7 @@ use harness::process::{Process, ProcessSpec};
 use harness::wait::until;
 use harness::{ControlPlane, NodeAgent};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Endpoints, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{ListParams, PostParams};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
@@ -189,6 +189,45 @@ async fn ready_pods(client: &Client, ns: &str, selector: &str) -> Result<BTreeMa
             Some((p.name_any(), ip))
         })
         .collect())
+}
+
+/// Ready `ip:port` (port named `metrics`) of the EndpointSlices of Service
+/// `service`, in whichever discovery.k8s.io version the cluster serves.
+async fn service_endpoints(client: &Client, ns: &str, service: &str) -> Result<BTreeSet<String>> {
+    let mut out = BTreeSet::new();
+    for version in ["v1", "v1beta1"] {
+        let ar = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("discovery.k8s.io", version, "EndpointSlice"),
+            "endpointslices",
+        );
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
+        let lp = ListParams::default().labels(&format!("kubernetes.io/service-name={service}"));
+        let Ok(list) = api.list(&lp).await else {
+            continue;
+        };
+        for slice in list.items {
+            let port = slice.data["ports"]
+                .as_array()
+                .and_then(|ps| ps.iter().find(|p| p["name"] == "metrics"))
+                .and_then(|p| p["port"].as_i64());
+            let Some(port) = port else { continue };
+            for e in slice.data["endpoints"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+            {
+                if e["conditions"]["ready"] != false {
+                    for a in e["addresses"].as_array().cloned().unwrap_or_default() {
+                        if let Some(ip) = a.as_str() {
+                            out.insert(format!("{ip}:{port}"));
+                        }
+                    }
+                }
+            }
+        }
+        return Ok(out);
+    }
+    bail!("no EndpointSlice API served")
 }
 
 /// docs/metrics.md: metric -> documented labels.
@@ -487,28 +526,16 @@ async fn scenario(
         ready == operators,
         "ready operators {ready:?} vs running {operators:?}"
     );
-    let endpoints: Api<Endpoints> = Api::namespaced(client.clone(), release_ns);
-    let addrs = until("the metrics Service's endpoints", TIMEOUT, || async {
-        let Some(ep) = endpoints
-            .get_opt(&format!("{RELEASE}-zmq-proxy-operator-metrics"))
-            .await?
-        else {
-            return Ok(None);
-        };
-        let mut addrs = BTreeSet::new();
-        for subset in ep.subsets.unwrap_or_default() {
-            let port = subset
-                .ports
-                .unwrap_or_default()
-                .into_iter()
-                .find(|p| p.name.as_deref() == Some("metrics"));
-            for a in subset.addresses.unwrap_or_default() {
-                if let Some(p) = &port {
-                    addrs.insert(format!("{}:{}", a.ip, p.port));
-                }
-            }
+    // EndpointSlices rather than Endpoints: the Endpoints API refuses the
+    // loopback pod IPs of this plane (the EndpointSlice API accepts them),
+    // and slices are what Services route by since 1.19.
+    let service = format!("{RELEASE}-zmq-proxy-operator-metrics");
+    let addrs = until("the metrics Service's EndpointSlices", TIMEOUT, || async {
+        let slices = service_endpoints(client, release_ns, &service).await?;
+        if slices.len() == 2 {
+            return Ok(Some(slices));
         }
-        Ok((addrs.len() == 2).then_some(addrs))
+        bail!("ready endpoints {slices:?}")
     })
     .await?;
     for a in &addrs {

@@ -1533,3 +1533,140 @@ mod toml_lite {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Alerts fire on the conditions they describe (promtool test rules)
+
+/// The alert's annotations with the template expressions promtool expands
+/// (`{{ $labels.x }}`, `{{ $value | humanize }}`) substituted here.
+fn expand(template: &str, labels: &BTreeMap<&str, &str>, value: &str) -> String {
+    let mut out = template.replace("{{ $value | humanize }}", value);
+    for (k, v) in labels {
+        out = out.replace(&format!("{{{{ $labels.{k} }}}}"), v);
+    }
+    out
+}
+
+#[test]
+fn alerts_fire_on_the_conditions_they_describe_and_stay_quiet_otherwise() {
+    let r = render(json!({"monitoring": {"prometheusRule": {"enabled": true}}}));
+    let spec = r.one("PrometheusRule")["spec"].clone();
+    let rules = spec["groups"][0]["rules"].as_array().unwrap().clone();
+    let annotations = |alert: &str, labels: &BTreeMap<&str, &str>, value: &str| -> Value {
+        let rule = rules.iter().find(|x| x["alert"] == alert).unwrap();
+        let mut out = serde_json::Map::new();
+        for (k, v) in rule["annotations"].as_object().unwrap() {
+            out.insert(k.clone(), json!(expand(v.as_str().unwrap(), labels, value)));
+        }
+        Value::Object(out)
+    };
+    let proxy: BTreeMap<&'static str, &'static str> = [
+        ("namespace", "a"),
+        ("pod", "p1"),
+        ("instance", "10.0.0.5:9090"),
+        ("container", "zmq-proxy"),
+        ("job", "k"),
+    ]
+    .into();
+    let operator: BTreeMap<&'static str, &'static str> = [
+        ("namespace", "op"),
+        ("pod", "o1"),
+        ("container", "operator"),
+        ("job", "k"),
+    ]
+    .into();
+    fn with(
+        base: &BTreeMap<&'static str, &'static str>,
+        extra: &[(&'static str, &'static str)],
+    ) -> BTreeMap<&'static str, &'static str> {
+        let mut m = base.clone();
+        m.extend(extra.iter().copied());
+        m
+    }
+    let labels_json = |m: &BTreeMap<&str, &str>| json!(m);
+    let down = proxy.clone();
+    let drops: BTreeMap<&'static str, &'static str> =
+        [("namespace", "a"), ("pod", "p1"), ("reason", "bad_type")]
+            .into_iter()
+            .collect::<BTreeMap<_, _>>();
+    let unroutable = [("namespace", "a"), ("pod", "p1")]
+        .into_iter()
+        .collect::<BTreeMap<_, _>>();
+    let errors = [("namespace", "op"), ("pod", "o1"), ("reason", "api_500")]
+        .into_iter()
+        .collect::<BTreeMap<_, _>>();
+    let series = |name: &str, labels: &BTreeMap<&str, &str>| {
+        let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        format!("{name}{{{}}}", inner.join(","))
+    };
+    let sev = |m: &BTreeMap<&'static str, &'static str>| {
+        labels_json(&with(m, &[("severity", "warning")]))
+    };
+    let quiet: Vec<Value> = rules
+        .iter()
+        .filter_map(|x| x["alert"].as_str())
+        .map(|a| json!({"eval_time": "20m", "alertname": a, "exp_alerts": []}))
+        .collect();
+    let test = json!({
+        "rule_files": ["rules.json"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                // A proxy that stops answering, drops malformed input and
+                // unroutable messages at 2/s; an operator that is up, fails
+                // every reconcile and does not lead.
+                "interval": "1m",
+                "input_series": [
+                    {"series": series("up", &proxy), "values": "0x30"},
+                    {"series": series("zmq_proxy_dropped_total", &with(&proxy, &[("socket", "frontend"), ("reason", "bad_type")])), "values": "0+120x30"},
+                    {"series": series("zmq_proxy_dropped_total", &with(&proxy, &[("socket", "backend"), ("reason", "unroutable")])), "values": "0+120x30"},
+                    {"series": series("up", &operator), "values": "1x30"},
+                    {"series": series("zmq_proxy_operator_is_leader", &operator), "values": "0x30"},
+                    {"series": series("zmq_proxy_operator_reconcile_errors_total", &with(&operator, &[("reason", "api_500")])), "values": "0+60x30"},
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "1m", "alertname": "ZmqProxyDown", "exp_alerts": []},
+                    {"eval_time": "3m", "alertname": "ZmqProxyDown", "exp_alerts": [
+                        {"exp_labels": sev(&down), "exp_annotations": annotations("ZmqProxyDown", &down, "0")}]},
+                    {"eval_time": "15m", "alertname": "ZmqProxyDropsRising", "exp_alerts": [
+                        {"exp_labels": sev(&drops), "exp_annotations": annotations("ZmqProxyDropsRising", &drops, "2")}]},
+                    {"eval_time": "15m", "alertname": "ZmqProxyUnroutableRising", "exp_alerts": [
+                        {"exp_labels": sev(&unroutable), "exp_annotations": annotations("ZmqProxyUnroutableRising", &unroutable, "2")}]},
+                    {"eval_time": "10m", "alertname": "ZmqProxyOperatorReconcileErrors", "exp_alerts": []},
+                    {"eval_time": "20m", "alertname": "ZmqProxyOperatorReconcileErrors", "exp_alerts": [
+                        {"exp_labels": sev(&errors), "exp_annotations": annotations("ZmqProxyOperatorReconcileErrors", &errors, "1")}]},
+                    {"eval_time": "10m", "alertname": "ZmqProxyOperatorDown", "exp_alerts": []},
+                    {"eval_time": "10m", "alertname": "ZmqProxyOperatorNoLeader", "exp_alerts": [
+                        {"exp_labels": {"severity": "warning"}, "exp_annotations": annotations("ZmqProxyOperatorNoLeader", &BTreeMap::new(), "")}]},
+                ]
+            },
+            {
+                // A healthy install: nothing fires.
+                "interval": "1m",
+                "input_series": [
+                    {"series": series("up", &proxy), "values": "1x30"},
+                    {"series": series("zmq_proxy_dropped_total", &with(&proxy, &[("socket", "frontend"), ("reason", "bad_type")])), "values": "0x30"},
+                    {"series": series("up", &operator), "values": "1x30"},
+                    {"series": series("zmq_proxy_operator_is_leader", &operator), "values": "1x30"},
+                ],
+                "alert_rule_test": quiet
+            }
+        ]
+    });
+    let dir = std::env::temp_dir().join(format!("zmq-proxy-chart-promtool-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("rules.json"), spec.to_string()).unwrap();
+    std::fs::write(dir.join("test.json"), test.to_string()).unwrap();
+    let out = Command::new("promtool")
+        .args(["test", "rules", "test.json"])
+        .current_dir(&dir)
+        .output();
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = out.expect("promtool (run `bash tests/install.sh`)");
+    assert!(
+        out.status.success(),
+        "promtool test rules:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -191,6 +191,14 @@ async fn ready_pods(client: &Client, ns: &str, selector: &str) -> Result<BTreeMa
         .collect())
 }
 
+/// Whether the API server serves `group/version`.
+async fn served(client: &Client, group: &str, version: &str) -> bool {
+    client
+        .list_api_group_resources(&format!("{group}/{version}"))
+        .await
+        .is_ok()
+}
+
 /// Ready `ip:port` (port named `metrics`) of the EndpointSlices of Service
 /// `service`, in whichever discovery.k8s.io version the cluster serves.
 async fn service_endpoints(client: &Client, ns: &str, service: &str) -> Result<BTreeSet<String>> {
@@ -404,6 +412,70 @@ async fn scenario(
     ensure!(
         out.contains("zmqproxies.zmqproxy.io serverside-applied"),
         "kubectl apply --server-side: {out}"
+    );
+
+    // 1c. Namespaced scope grants exactly the watched namespace (and the
+    //     Lease at home); the PodDisruptionBudget is in the version this
+    //     cluster serves (policy/v1beta1 on 1.20).
+    let sa = format!("system:serviceaccount:{release_ns}:{RELEASE}-zmq-proxy-operator");
+    let can = |verb: &str, resource: &str, ns: &str| {
+        let out = Command::new(&kubectl)
+            .args([
+                "--kubeconfig",
+                &kubeconfig,
+                "auth",
+                "can-i",
+                verb,
+                resource,
+                "-n",
+                ns,
+                "--as",
+                &sa,
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        out == "yes"
+    };
+    ensure!(
+        can("watch", "zmqproxies.zmqproxy.io", watch_ns),
+        "operator cannot watch ZmqProxies in {watch_ns}"
+    );
+    ensure!(
+        can("create", "deployments.apps", watch_ns),
+        "operator cannot create Deployments in {watch_ns}"
+    );
+    ensure!(
+        can("update", "leases.coordination.k8s.io", release_ns),
+        "operator cannot renew its Lease"
+    );
+    ensure!(
+        !can("list", "zmqproxies.zmqproxy.io", other_ns),
+        "namespaced scope reaches {other_ns}"
+    );
+    ensure!(
+        !can("create", "deployments.apps", release_ns),
+        "namespaced scope writes Deployments at home"
+    );
+    ensure!(
+        !can("list", "secrets", watch_ns),
+        "the operator can read Secrets"
+    );
+    let pdb_version = if served(client, "policy", "v1").await {
+        "v1"
+    } else {
+        "v1beta1"
+    };
+    let pdb_ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("policy", pdb_version, "PodDisruptionBudget"),
+        "poddisruptionbudgets",
+    );
+    let pdbs: Api<DynamicObject> = Api::namespaced_with(client.clone(), release_ns, &pdb_ar);
+    ensure!(
+        pdbs.get_opt(&format!("{RELEASE}-zmq-proxy-operator"))
+            .await?
+            .is_some(),
+        "no policy/{pdb_version} PodDisruptionBudget"
     );
 
     // 2. Two operator pods run; one of them takes the Lease.

@@ -349,8 +349,47 @@ async fn helm_install_runs_the_operator_which_reconciles_an_example_and_promethe
     }
     // The scenario's error first: a failed stop is usually its consequence.
     let stopped = agent.stop().await;
+    cleanup(
+        cp,
+        &client,
+        &release_ns,
+        &[&release_ns, &watch_ns, &other_ns],
+    )
+    .await;
     result?;
     stopped
+}
+
+/// Leaves an external cluster as it was (the local plane dies with the
+/// test anyway): the release, Prometheus's cluster-wide RBAC, the
+/// namespaces. Best effort: a failed step must not hide the test's result.
+async fn cleanup(cp: &ControlPlane, client: &Client, release_ns: &str, namespaces: &[&str]) {
+    if let (Ok(helm), Some(kubeconfig)) = (harness::tools::helm(), cp.kubeconfig().to_str()) {
+        let _ = run(
+            &helm,
+            &[
+                "uninstall",
+                RELEASE,
+                "--namespace",
+                release_ns,
+                "--kubeconfig",
+                kubeconfig,
+            ],
+        );
+    }
+    let name = format!("prometheus-{release_ns}");
+    let dp = kube::api::DeleteParams::default();
+    let _ = Api::<ClusterRoleBinding>::all(client.clone())
+        .delete(&name, &dp)
+        .await;
+    let _ = Api::<ClusterRole>::all(client.clone())
+        .delete(&name, &dp)
+        .await;
+    for ns in namespaces {
+        let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+            .delete(ns, &dp)
+            .await;
+    }
 }
 
 async fn scenario(
@@ -675,6 +714,8 @@ async fn scenario(
     )
     .await?;
 
+    // `helm uninstall` removes what the chart made and leaves the CRD and
+    // the ZmqProxies (documented): the proxies keep running unmanaged.
     run(
         &helm,
         &[
@@ -686,6 +727,30 @@ async fn scenario(
             &kubeconfig,
         ],
     )?;
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), release_ns);
+    until("the operator Deployment gone", TIMEOUT, || async {
+        Ok(deployments
+            .get_opt(&format!("{RELEASE}-zmq-proxy-operator"))
+            .await?
+            .is_none()
+            .then_some(()))
+    })
+    .await?;
+    ensure!(
+        Api::<ClusterRole>::all(client.clone())
+            .get_opt(&format!("{RELEASE}-zmq-proxy-operator"))
+            .await?
+            .is_none(),
+        "helm uninstall left the ClusterRole"
+    );
+    ensure!(
+        zmqproxy_api(client, watch_ns)
+            .get_opt("basic")
+            .await?
+            .is_some(),
+        "helm uninstall must not delete users' ZmqProxies"
+    );
     Ok(())
 }
 

@@ -35,6 +35,7 @@ pub mod expand;
 pub mod fieldref;
 pub mod ip_pool;
 pub mod mounts;
+pub mod placement;
 pub mod pod;
 pub mod probe;
 pub mod sources;
@@ -448,7 +449,10 @@ async fn binder(client: Client, node: String, scope: Scope, mut shutdown: watch:
             .spec
             .as_ref()
             .is_some_and(|s| s.node_name.as_deref().unwrap_or("").is_empty());
-        if !unscheduled || pod.metadata.deletion_timestamp.is_some() {
+        if !unscheduled
+            || pod.metadata.deletion_timestamp.is_some()
+            || placement::wants_other_node(&pod, &node)
+        {
             continue;
         }
         let labelled = match (&scope, harness_namespaces.get(&ns)) {

@@ -96,6 +96,18 @@ impl LeaderElector {
     /// One attempt: create, renew or take over the Lease. Ok(true) means this
     /// process leads until at least `renew_deadline` from now.
     pub async fn try_acquire_or_renew(&mut self) -> Result<bool, kube::Error> {
+        // A request hanging on a half-dead connection must not outlive the
+        // renew deadline: the attempt counts as failed and is retried.
+        let limit = self.timing.renew_deadline / 2;
+        match tokio::time::timeout(limit, self.attempt()).await {
+            Ok(r) => r,
+            Err(_) => Err(kube::Error::Service(
+                format!("lease request timed out after {limit:?}").into(),
+            )),
+        }
+    }
+
+    async fn attempt(&mut self) -> Result<bool, kube::Error> {
         let Some(mut lease) = self.api.get_opt(&self.name).await? else {
             let lease = Lease {
                 metadata: ObjectMeta {

@@ -447,14 +447,16 @@ async fn reconcile_proxy(zp: &ZmqProxy, ctx: &Context) -> Result<Action, Error> 
     let caps = ctx.caps();
     let desired = resources::build(zp, &caps)?;
 
-    // Identity and configuration first, so the pods find them when they start.
+    // Identity and configuration first, so the pods find them when they
+    // start. The RoleBinding waits for its Role: the API server's escalation
+    // check resolves the Role when the binding is written.
     futures::try_join!(
         apply_typed::<ServiceAccount>(client, &ns, &desired.service_account),
         apply_typed::<Role>(client, &ns, &desired.role),
-        apply_typed::<RoleBinding>(client, &ns, &desired.role_binding),
         apply_typed::<ConfigMap>(client, &ns, &desired.config_map),
         apply_typed::<Service>(client, &ns, &desired.service),
     )?;
+    apply_typed::<RoleBinding>(client, &ns, &desired.role_binding).await?;
     let metrics_service = async {
         match &desired.metrics_service {
             Some(s) => apply_typed::<Service>(client, &ns, s).await.map(|_| ()),
@@ -531,6 +533,39 @@ async fn reconcile_proxy(zp: &ZmqProxy, ctx: &Context) -> Result<Action, Error> 
     Ok(Action::requeue(ctx.resync))
 }
 
+/// Backoff of the controller's merged watch streams. kube-runtime applies
+/// one backoff to the main watch and every Owns()/watches() stream together,
+/// so after an API-server restart each of the nine watches' "resource
+/// version too old" errors escalates the shared delay (client-go's 0.8 s to
+/// 30 s), pausing *all* triggers for minutes. Each watcher re-lists on its own
+/// anyway; a short, capped delay only guards against a hot loop while the
+/// server is down.
+#[derive(Debug, Default)]
+pub struct TriggerBackoff {
+    failures: u32,
+}
+
+impl TriggerBackoff {
+    const BASE: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(2);
+}
+
+impl Iterator for TriggerBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let d = backoff(self.failures.saturating_add(1), Self::BASE, Self::MAX);
+        self.failures = self.failures.saturating_add(1);
+        Some(d)
+    }
+}
+
+impl kube::runtime::utils::Backoff for TriggerBackoff {
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
 /// Watch configuration of the owned children: only ours, to keep memory
 /// and traffic independent of the rest of the cluster.
 fn owned_config() -> watcher::Config {
@@ -590,6 +625,7 @@ pub fn controller(
                     .map(|(svc, ns)| ObjectRef::<Guarded>::new(&svc).within(&ns))
             },
         )
+        .trigger_backoff(TriggerBackoff::default())
         .reconcile_all_on(reconcile_all)
         .graceful_shutdown_on(shutdown);
     let store = c.store();
@@ -614,5 +650,16 @@ mod tests {
         assert_eq!(backoff(5, base, max), Duration::from_secs(8));
         assert_eq!(backoff(30, base, max), max);
         assert_eq!(backoff(u32::MAX, base, max), max);
+    }
+
+    #[test]
+    fn trigger_backoff_is_short_and_resets() {
+        use kube::runtime::utils::Backoff;
+        let mut b = TriggerBackoff::default();
+        let first: Vec<Duration> = b.by_ref().take(7).collect();
+        assert_eq!(first[0], Duration::from_millis(100));
+        assert_eq!(first[6], Duration::from_secs(2));
+        b.reset();
+        assert_eq!(b.next(), Some(Duration::from_millis(100)));
     }
 }

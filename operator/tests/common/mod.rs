@@ -137,7 +137,7 @@ impl Operator {
             ("POD_NAME".into(), opts.identity.clone()),
             (
                 "RUST_LOG".into(),
-                "info,zmq_proxy_operator=debug,kube_runtime=warn".into(),
+                "info,zmq_proxy_operator=debug,kube_runtime=debug".into(),
             ),
         ];
         let process = Process::spawn(&spec).context("starting zmq-proxy-operator")?;
@@ -269,7 +269,12 @@ pub fn with_log<T>(r: Result<T>, op: &Operator) -> Result<T> {
         Ok(v) => Ok(v),
         Err(e) => {
             let log = op.log_text();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            let tail: Vec<&str> = log
+                .lines()
+                .filter(|l| !l.contains("eof in poll"))
+                .rev()
+                .take(150)
+                .collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
             bail!("{e:#}\n--- operator log tail ---\n{}", tail.join("\n"))
         }

@@ -588,29 +588,39 @@ async fn a_daemonset_runs_one_pod_on_the_agent_node() -> Result<()> {
             "template": { "metadata": { "labels": { "app": "local" } }, "spec": template.spec }
         }
     }))?;
-    let daemonsets: Api<k8s_openapi::api::apps::v1::DaemonSet> = Api::namespaced(client.clone(), &ns);
+    let daemonsets: Api<k8s_openapi::api::apps::v1::DaemonSet> =
+        Api::namespaced(client.clone(), &ns);
     daemonsets.create(&PostParams::default(), &ds).await?;
     let node = agent.node_name().to_string();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let ready = until("the DaemonSet pod on the agent's node to be ready", TIMEOUT, || async {
-        let d = daemonsets.get("local").await?;
-        let ready = d.status.map(|s| s.number_ready).unwrap_or(0);
-        if ready < 1 {
-            return Ok(None);
-        }
-        let on_node: Vec<Pod> = pods
-            .list(&ListParams::default().labels("app=local"))
-            .await?
-            .items
-            .into_iter()
-            .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.as_str()))
-            .collect();
-        Ok((on_node.len() == 1).then_some(()))
-    })
+    let ready = until(
+        "the DaemonSet pod on the agent's node to be ready",
+        TIMEOUT,
+        || async {
+            let d = daemonsets.get("local").await?;
+            let ready = d.status.map(|s| s.number_ready).unwrap_or(0);
+            if ready < 1 {
+                return Ok(None);
+            }
+            let on_node: Vec<Pod> = pods
+                .list(&ListParams::default().labels("app=local"))
+                .await?
+                .items
+                .into_iter()
+                .filter(|p| {
+                    p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.as_str())
+                })
+                .collect();
+            Ok((on_node.len() == 1).then_some(()))
+        },
+    )
     .await;
     if ready.is_err() {
         for p in pods.list(&ListParams::default()).await?.items {
-            println!("{}", agent.pod_log(&ns, &p.metadata.name.unwrap_or_default()));
+            println!(
+                "{}",
+                agent.pod_log(&ns, &p.metadata.name.unwrap_or_default())
+            );
         }
     }
     ready

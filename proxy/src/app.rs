@@ -219,6 +219,7 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
                 batch: settings.batch,
                 frontend_identity: fe_id,
                 linger_ms: opts.linger_ms,
+                send_timeout: settings.send_timeout,
             },
             shutdown.clone(),
             Arc::clone(&activity),

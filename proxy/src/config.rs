@@ -87,7 +87,9 @@ pub enum LogFormat {
 /// ZeroMQ socket options applied to every proxy socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SocketOptions {
-    /// Send and receive high-water mark in messages; 0 = unlimited (oslo's default).
+    /// Send and receive high-water mark in messages per peer; 0 = unlimited
+    /// (oslo's choice). Default 1000: a bounded queue, so a flood pushes back
+    /// on its senders instead of growing the proxy's memory.
     pub hwm: i32,
     /// Linger at close in ms; -1 = until the grace period ends.
     pub linger_ms: i32,
@@ -106,7 +108,7 @@ pub struct SocketOptions {
 impl Default for SocketOptions {
     fn default() -> Self {
         SocketOptions {
-            hwm: 0,
+            hwm: 1000,
             linger_ms: -1,
             tcp_keepalive: -1,
             tcp_keepalive_idle: -1,
@@ -156,6 +158,8 @@ pub struct Settings {
     pub liveness: Liveness,
     /// Messages handled per socket per poll wake-up.
     pub batch: usize,
+    /// How long a message waits for room at a receiver at its HWM before it is dropped.
+    pub send_timeout: Duration,
     /// libzmq I/O threads.
     pub io_threads: i32,
     /// Log format.
@@ -236,7 +240,7 @@ pub struct Cli {
     /// Idle time (ms) after which a draining proxy exits before the grace period ends; default 1000.
     #[arg(long, env = "ZMQ_PROXY_DRAIN_QUIET_MS")]
     pub drain_quiet_ms: Option<u64>,
-    /// Send/receive high-water mark (messages), 0 = unlimited.
+    /// Send/receive high-water mark (messages per peer); default 1000, 0 = unlimited.
     #[arg(long, env = "ZMQ_PROXY_HWM")]
     pub hwm: Option<i32>,
     /// Linger at close (ms), -1 = until the grace period ends.
@@ -276,6 +280,11 @@ pub struct Cli {
     /// Registration refresh in seconds (oslo zmq_target_update); default 180.
     #[arg(long, env = "ZMQ_PROXY_TARGET_UPDATE")]
     pub target_update: Option<u64>,
+    /// How long (ms) a message may wait for room at a receiver at its
+    /// high-water mark (its source is not read meanwhile) before it is
+    /// dropped; default 1000, 0 = drop at once.
+    #[arg(long, env = "ZMQ_PROXY_SEND_TIMEOUT_MS")]
+    pub send_timeout_ms: Option<u64>,
     /// Messages handled per socket per poll wake-up; default 256.
     #[arg(long, env = "ZMQ_PROXY_BATCH")]
     pub batch: Option<usize>,
@@ -587,6 +596,7 @@ impl Settings {
                 update: Duration::from_secs(update),
             },
             batch,
+            send_timeout: Duration::from_millis(cli.send_timeout_ms.unwrap_or(1000)),
             io_threads: cli.io_threads.unwrap_or(1).max(1),
             log_format: cli.log_format.unwrap_or(LogFormat::Text),
             debug: cli.debug || ini_bool(ini, "DEFAULT", "debug")?.unwrap_or(false),

@@ -10,6 +10,7 @@
 //! counted. With pub/sub on, fanout and notify from clients go to the PUB
 //! socket instead ([`crate::publisher::publish`]), optionally acknowledged.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,6 +36,11 @@ pub struct RouterConfig {
     pub frontend_identity: Vec<u8>,
     /// Linger at close in ms (-1 = until the drain deadline).
     pub linger_ms: i32,
+    /// How long a message refused at the receiver's high-water mark is held
+    /// (and its source socket not read, which pushes back on the senders)
+    /// before it is dropped. A receiver that timed out is then treated as
+    /// congested for as long again: messages for it are dropped at once.
+    pub send_timeout: Duration,
 }
 
 /// A router loop and the sockets it owns.
@@ -98,6 +104,8 @@ impl RouterLoop {
             publisher: publisher.as_ref(),
             frames: Vec::with_capacity(16),
             limiter: LogLimiter::new(20, Duration::from_secs(10)),
+            pending: None,
+            congested: HashMap::new(),
         };
         tracing::info!(
             mode = if backend.is_some() {
@@ -110,16 +118,34 @@ impl RouterLoop {
             "router loop started"
         );
         while !shutdown.is_stopping() {
+            // While a message waits for room at its receiver, its source
+            // socket is not read (backpressure); the other direction flows.
+            let blocked = forwarder.pending.as_ref().map(|p| p.from_frontend);
             let (front_ready, back_ready) = {
+                let front_events = if blocked == Some(true) {
+                    zmq::PollEvents::empty()
+                } else {
+                    zmq::POLLIN
+                };
+                let back_events = if blocked == Some(false) {
+                    zmq::PollEvents::empty()
+                } else {
+                    zmq::POLLIN
+                };
                 let mut items = [
-                    frontend.socket.as_poll_item(zmq::POLLIN),
+                    frontend.socket.as_poll_item(front_events),
                     match &backend {
-                        Some(b) => b.socket.as_poll_item(zmq::POLLIN),
+                        Some(b) => b.socket.as_poll_item(back_events),
                         None => frontend.socket.as_poll_item(zmq::PollEvents::empty()),
                     },
                 ];
                 let n = if backend.is_some() { 2 } else { 1 };
-                match zmq::poll(&mut items[..n], POLL_TIMEOUT_MS) {
+                let timeout = if blocked.is_some() {
+                    1
+                } else {
+                    POLL_TIMEOUT_MS
+                };
+                match zmq::poll(&mut items[..n], timeout) {
                     Ok(_) => {}
                     Err(zmq::Error::EINTR) => continue,
                     Err(error) => {
@@ -130,17 +156,26 @@ impl RouterLoop {
                 (items[0].is_readable(), n == 2 && items[1].is_readable())
             };
             let mut handled = 0u64;
+            if let Some(from_frontend) = blocked {
+                let to = if from_frontend {
+                    backend.as_ref().unwrap_or(&frontend)
+                } else {
+                    &frontend
+                };
+                handled += forwarder.retry_pending(to);
+            }
+            let blocked = forwarder.pending.as_ref().map(|p| p.from_frontend);
             match &backend {
                 Some(back) => {
-                    if front_ready {
+                    if front_ready && blocked != Some(true) {
                         handled += forwarder.drain(&frontend, back, true);
                     }
-                    if back_ready {
+                    if back_ready && blocked != Some(false) {
                         handled += forwarder.drain(back, &frontend, false);
                     }
                 }
                 None => {
-                    if front_ready {
+                    if front_ready && blocked.is_none() {
                         handled += forwarder.drain(&frontend, &frontend, true);
                     }
                 }
@@ -148,6 +183,14 @@ impl RouterLoop {
             if handled > 0 {
                 activity.fetch_add(handled, Ordering::Relaxed);
             }
+        }
+        if let Some(p) = forwarder.pending.take() {
+            let to = if p.from_frontend {
+                backend.as_ref().unwrap_or(&frontend)
+            } else {
+                &frontend
+            };
+            to.counters.dropped(DropReason::HighWaterMark);
         }
         for s in std::iter::once(&frontend)
             .chain(backend.as_ref())
@@ -166,13 +209,27 @@ struct Forwarder<'a> {
     publisher: Option<&'a ProxySocket>,
     frames: Vec<zmq::Message>,
     limiter: LogLimiter,
+    /// A routed message refused at its receiver's high-water mark.
+    pending: Option<Pending>,
+    /// Receivers whose wait timed out, and until when they count as congested.
+    congested: HashMap<Vec<u8>, Instant>,
+}
+
+/// A message waiting for room at its receiver.
+struct Pending {
+    frames: Vec<zmq::Message>,
+    from_frontend: bool,
+    msg_type: MessageType,
+    bytes: usize,
+    since: Instant,
 }
 
 impl Forwarder<'_> {
     /// Handles up to `batch` messages waiting on `from`; returns how many.
+    /// Stops early when a message has to wait for room at its receiver.
     fn drain(&mut self, from: &ProxySocket, to: &ProxySocket, from_frontend: bool) -> u64 {
         let mut handled = 0;
-        while handled < self.config.batch as u64 {
+        while handled < self.config.batch as u64 && self.pending.is_none() {
             match recv_message(&from.socket, &mut self.frames) {
                 Ok(true) => {
                     handled += 1;
@@ -213,12 +270,67 @@ impl Forwarder<'_> {
         rewrite_for_route(&mut self.frames);
         match send_message(&to.socket, &mut self.frames) {
             Ok(()) => to.counters.sent(msg_type, bytes),
+            Err(DropReason::HighWaterMark)
+                if !self.config.send_timeout.is_zero() && !self.is_congested() =>
+            {
+                // Hold the message (it is intact) and stop reading its source.
+                self.pending = Some(Pending {
+                    frames: std::mem::replace(&mut self.frames, Vec::with_capacity(16)),
+                    from_frontend,
+                    msg_type,
+                    bytes,
+                    since: Instant::now(),
+                });
+            }
             Err(reason) => {
                 to.counters.dropped(reason);
                 if self.may_log() {
                     tracing::warn!(socket = to.name, %reason, r#type = %msg_type, "message dropped on send");
                 }
                 self.frames.clear();
+            }
+        }
+    }
+
+    /// Whether the receiver of the message in `self.frames` timed out recently.
+    fn is_congested(&mut self) -> bool {
+        if self.congested.is_empty() {
+            return false;
+        }
+        let now = Instant::now();
+        self.congested.retain(|_, until| *until > now);
+        self.frames
+            .first()
+            .is_some_and(|key| self.congested.contains_key(&key[..]))
+    }
+
+    /// Retries the pending message; drops it once it waited `send_timeout`.
+    /// Returns 1 if it was sent.
+    fn retry_pending(&mut self, to: &ProxySocket) -> u64 {
+        let Some(mut p) = self.pending.take() else {
+            return 0;
+        };
+        match send_message(&to.socket, &mut p.frames) {
+            Ok(()) => {
+                to.counters.sent(p.msg_type, p.bytes);
+                1
+            }
+            Err(DropReason::HighWaterMark) if p.since.elapsed() < self.config.send_timeout => {
+                self.pending = Some(p);
+                0
+            }
+            Err(reason) => {
+                to.counters.dropped(reason);
+                if reason == DropReason::HighWaterMark {
+                    if let Some(key) = p.frames.first() {
+                        self.congested
+                            .insert(key.to_vec(), Instant::now() + self.config.send_timeout);
+                    }
+                }
+                if self.may_log() {
+                    tracing::warn!(socket = to.name, %reason, r#type = %p.msg_type, "message dropped on send");
+                }
+                0
             }
         }
     }

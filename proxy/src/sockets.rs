@@ -133,34 +133,49 @@ pub fn recv_message(
     Ok(true)
 }
 
-/// Sends every frame of `frames` (emptying it) without blocking, moving the
-/// messages (no copy).
+/// Sends every frame of `frames` without blocking. On success `frames` is
+/// empty; payload frames are moved, not copied. Only the first frame (the
+/// peer identity, a few dozen bytes) is sent as a copy, so that a message the
+/// socket refuses stays whole in `frames` and can be retried.
 ///
-/// Drops are atomic: on a ROUTER with ROUTER_MANDATORY, libzmq checks the
+/// Refusals are atomic: on a ROUTER with ROUTER_MANDATORY, libzmq checks the
 /// peer and its high-water mark on the first frame only (EHOSTUNREACH ->
-/// [`DropReason::Unroutable`], EAGAIN -> [`DropReason::HighWaterMark`]) and
-/// never fails a later frame of the same message (the HWM counts whole
-/// messages; a pipe that dies mid-message is rolled back inside libzmq). PUB
-/// drops whole messages silently. So a failure leaves nothing half-sent.
+/// [`DropReason::Unroutable`], EAGAIN -> [`DropReason::HighWaterMark`]; both
+/// leave `frames` untouched) and never fails a later frame of the same message
+/// (the HWM counts whole messages; a pipe that dies mid-message is rolled
+/// back inside libzmq). PUB drops whole messages silently. So a failure never
+/// leaves a message half-sent. Any other error clears `frames`.
 #[inline]
 pub fn send_message(
     socket: &zmq::Socket,
     frames: &mut Vec<zmq::Message>,
 ) -> Result<(), crate::protocol::DropReason> {
     use crate::protocol::DropReason;
-    let last = frames.len().saturating_sub(1);
-    for (i, frame) in frames.drain(..).enumerate() {
+    let Some(first) = frames.first() else {
+        return Ok(());
+    };
+    let more = if frames.len() > 1 { zmq::SNDMORE } else { 0 };
+    if let Err(e) = socket.send(&first[..], more | zmq::DONTWAIT) {
+        return Err(match e {
+            zmq::Error::EHOSTUNREACH => DropReason::Unroutable,
+            zmq::Error::EAGAIN => DropReason::HighWaterMark,
+            _ => {
+                frames.clear();
+                DropReason::SendFailed
+            }
+        });
+    }
+    let last = frames.len() - 1;
+    for (i, frame) in frames.drain(..).enumerate().skip(1) {
         let flags = if i < last {
             zmq::SNDMORE | zmq::DONTWAIT
         } else {
             zmq::DONTWAIT
         };
-        if let Err(e) = socket.send(frame, flags) {
-            return Err(match (i, e) {
-                (0, zmq::Error::EHOSTUNREACH) => DropReason::Unroutable,
-                (0, zmq::Error::EAGAIN) => DropReason::HighWaterMark,
-                _ => DropReason::SendFailed,
-            });
+        if socket.send(frame, flags).is_err() {
+            // Unreachable on ROUTER and PUB (see above); the rest of the
+            // message is dropped with the iterator.
+            return Err(DropReason::SendFailed);
         }
     }
     Ok(())

@@ -130,7 +130,7 @@ fn a_message_for_an_unknown_identity_is_counted_as_unroutable() {
 
 #[test]
 fn drops_at_the_high_water_mark_are_counted_and_never_split_a_message() {
-    let proxy = Proxy::start(&["--hwm", "4"]);
+    let proxy = Proxy::start(&["--hwm", "4", "--send-timeout-ms", "100"]);
     let ctx = zmq::Context::new();
     let client = dealer(&ctx, CLIENT, proxy.frontend());
     let slow = ctx.socket(zmq::DEALER).unwrap();
@@ -184,4 +184,63 @@ fn drops_at_the_high_water_mark_are_counted_and_never_split_a_message() {
     // The stream is still in sync: a new message goes through.
     send(&client, &request("2", SERVER, "after-flood", &[b"x"]));
     assert_eq!(expect(&slow), delivery(CLIENT, "2", "after-flood", &[b"x"]));
+}
+
+/// Floods a server that starts reading 500 ms late through a proxy with
+/// `--hwm 4` and the given send timeout; returns (in-order messages
+/// received, messages dropped at the HWM).
+fn late_reader_flood(send_timeout_ms: &str) -> (usize, f64) {
+    let proxy = Proxy::start(&["--hwm", "4", "--send-timeout-ms", send_timeout_ms]);
+    let ctx = zmq::Context::new();
+    let client = dealer(&ctx, CLIENT, proxy.frontend());
+    let server = ctx.socket(zmq::DEALER).unwrap();
+    server.set_identity(SERVER.as_bytes()).unwrap();
+    server.set_rcvhwm(4).unwrap();
+    server.set_rcvbuf(4096).unwrap();
+    server.set_linger(0).unwrap();
+    server.connect(proxy.backend()).unwrap();
+    wait_routable(&client, SERVER, &server);
+
+    let payload = vec![1u8; 16 * 1024];
+    let sent = 400;
+    let sender = std::thread::spawn(move || {
+        for i in 0..sent {
+            send(
+                &client,
+                &request("2", SERVER, &format!("bp-{i:04}"), &[&payload]),
+            );
+        }
+        client
+    });
+    // Let queues fill up to the high-water marks before reading.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut received = 0;
+    let mut last = String::new();
+    while let Some(m) = recv(&server, Duration::from_millis(1500)) {
+        let id = String::from_utf8(m[4].clone()).unwrap();
+        assert!(id > last, "in order");
+        last = id;
+        received += 1;
+    }
+    let _client = sender.join().unwrap();
+    let in_sample = r#"zmq_proxy_messages_total{direction="in",socket="frontend",type="cast"}"#;
+    proxy.wait_metric(in_sample, sent as f64 + 1.0 /* the probe */);
+    let dropped = proxy.metric(r#"zmq_proxy_dropped_total{reason="hwm",socket="backend"}"#);
+    assert_eq!(
+        received as f64 + dropped,
+        sent as f64,
+        "every message delivered or counted"
+    );
+    (received, dropped)
+}
+
+#[test]
+fn a_receiver_at_its_high_water_mark_pushes_back_instead_of_losing_messages() {
+    // Without waiting (timeout 0) the late reader loses messages at the HWM...
+    let (_, dropped) = late_reader_flood("0");
+    assert!(dropped > 0.0, "the flood does reach the high-water mark");
+    // ...with a wait longer than the reader's delay, the proxy holds the
+    // refused message and stops reading the frontend: nothing is lost.
+    let (received, dropped) = late_reader_flood("5000");
+    assert_eq!((received, dropped), (400, 0.0));
 }

@@ -66,7 +66,7 @@ fn sigterm_while_traffic_flows_turns_not_ready_first_delivers_everything_and_exi
                 );
                 i += 1;
                 sent.store(i, Ordering::SeqCst);
-                if i % 50 == 0 {
+                if i.is_multiple_of(50) {
                     std::thread::sleep(Duration::from_millis(1));
                 }
             }

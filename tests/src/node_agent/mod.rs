@@ -389,6 +389,7 @@ async fn heartbeat(client: Client, node: String, mut shutdown: watch::Receiver<b
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     let nodes: Api<Node> = Api::all(client);
     let mut ticks = 0u32;
+    let mut failing = false;
     loop {
         let lease = serde_json::json!({
             "apiVersion": "coordination.k8s.io/v1",
@@ -400,18 +401,23 @@ async fn heartbeat(client: Client, node: String, mut shutdown: watch::Receiver<b
                 "renewTime": MicroTime(Timestamp::now()),
             },
         });
-        if let Err(e) = leases
+        let renewed = leases
             .patch(
                 &node,
                 &PatchParams::apply(MANAGER).force(),
                 &Patch::Apply(&lease),
             )
-            .await
-        {
+            .await;
+        if let Err(e) = &renewed {
             tracing::debug!(%node, "lease renewal failed: {e}");
         }
+        // Back after failures (an API-server outage): the node lifecycle
+        // controller may have set Ready Unknown; say Ready at once, as a
+        // kubelet does, rather than at the next periodic refresh.
+        let recovered = failing && renewed.is_ok();
+        failing = renewed.is_err();
         ticks += 1;
-        if ticks.is_multiple_of(6) {
+        if ticks.is_multiple_of(6) || recovered {
             if let Err(e) = patch_node_status(&nodes, &node).await {
                 tracing::debug!(%node, "node status refresh failed: {e:#}");
             }

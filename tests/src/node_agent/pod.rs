@@ -154,6 +154,16 @@ impl ContainerRun {
     }
 }
 
+/// The status of a pod status's Ready condition, if it has one.
+fn ready_of(status: Option<&PodStatus>) -> Option<&str> {
+    status?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.status.as_str())
+}
+
 fn waiting(reason: &str, message: Option<String>) -> ContainerState {
     ContainerState {
         waiting: Some(ContainerStateWaiting {
@@ -266,6 +276,12 @@ impl PodWorker {
                 ev = events.recv() => match ev {
                     Some(PodEvent::Updated(pod)) => {
                         let deleting = pod.metadata.deletion_timestamp.is_some();
+                        // The node lifecycle controller marks pods not ready
+                        // when this node's heartbeat went stale (an API-server
+                        // outage); like a kubelet, re-assert our own view.
+                        if ready_of(pod.status.as_ref()) != ready_of(self.last_status.as_ref()) {
+                            self.status_dirty = true;
+                        }
                         self.pod = *pod;
                         if deleting && !self.deleting {
                             self.deleting = true;

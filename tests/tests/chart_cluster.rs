@@ -1,13 +1,19 @@
 //! The Helm chart installed the way users install it, on the real control
 //! plane: `helm install` (namespaced scope), the operator pods run through
 //! the node agent (the operator image mapped to the workspace's binary) with
-//! exactly the chart's ServiceAccount and RBAC, answer /healthz through their
-//! metrics Service's endpoints, elect one leader and reconcile
-//! examples/zmqproxy-basic.yaml into running, registered proxies. Then a real
-//! Prometheus (Debian's package) discovers the pods through the API server
-//! with the scrape configuration of docs/metrics.md, scrapes proxies and
-//! operators, evaluates the chart's alert rules and answers every query of
-//! the dashboard; the test checks names and labels against docs/metrics.md.
+//! exactly the chart's ServiceAccount and RBAC (checked with `kubectl auth
+//! can-i`), elect one leader and reconcile examples/zmqproxy-basic.yaml into
+//! running, registered proxies. A real Prometheus (Debian's package)
+//! discovers the pods with the scrape configuration of docs/metrics.md,
+//! scrapes proxies and operators, evaluates the chart's alert rules and
+//! answers every dashboard query; raw ZMTP traffic into one proxy moves its
+//! counters under the documented labels. Then both operators are Ready
+//! behind their metrics Service, `helm upgrade` to cluster scope reaches a
+//! namespace the values never named, and `helm uninstall` cleans up.
+//!
+//! Debian's Prometheus has no Kubernetes service discovery (no client-go in
+//! Debian): the test then serves the same pod targets and
+//! `__meta_kubernetes_*` labels over `http_sd_configs` (see [`http_sd`]).
 //!
 //! Needs helm, kubectl and prometheus (`bash tests/install.sh`) and the
 //! workspace binaries (`cargo build --workspace --bins` first).
@@ -1138,6 +1144,47 @@ async fn check_prometheus(
     })
     .await?;
 
+    // Traffic moves the counters, under the documented labels: a DEALER
+    // sends one protocol-1.0 CALL for a server nobody runs (received on the
+    // frontend, unroutable on the backend) and one malformed message.
+    let (pod, ip) = proxies.iter().next().context("a proxy")?;
+    let mut dealer = zmtp::Dealer::connect(&format!("{ip}:50001")).await?;
+    dealer
+        .send(&[
+            b"",
+            b"1.0",
+            b"1",
+            b"nowhere/compute/0f7c0d42-7a3c-4f0e-9a8e-2b7c1c0d1e2f",
+            b"6b1c2a44-aaaa-11ee-8c90-0242ac120002",
+            b"[{}, {\"method\": \"ping\"}]",
+        ])
+        .await?;
+    dealer.send(&[b"not an envelope"]).await?;
+    let expectations = [
+        format!("zmq_proxy_messages_total{{pod=\"{pod}\",socket=\"frontend\",direction=\"in\",type=\"call\"}}"),
+        format!("zmq_proxy_dropped_total{{pod=\"{pod}\",socket=\"backend\",reason=\"unroutable\"}}"),
+        format!("zmq_proxy_dropped_total{{pod=\"{pod}\",socket=\"frontend\",reason=\"too_few_frames\"}}"),
+        format!("zmq_proxy_connected_peers{{pod=\"{pod}\",socket=\"frontend\"}}"),
+    ];
+    for q in &expectations {
+        until(&format!("{q} == 1"), TIMEOUT, || async {
+            let r = prom.query(q).await?;
+            let v: Option<f64> = r.first().and_then(|s| s["value"][1].as_str()?.parse().ok());
+            Ok((v == Some(1.0)).then_some(()))
+        })
+        .await?;
+    }
+    let calls = prom
+        .query(&format!(
+            "sum(zmq_proxy_messages_total{{namespace=\"{watch_ns}\",type=\"call\",direction=\"in\"}})"
+        ))
+        .await?;
+    ensure!(
+        calls.first().and_then(|s| s["value"][1].as_str()) == Some("1"),
+        "exactly one call through all proxies: {calls:?}"
+    );
+    drop(dealer);
+
     // Every dashboard query runs; the ones about present series answer.
     let dash: Value =
         serde_json::from_str(&read(chart().join("files/dashboards/zmq-proxy.json"))?)?;
@@ -1340,5 +1387,80 @@ mod http_sd {
             }
         });
         Ok(Bridge { url, task })
+    }
+}
+
+/// Just enough ZMTP 3.0 (NULL mechanism) to be a DEALER: the test crate
+/// does not link libzmq, and a proxy only needs a peer that speaks the wire
+/// protocol.
+mod zmtp {
+    use anyhow::{ensure, Result};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// A connected DEALER.
+    pub struct Dealer(TcpStream);
+
+    impl Dealer {
+        /// Connects and completes the handshake (greeting, READY).
+        pub async fn connect(addr: &str) -> Result<Dealer> {
+            let mut s = TcpStream::connect(addr).await?;
+            let mut greeting = vec![0xFF, 0, 0, 0, 0, 0, 0, 0, 1, 0x7F, 3, 0];
+            let mut mechanism = b"NULL".to_vec();
+            mechanism.resize(20, 0);
+            greeting.extend(mechanism);
+            greeting.push(0); // as-server: no
+            greeting.extend([0u8; 31]);
+            s.write_all(&greeting).await?;
+            let mut ready = vec![5];
+            ready.extend(b"READY");
+            ready.push(11);
+            ready.extend(b"Socket-Type");
+            ready.extend(6u32.to_be_bytes());
+            ready.extend(b"DEALER");
+            s.write_all(&[0x04, ready.len() as u8]).await?;
+            s.write_all(&ready).await?;
+            let mut theirs = [0u8; 64];
+            s.read_exact(&mut theirs).await?;
+            ensure!(
+                theirs[0] == 0xFF && theirs[9] == 0x7F && theirs[10] == 3,
+                "not a ZMTP 3 peer"
+            );
+            // Their READY command.
+            let mut head = [0u8; 2];
+            s.read_exact(&mut head).await?;
+            ensure!(
+                head[0] & 0x04 != 0,
+                "expected a command, got flags {:#x}",
+                head[0]
+            );
+            let size = if head[0] & 0x02 != 0 {
+                let mut rest = [0u8; 7];
+                s.read_exact(&mut rest).await?;
+                let mut all = [0u8; 8];
+                all[0] = head[1];
+                all[1..].copy_from_slice(&rest);
+                usize::try_from(u64::from_be_bytes(all))?
+            } else {
+                usize::from(head[1])
+            };
+            let mut body = vec![0u8; size];
+            s.read_exact(&mut body).await?;
+            ensure!(body.get(1..6) == Some(&b"READY"[..]), "expected READY");
+            Ok(Dealer(s))
+        }
+
+        /// Sends one multipart message (short frames only).
+        pub async fn send(&mut self, frames: &[&[u8]]) -> Result<()> {
+            let mut out = Vec::new();
+            for (i, f) in frames.iter().enumerate() {
+                ensure!(f.len() < 256, "long frames are not needed here");
+                out.push(if i + 1 < frames.len() { 0x01 } else { 0x00 });
+                out.push(f.len() as u8);
+                out.extend_from_slice(f);
+            }
+            self.0.write_all(&out).await?;
+            Ok(())
+        }
     }
 }

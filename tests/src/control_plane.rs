@@ -628,8 +628,12 @@ fn free_bytes(path: &Path) -> Option<u64> {
     }
 }
 
-/// Removes `<pid>-<n>` entries of `root` whose process is gone.
+/// Removes `<pid>-<n>` entries of `root` whose process is gone (kept
+/// while `ZMQ_PROXY_TEST_KEEP` is set: someone wants to read them).
 fn remove_stale(root: &Path) {
+    if std::env::var_os("ZMQ_PROXY_TEST_KEEP").is_some() {
+        return;
+    }
     let Ok(entries) = std::fs::read_dir(root) else {
         return;
     };

@@ -76,6 +76,12 @@ struct RunArgs {
     /// Seconds between API discovery refreshes (new CRDs, upgrades).
     #[arg(long, env = "DISCOVERY_INTERVAL_SECONDS", default_value_t = 30)]
     discovery_interval_seconds: u64,
+    /// Reconciles running at once.
+    #[arg(long, env = "CONCURRENCY", default_value_t = 16)]
+    concurrency: u16,
+    /// Milliseconds a trigger waits for more triggers of the same object.
+    #[arg(long, env = "DEBOUNCE_MS", default_value_t = 100)]
+    debounce_ms: u64,
     /// Log format: text or json.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -307,15 +313,12 @@ async fn lead(
                 _ = lost.wait_for(|l| *l) => {},
             }
         };
-        let (store, stream) = reconcile::controller(
-            client.clone(),
-            api,
-            ns.as_deref(),
-            &caps,
-            rx,
-            shutdown,
-            ctx.clone(),
-        );
+        let tuning = reconcile::Tuning {
+            concurrency: args.concurrency.max(1),
+            debounce: Duration::from_millis(args.debounce_ms),
+        };
+        let (store, stream) =
+            reconcile::controller(api, ns.as_deref(), &caps, rx, shutdown, tuning, ctx.clone());
         stores.push(store);
         streams.push(stream.boxed());
     }

@@ -81,6 +81,10 @@ pub struct Context {
     pub backoff_max: Duration,
     /// Periodic resync of healthy objects.
     pub resync: Duration,
+    /// Generation per object UID whose orphans this process already
+    /// removed: orphans only appear when the spec shrinks, which bumps the
+    /// generation, so the list calls are skipped until it changes.
+    cleaned: Mutex<HashMap<String, i64>>,
 }
 
 impl Context {
@@ -99,6 +103,7 @@ impl Context {
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(300),
             resync: Duration::from_secs(300),
+            cleaned: Mutex::new(HashMap::new()),
         }
     }
 
@@ -117,7 +122,17 @@ impl Context {
         };
         let changed = *guard != caps;
         *guard = caps;
+        if changed {
+            self.cleaned().clear();
+        }
         changed
+    }
+
+    fn cleaned(&self) -> std::sync::MutexGuard<'_, HashMap<String, i64>> {
+        match self.cleaned.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<Guarded>, u32>> {
@@ -476,12 +491,22 @@ async fn reconcile_proxy(zp: &ZmqProxy, ctx: &Context) -> Result<Action, Error> 
             .flatten()
             .map(|c| apply_dynamic(client, &ns, c)),
     );
+    let uid = zp.uid().unwrap_or_default();
+    let generation = zp.metadata.generation.unwrap_or(0);
+    let clean_needed = ctx.cleaned().get(&uid) != Some(&generation);
+    let orphans = async {
+        if clean_needed {
+            cleanup(client, zp, &desired, &caps).await?;
+            ctx.cleaned().insert(uid.clone(), generation);
+        }
+        Ok::<(), Error>(())
+    };
     let (deployment, _, _, _, _) = futures::try_join!(
         apply_typed::<Deployment>(client, &ns, &desired.deployment),
         metrics_service,
         daemon_set,
         dynamic,
-        cleanup(client, zp, &desired, &caps),
+        orphans,
     )?;
 
     if first {
@@ -574,18 +599,40 @@ fn owned_config() -> watcher::Config {
         .any_semantic()
 }
 
+/// Throughput knobs of a controller.
+#[derive(Debug, Clone, Copy)]
+pub struct Tuning {
+    /// Reconciles running at once. Bounded because every in-flight
+    /// reconcile holds connections and response bodies: unbounded, 500
+    /// objects at once cost hundreds of TLS connections' worth of memory.
+    pub concurrency: u16,
+    /// Trigger debounce: applying nine children makes nine watch events for
+    /// the same parent; waiting this long folds them into one reconcile.
+    pub debounce: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            concurrency: 16,
+            debounce: Duration::from_millis(100),
+        }
+    }
+}
+
 /// One controller over `api` (a namespace, or all), wired to every child
 /// kind, to the proxies' EndpointSlices and to `reconcile_all` (discovery
 /// changes). Returns its store and its result stream.
 pub fn controller(
-    client: Client,
     api: Api<Guarded>,
     namespace: Option<&str>,
     caps: &Capabilities,
     reconcile_all: impl Stream<Item = ()> + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    tuning: Tuning,
     ctx: Arc<Context>,
 ) -> (Store<Guarded>, impl Stream<Item = ()>) {
+    let client = ctx.client.clone();
     fn scoped<K>(client: &Client, ns: Option<&str>) -> Api<K>
     where
         K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>,
@@ -624,6 +671,11 @@ pub fn controller(
                 svc.zip(ns)
                     .map(|(svc, ns)| ObjectRef::<Guarded>::new(&svc).within(&ns))
             },
+        )
+        .with_config(
+            kube::runtime::controller::Config::default()
+                .concurrency(tuning.concurrency)
+                .debounce(tuning.debounce),
         )
         .trigger_backoff(TriggerBackoff::default())
         .reconcile_all_on(reconcile_all)

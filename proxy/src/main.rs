@@ -7,11 +7,15 @@ use tracing_subscriber::EnvFilter;
 use zmq_proxy::config::{ConfigError, LogFormat, Settings};
 
 fn main() -> ExitCode {
-    let settings = match Settings::from_args(
-        std::env::args(),
-        |k| std::env::var(k).ok(),
-        |p| std::fs::read_to_string(p),
-    ) {
+    // The advertised host defaults to the machine's hostname (oslo uses
+    // socket.gethostname()); $HOSTNAME is often not exported.
+    let env = |key: &str| {
+        std::env::var(key)
+            .ok()
+            .or_else(|| (key == "HOSTNAME").then(system_hostname).flatten())
+    };
+    let settings = match Settings::from_args(std::env::args(), env, |p| std::fs::read_to_string(p))
+    {
         Ok(s) => s,
         Err(ConfigError::Cli(e)) => e.exit(),
         Err(e) => {
@@ -40,6 +44,19 @@ fn run(settings: Settings) -> anyhow::Result<()> {
     runtime
         .block_on(zmq_proxy::app::run(settings))
         .context("proxy failed")
+}
+
+fn system_hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8(buf[..end].to_vec())
+        .ok()
+        .filter(|h| !h.is_empty())
 }
 
 fn init_logging(settings: &Settings) -> anyhow::Result<()> {

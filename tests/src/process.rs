@@ -179,6 +179,20 @@ extern "C" fn cleanup_at_exit() {
                 libc::kill(pid, libc::SIGKILL);
             }
         }
+        // Reap them before exiting: once orphaned, only init could, and the
+        // init of a container (CI) often does not, leaving zombies behind.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        for &pid in &c.pids {
+            while Instant::now() < deadline {
+                // SAFETY: non-blocking wait on our own child; ECHILD means a
+                // waiter thread reaped it already.
+                let r = unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+                if r != 0 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
         if std::env::var_os("ZMQ_PROXY_TEST_KEEP").is_none() {
             for dir in &c.dirs {
                 let _ = std::fs::remove_dir_all(dir);

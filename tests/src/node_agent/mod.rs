@@ -384,6 +384,38 @@ async fn patch_node_status(nodes: &Api<Node>, node: &str) -> Result<()> {
     Ok(())
 }
 
+/// Retry delays of the agent's watches: 200 ms doubling to 5 s. kube's
+/// default grows to 30 s during an API-server outage, and pods created just
+/// after one then waited up to 30 s to be bound and started (a scheduler and
+/// kubelet are back within a second or two).
+struct WatchBackoff {
+    next: Duration,
+}
+
+impl WatchBackoff {
+    const MIN: Duration = Duration::from_millis(200);
+    const MAX: Duration = Duration::from_secs(5);
+
+    fn new() -> WatchBackoff {
+        WatchBackoff { next: Self::MIN }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        let current = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        Some(current)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = Self::MIN;
+    }
+}
+
 /// Renews the node Lease (and refreshes the Ready condition now and then).
 async fn heartbeat(client: Client, node: String, mut shutdown: watch::Receiver<bool>) {
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
@@ -435,7 +467,9 @@ async fn binder(client: Client, node: String, scope: Scope, mut shutdown: watch:
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let mut harness_namespaces: HashMap<String, bool> = HashMap::new();
     let cfg = watcher::Config::default().fields("spec.nodeName=");
-    let mut stream = watcher::watcher(pods, cfg).default_backoff().boxed();
+    let mut stream = watcher::watcher(pods, cfg)
+        .backoff(WatchBackoff::new())
+        .boxed();
     loop {
         let event = tokio::select! {
             ev = stream.try_next() => ev,
@@ -516,7 +550,9 @@ async fn binder(client: Client, node: String, scope: Scope, mut shutdown: watch:
 async fn dispatcher(ctx: Arc<AgentContext>, shutdown: watch::Receiver<bool>) {
     let pods: Api<Pod> = Api::all(ctx.client.clone());
     let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", ctx.node));
-    let mut stream = watcher::watcher(pods, cfg).default_backoff().boxed();
+    let mut stream = watcher::watcher(pods, cfg)
+        .backoff(WatchBackoff::new())
+        .boxed();
     let mut workers: HashMap<String, (String, mpsc::UnboundedSender<PodEvent>, JoinHandle<()>)> =
         HashMap::new();
     let mut seen: HashSet<String> = HashSet::new();

@@ -39,6 +39,7 @@ use anyhow::{ensure, Context, Result};
 use harness::ControlPlane;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
 use kube::{Api, ResourceExt};
 
 use e2e_support::bad_input::{self, Rng};
@@ -370,27 +371,30 @@ async fn operator_killed(c: &Cluster, t: &Traffic, reports: &mut Vec<Report>) ->
     let mut run = t.start_run("operator leader SIGKILLed");
     window(t).await;
     let operators = c.operator_pods().await?;
-    let leader = harness::wait::until("an operator pod leading", RECOVERY, || async {
+    let (leader, _) = harness::wait::until("an operator pod leading", RECOVERY, || async {
         Ok(c.operator_leader()
             .await?
-            .filter(|h| operators.contains_key(h)))
+            .filter(|(h, _)| operators.contains_key(h)))
     })
     .await?;
-    let restarts = cluster::restarts_of(&operators[&leader]);
     let pid = c.sigkill_pod(&c.release_ns, &leader).await?;
+    let killed_at = Timestamp::now();
+    let killed = std::time::Instant::now();
     run.note(format!("kill -9 {pid} (operator pod {leader}, the leader)"));
+    // Only a live process renews the Lease: a renewal after the kill is
+    // the new leader (the standby, or the killed pod's restarted process,
+    // which may reclaim its own Lease at once).
     let new_leader = harness::wait::until("a new leader", RECOVERY, || async {
-        let holder = c.operator_leader().await?;
-        let pods = c.operator_pods().await?;
-        Ok(holder.filter(|h| {
-            h != &leader
-                || pods
-                    .get(h)
-                    .is_some_and(|p| cluster::restarts_of(p) > restarts)
-        }))
+        Ok(c.operator_leader()
+            .await?
+            .filter(|(_, renewed)| *renewed > killed_at)
+            .map(|(h, _)| h))
     })
     .await?;
-    run.note(format!("leader now {new_leader}"));
+    run.note(format!(
+        "Lease renewed by {new_leader} {:.1} s after the kill",
+        killed.elapsed().as_secs_f64()
+    ));
     // The new leader reconciles: a scale goes through.
     c.kubectl(
         &[
@@ -405,12 +409,32 @@ async fn operator_killed(c: &Cluster, t: &Traffic, reports: &mut Vec<Report>) ->
         "kubectl scale zmqproxy/{NAME} --replicas={}",
         FLEET + 1
     ));
+    let scaled = std::time::Instant::now();
     let fleet = c.wait_fleet(FLEET + 1, RECOVERY).await?;
     run.note(format!(
-        "{} proxies ready and registered: {:?}",
+        "{} proxies ready and registered {:.1} s after the scale: {:?}",
         fleet.len(),
+        scaled.elapsed().as_secs_f64(),
         fleet.keys().collect::<Vec<_>>()
     ));
+    if scaled.elapsed() > Duration::from_secs(10) {
+        let events = c
+            .kubectl_output(
+                &["get", "events", "--sort-by=.lastTimestamp", "-o", "custom-columns=LAST:.lastTimestamp,FIRST:.firstTimestamp,REASON:.reason,OBJ:.involvedObject.name,FROM:.source.component,MSG:.message"],
+                None,
+            )
+            .await?;
+        eprintln!(
+            "slow scale after the operator kill (at {killed_at}); events:\n{}",
+            events.stdout
+        );
+        for pod in c.operator_pods().await?.keys() {
+            eprintln!(
+                "slow scale after the operator kill; log of {pod}:\n{}",
+                c.pod_log_tail(&c.release_ns, pod, 60)
+            );
+        }
+    }
     harness::wait::until("both operator pods ready again", RECOVERY, || async {
         let pods = c.operator_pods().await?;
         let ready = pods

@@ -17,6 +17,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -385,12 +386,15 @@ impl Cluster {
         Ok(pid)
     }
 
-    /// The operator pod holding the leader Lease.
-    pub async fn operator_leader(&self) -> Result<Option<String>> {
+    /// The operator pod holding the leader Lease, and when it last renewed it.
+    pub async fn operator_leader(&self) -> Result<Option<(String, Timestamp)>> {
         let lease = Api::<Lease>::namespaced(self.client.clone(), &self.release_ns)
             .get_opt("zmq-proxy-operator")
             .await?;
-        Ok(lease.and_then(|l| l.spec?.holder_identity))
+        Ok(lease.and_then(|l| {
+            let spec = l.spec?;
+            Some((spec.holder_identity?, spec.renew_time?.0))
+        }))
     }
 
     /// Operator pods, by name.
@@ -502,6 +506,16 @@ impl Cluster {
             }
         }
         bail!("{kind} not served in {group} {versions:?}: {last:?}")
+    }
+
+    /// The last `n` lines the pod's containers wrote.
+    pub fn pod_log_tail(&self, ns: &str, pod: &str, n: usize) -> String {
+        let Some(agent) = &self.agent else {
+            return String::new();
+        };
+        let log = agent.pod_log(ns, pod);
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
     /// Pod logs (tails) of both namespaces, for a failed scenario.

@@ -687,6 +687,19 @@ fn main() {
         batch()
     );
     let vias = [Via::Ours, Via::Libzmq, Via::Direct];
+    // Profiling aid: ZMQ_PROXY_BENCH_ONLY=ours runs just this proxy (no ratios).
+    if std::env::var("ZMQ_PROXY_BENCH_ONLY").as_deref() == Ok("ours") {
+        for &len in &PAYLOADS {
+            let r = rpc(Via::Ours, len);
+            println!(
+                "  {:>6}  rpc {:>10.0}/s  casts {:>10.0}/s",
+                size(len),
+                r.per_sec,
+                casts(Via::Ours, len)
+            );
+        }
+        return;
+    }
     if wanted("rpc") {
         println!("\nRPC round trips (CALL -> REPLY), per second, p50/p99 latency");
         for &len in &PAYLOADS {

@@ -326,6 +326,7 @@ async fn lead(
     // Readiness and the managed-objects gauge follow the caches.
     let cache_task = {
         let metrics = metrics.clone();
+        let ctx = ctx.clone();
         tokio::spawn(async move {
             for s in &stores {
                 // kube-runtime's ready signal wakes only its latest waiter
@@ -347,9 +348,15 @@ async fn lead(
             }
             tracing::info!("caches synced");
             metrics.set_synced();
+            let mut rounds: u64 = 0;
             loop {
                 let n: usize = stores.iter().map(|s| s.len()).sum();
                 metrics.managed.set(i64::try_from(n).unwrap_or(i64::MAX));
+                if rounds.is_multiple_of(30) {
+                    let present: Vec<_> = stores.iter().flat_map(|s| s.state()).collect();
+                    ctx.forget_missing(&present);
+                }
+                rounds = rounds.wrapping_add(1);
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
         })

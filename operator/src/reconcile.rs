@@ -135,6 +135,20 @@ impl Context {
         }
     }
 
+    /// Forgets per-object bookkeeping (backoff counters, cleanup marks) of
+    /// objects no longer in the caches; deletions never reach the
+    /// reconciler, so without this the maps would only grow.
+    pub fn forget_missing(&self, present: &[Arc<Guarded>]) {
+        let uids: std::collections::HashSet<String> =
+            present.iter().filter_map(|o| o.uid()).collect();
+        let refs: std::collections::HashSet<ObjectRef<Guarded>> = present
+            .iter()
+            .map(|o| ObjectRef::from_obj(o.as_ref()))
+            .collect();
+        self.cleaned().retain(|uid, _| uids.contains(uid));
+        self.failures().retain(|r, _| refs.contains(r));
+    }
+
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<Guarded>, u32>> {
         match self.failures.lock() {
             Ok(g) => g,

@@ -10,7 +10,10 @@
 //! Load: 8 DEALER clients, 64 requests in flight each; payloads 16 B, 256 B,
 //! 4 KiB. Clients run on one thread (polling all 8 sockets), the server on
 //! another, the proxy on a third, so the three setups use the same threads.
-//! `ZMQ_PROXY_BENCH_SECS` sets the measured time per case (default 1).
+//! Each case runs `ZMQ_PROXY_BENCH_ROUNDS` times (default 3), the three
+//! setups interleaved, and the median is printed; `ZMQ_PROXY_BENCH_SECS` sets
+//! the measured time per run (default 0.5). Longer runs:
+//! `ZMQ_PROXY_BENCH_SECS=3 ZMQ_PROXY_BENCH_ROUNDS=5`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -205,8 +208,37 @@ fn secs() -> Duration {
     let s: f64 = std::env::var("ZMQ_PROXY_BENCH_SECS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1.0);
+        .unwrap_or(0.5);
     Duration::from_secs_f64(s)
+}
+
+/// Rounds per case: the three setups run interleaved this many times and
+/// the median is printed, which tames load from other processes.
+fn rounds() -> usize {
+    env_or("ZMQ_PROXY_BENCH_ROUNDS", 3usize).max(1)
+}
+
+/// The run with the median rate among `runs`.
+fn median_by<T>(mut runs: Vec<T>, rate: impl Fn(&T) -> f64) -> T {
+    runs.sort_by(|a, b| rate(a).total_cmp(&rate(b)));
+    let mid = runs.len() / 2;
+    runs.swap_remove(mid)
+}
+
+/// Runs `case` for every setup, interleaved, `rounds()` times; returns the
+/// median run per setup.
+fn interleaved<T>(
+    vias: &[Via],
+    case: impl Fn(Via) -> T,
+    rate: impl Fn(&T) -> f64 + Copy,
+) -> Vec<T> {
+    let mut runs: Vec<Vec<T>> = vias.iter().map(|_| Vec::new()).collect();
+    for _ in 0..rounds() {
+        for (i, &v) in vias.iter().enumerate() {
+            runs[i].push(case(v));
+        }
+    }
+    runs.into_iter().map(|r| median_by(r, rate)).collect()
 }
 
 /// The RPC server: answers CALLs (REPLY with the payload) and counts CASTs.
@@ -682,7 +714,8 @@ fn main() {
         |section: &str| filter.is_empty() || filter.iter().any(|f| section.contains(f.as_str()));
     let (major, minor, patch) = zmq::version();
     println!(
-        "zmq-proxy throughput: libzmq {major}.{minor}.{patch}, {CLIENTS} DEALER clients x {IN_FLIGHT} in flight, {:.1} s per case, batch {}",
+        "zmq-proxy throughput: libzmq {major}.{minor}.{patch}, {CLIENTS} DEALER clients x {IN_FLIGHT} in flight, median of {} interleaved runs of {:.1} s, batch {}",
+        rounds(),
         secs().as_secs_f64(),
         batch()
     );
@@ -703,7 +736,7 @@ fn main() {
     if wanted("rpc") {
         println!("\nRPC round trips (CALL -> REPLY), per second, p50/p99 latency");
         for &len in &PAYLOADS {
-            let results: Vec<RpcResult> = vias.iter().map(|&v| rpc(v, len)).collect();
+            let results = interleaved(&vias, |v| rpc(v, len), |r: &RpcResult| r.per_sec);
             for (v, r) in vias.iter().zip(&results) {
                 println!(
                     "  {:>6}  {:<17} {:>10.0}/s  p50 {:>6.0} us  p99 {:>6.0} us",
@@ -725,7 +758,7 @@ fn main() {
     if wanted("cast") {
         println!("\nOne-way casts, received per second");
         for &len in &PAYLOADS {
-            let results: Vec<f64> = vias.iter().map(|&v| casts(v, len)).collect();
+            let results = interleaved(&vias, |v| casts(v, len), |r: &f64| *r);
             for (v, r) in vias.iter().zip(&results) {
                 println!("  {:>6}  {:<17} {:>10.0}/s", size(len), v.name(), r);
             }
@@ -741,7 +774,7 @@ fn main() {
         println!("\nPublisher fan-out through zmq-proxy (pub/sub on): publications/s in, deliveries/s out");
         for &len in &PAYLOADS {
             for subs in [1, 4, 16] {
-                let (p, d) = fanout(subs, len);
+                let (p, d) = median_by((0..rounds()).map(|_| fanout(subs, len)).collect(), |r| r.1);
                 println!(
                     "  {:>6}  {:>2} subscribers  {:>10.0} published/s  {:>10.0} delivered/s",
                     size(len),

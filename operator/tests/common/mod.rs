@@ -55,6 +55,27 @@ pub async fn install_crd_object(client: &Client, crd: &CustomResourceDefinition)
             .any(|c| c.type_ == "Established" && c.status == "True");
         Ok(established.then_some(()))
     })
+    .await?;
+    // Established can precede the first successful request by a moment on
+    // a loaded API server: wait until the resource answers a list.
+    let version = crd
+        .spec
+        .versions
+        .first()
+        .map(|v| v.name.clone())
+        .unwrap_or_default();
+    let ar = kube::core::ApiResource::from_gvk_with_plural(
+        &kube::core::GroupVersionKind::gvk(&crd.spec.group, &version, &crd.spec.names.kind),
+        &crd.spec.names.plural,
+    );
+    let objects: Api<kube::core::DynamicObject> = Api::all_with(client.clone(), &ar);
+    harness::wait::until("the custom resource to be served", LONG, || async {
+        Ok(objects
+            .list(&kube::api::ListParams::default().limit(1))
+            .await
+            .ok()
+            .map(|_| ()))
+    })
     .await
 }
 

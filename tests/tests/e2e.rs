@@ -339,10 +339,13 @@ async fn apiserver_outage(c: &Cluster, t: &Traffic, reports: &mut Vec<Report>) -
     const OUTAGE: Duration = Duration::from_secs(30);
     let mut run = t.start_run("API server stopped 30 s");
     window(t).await;
-    ensure!(
-        c.cp.is_local(),
-        "the outage scenario needs the local control plane"
-    );
+    if !c.cp.is_local() {
+        // An existing cluster (ZMQ_PROXY_TEST_KUBECONFIG): its API server
+        // is not ours to stop; the traffic is still checked.
+        run.note("not a local control plane: API server left running");
+        window(t).await;
+        return conclude(run, t, false, reports).await;
+    }
     c.cp.stop_apiserver().await?;
     let before = run.completed();
     run.note("kube-apiserver stopped");

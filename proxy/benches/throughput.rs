@@ -61,7 +61,17 @@ impl Setup {
     fn finish(mut self) {
         (self.stop)();
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            // libzmq's context termination occasionally hangs on close
+            // (seen with PUB and 4 KiB messages); do not let one stuck
+            // close stall the whole benchmark.
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = t.join();
+                let _ = tx.send(());
+            });
+            if rx.recv_timeout(Duration::from_secs(2)).is_err() {
+                eprintln!("warning: forwarder thread did not finish closing; left behind");
+            }
         }
     }
 }

@@ -303,15 +303,24 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
         wait_until_quiet(&activity, settings.drain_quiet, &shutdown).await;
     }
     shutdown.stop();
-    let joined = tokio::task::spawn_blocking(move || {
-        for t in threads {
-            let _ = t.join();
+    // Closing sockets ends in zmq_ctx_term, which waits for libzmq to let
+    // go of every pipe; bound that wait so a stuck close cannot keep the
+    // process past its grace period (exiting main ends the thread).
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let joiner = std::thread::Builder::new()
+        .name("zmq-close".into())
+        .spawn(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+            drop(ctx);
+            let _ = done_tx.send(());
+        });
+    if joiner.is_ok() {
+        let wait = shutdown.remaining().unwrap_or_default() + Duration::from_secs(1);
+        if tokio::time::timeout(wait, done_rx).await.is_err() {
+            tracing::warn!(?wait, "sockets did not close in time; exiting anyway");
         }
-        drop(ctx);
-    })
-    .await;
-    if joined.is_err() {
-        tracing::error!("joining the forwarding threads failed");
     }
     let _ = http.await;
     tracing::info!(drained_in = ?started.elapsed(), forwarded = activity.load(Ordering::Relaxed), "stopped");

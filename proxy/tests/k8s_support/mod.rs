@@ -161,6 +161,17 @@ impl ProxyProcess {
         pod: &Pod,
         kubeconfig: &std::path::Path,
     ) -> Result<ProxyProcess> {
+        ProxyProcess::start_with_env(cluster, pod, kubeconfig, &[]).await
+    }
+
+    /// Like [`ProxyProcess::start`], with `extra` environment variables
+    /// added last (they override the defaults above).
+    pub async fn start_with_env(
+        cluster: &Cluster,
+        pod: &Pod,
+        kubeconfig: &std::path::Path,
+        extra: &[(&str, &str)],
+    ) -> Result<ProxyProcess> {
         let lease = ip_pool::lease()?;
         let ip = lease.ip().to_string();
         let name = pod.metadata.name.clone().unwrap_or_default();
@@ -186,6 +197,9 @@ impl ProxyProcess {
             ]
             .map(|(k, v)| (k.to_string(), v)),
         );
+        spec.env.retain(|(k, _)| !extra.iter().any(|(x, _)| x == k));
+        spec.env
+            .extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         spec.clear_env = true;
         let process = Process::spawn(&spec)?;
         let line = until("the proxy's listening line", TIMEOUT, || async {

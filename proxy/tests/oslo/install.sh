@@ -2,10 +2,16 @@
 # Installs unmodified oslo.messaging 8.1.4 (the last release with the ZeroMQ
 # driver) from PyPI into the venv $1, then applies the small Python 3
 # compatibility fixes its ZeroMQ driver needs to the installed copy.
-# Idempotent: a marker file records a finished install.
+# Idempotent: a marker file records a finished install. Test processes run
+# in parallel (nextest), so the install holds a lock: without it a second
+# test could find the venv half-built, before the fixes below are applied.
 set -eu
 VENV="$1"
 MARKER="$VENV/.oslo-messaging-8.1.4-patched"
+[ -f "$MARKER" ] && exit 0
+mkdir -p "$(dirname "$VENV")"
+exec 9>"$VENV.lock"
+flock 9
 [ -f "$MARKER" ] && exit 0
 python3 -m venv "$VENV"
 # Versions known to work with 8.1.4 on Python 3.11 (constraints.txt).

@@ -206,7 +206,7 @@ async fn main() -> Result<()> {
         rss as f64 / 1024.0,
         hwm as f64 / 1024.0
     );
-    if let Ok(body) = reqwest_like_get(&format!("127.0.0.1:{port}"), "/metrics").await {
+    if let Ok((_, body)) = harness::http::get(&format!("127.0.0.1:{port}"), "/metrics").await {
         for line in body.lines().filter(|l| {
             l.starts_with("zmq_proxy_operator_reconcile_duration_seconds_sum")
                 || l.starts_with("zmq_proxy_operator_reconcile_duration_seconds_count")
@@ -218,15 +218,4 @@ async fn main() -> Result<()> {
     }
     op.terminate(Duration::from_secs(10)).await;
     Ok(())
-}
-
-/// A minimal HTTP/1.0 GET.
-async fn reqwest_like_get(addr: &str, path: &str) -> Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await?;
-    Ok(String::from_utf8_lossy(&buf).into_owned())
 }

@@ -12,6 +12,7 @@
 //! panics and statics are never dropped (see [`process`]).
 
 pub mod control_plane;
+pub mod http;
 pub mod kubeconfig;
 pub mod net;
 pub mod node_agent;

@@ -191,26 +191,8 @@ impl Operator {
     }
 }
 
-/// A minimal HTTP/1.0 GET (the tests need no HTTP client dependency).
-pub async fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("no HTTP status")?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((code, body))
-}
+/// A minimal HTTP/1.0 GET: (status, body).
+pub use harness::http::get as http_get;
 
 /// Creates a ZmqProxy from a JSON spec.
 pub async fn create_zp(client: &Client, ns: &str, name: &str, spec: Value) -> Result<ZmqProxy> {

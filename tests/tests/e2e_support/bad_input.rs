@@ -193,28 +193,7 @@ pub fn malformed_messages(
 }
 
 /// A minimal HTTP/1.0 GET: (status, body).
-pub async fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
-    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
-        .await
-        .context("connect timeout")??;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
-        .await
-        .context("read timeout")??;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("no HTTP status")?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((code, body))
-}
+pub use harness::http::get as http_get;
 
 /// `zmq_proxy_dropped_total` of one proxy (`ip:port` of /metrics), summed
 /// per reason.

@@ -20,8 +20,10 @@ cargo build --workspace --bins
 if cargo nextest --version >/dev/null 2>&1; then
     # One process per test (each end-to-end test gets its own control
     # plane); tests/nextest.toml kills a test hung for 5 minutes.
-    cargo nextest run --workspace --no-fail-fast --config-file tests/nextest.toml
+    # Doc tests first (nextest does not run them), so that the closing line
+    # of the run is nextest's summary of every test.
     cargo test --workspace --doc
+    cargo nextest run --workspace --no-fail-fast --config-file tests/nextest.toml
 else
     # Without nextest the tests of one binary share a process and its
     # control plane; run them one at a time so outage tests cannot disturb

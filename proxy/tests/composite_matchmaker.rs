@@ -15,37 +15,15 @@ use anyhow::{anyhow, ensure, Result};
 use harness::wait::until;
 use k8s_support::{Cluster, ProxyProcess, Traffic, TIMEOUT};
 use kube::api::DynamicObject;
-use kube::core::ApiResource;
-use kube::{Api, Client};
+use kube::Api;
 use rpc_support::Redis;
-use zmq_proxy::matchmaker::kubernetes::endpoint_slice::{self, SliceVersion};
+use zmq_proxy::matchmaker::kubernetes::endpoint_slice;
 use zmq_proxy::matchmaker::ProxyAddresses;
 
 /// Registration TTL and refresh given to the proxy: short, so that the
 /// test sees several refreshes (and failed Redis writes) in seconds.
 const EXPIRE_SECS: i64 = 30;
 const UPDATE: &str = "1";
-
-/// The served EndpointSlice API, as the proxy chooses it.
-async fn slices(client: &Client, ns: &str) -> Result<Api<DynamicObject>> {
-    let groups = client.list_api_groups().await?;
-    let served: Vec<String> = groups
-        .groups
-        .iter()
-        .filter(|g| g.name == "discovery.k8s.io")
-        .flat_map(|g| g.versions.iter().map(|v| v.version.clone()))
-        .collect();
-    let version = SliceVersion::choose(served.iter().map(String::as_str))
-        .ok_or_else(|| anyhow!("no EndpointSlice API"))?;
-    let resource = ApiResource {
-        group: "discovery.k8s.io".into(),
-        version: version.version().into(),
-        api_version: version.api_version(),
-        kind: "EndpointSlice".into(),
-        plural: "endpointslices".into(),
-    };
-    Ok(Api::namespaced_with(client.clone(), ns, &resource))
-}
 
 /// The ready proxies the slice named `name` lists (empty when it is gone).
 async fn slice_proxies(api: &Api<DynamicObject>, name: &str) -> Result<Vec<ProxyAddresses>> {
@@ -143,7 +121,7 @@ async fn registers_in_kubernetes_and_redis_survives_a_redis_outage_and_sigterm_r
     let cluster = Cluster::new("cmm-both").await?;
     let proxy = start_proxy(&cluster, "proxy-both", &redis.url()).await?;
     assert!(proxy.publisher.is_some(), "pub/sub on: a PUB socket");
-    let api = slices(&cluster.admin, &cluster.ns).await?;
+    let (api, _) = k8s_support::slices(&cluster.admin, &cluster.ns).await?;
 
     // Both registrations, and ready.
     until("the proxy's EndpointSlice", TIMEOUT, || async {
@@ -250,7 +228,7 @@ async fn redis_down_at_start_does_not_delay_readiness_and_is_written_once_it_run
     redis.kill();
     let cluster = Cluster::new("cmm-late").await?;
     let proxy = start_proxy(&cluster, "proxy-late", &redis.url()).await?;
-    let api = slices(&cluster.admin, &cluster.ns).await?;
+    let (api, _) = k8s_support::slices(&cluster.admin, &cluster.ns).await?;
     until("/readyz 200 without Redis", TIMEOUT, || async {
         Ok((proxy.readyz() == Some(200)).then_some(()))
     })

@@ -17,34 +17,13 @@ use harness::wait::until;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_support::{labels, Cluster, ProxyProcess, SERVICE, TIMEOUT};
 use kube::api::{DynamicObject, ListParams, WatchEvent, WatchParams};
-use kube::core::ApiResource;
+
 use kube::{Api, Client};
-use zmq_proxy::matchmaker::kubernetes::endpoint_slice::{self, SliceVersion};
+use zmq_proxy::matchmaker::kubernetes::endpoint_slice;
 use zmq_proxy::matchmaker::kubernetes::{
     rbac, KubernetesConfig, KubernetesMatchmaker, PodIdentity,
 };
 use zmq_proxy::matchmaker::{Matchmaker, ProxyAddresses, Target};
-
-/// The served EndpointSlice API, as the proxy chooses it.
-async fn slices(client: &Client, ns: &str) -> Result<(Api<DynamicObject>, SliceVersion)> {
-    let groups = client.list_api_groups().await?;
-    let served: Vec<String> = groups
-        .groups
-        .iter()
-        .filter(|g| g.name == "discovery.k8s.io")
-        .flat_map(|g| g.versions.iter().map(|v| v.version.clone()))
-        .collect();
-    let version = SliceVersion::choose(served.iter().map(String::as_str))
-        .ok_or_else(|| anyhow!("no EndpointSlice API"))?;
-    let resource = ApiResource {
-        group: "discovery.k8s.io".into(),
-        version: version.version().into(),
-        api_version: version.api_version(),
-        kind: "EndpointSlice".into(),
-        plural: "endpointslices".into(),
-    };
-    Ok((Api::namespaced_with(client.clone(), ns, &resource), version))
-}
 
 fn parse(o: &DynamicObject) -> Result<k8s_openapi::api::discovery::v1::EndpointSlice> {
     Ok(endpoint_slice::from_json(serde_json::to_value(o)?)?)
@@ -58,7 +37,7 @@ async fn proxy_registers_its_slice_and_sigterm_drains_then_removes_it() -> Resul
         .await?;
     let pod = cluster.pod("proxy-a").await?;
     let proxy = ProxyProcess::start(&cluster, &pod, &kubeconfig).await?;
-    let (api, version) = slices(&cluster.admin, &cluster.ns).await?;
+    let (api, version) = k8s_support::slices(&cluster.admin, &cluster.ns).await?;
 
     let slice = until("the proxy's EndpointSlice", TIMEOUT, || async {
         Ok(api.get_opt("proxy-a").await?)
@@ -174,7 +153,7 @@ async fn slice_is_garbage_collected_with_its_pod() -> Result<()> {
         .await?;
     let pod = cluster.pod("proxy-gc").await?;
     let proxy = ProxyProcess::start(&cluster, &pod, &kubeconfig).await?;
-    let (api, _) = slices(&cluster.admin, &cluster.ns).await?;
+    let (api, _) = k8s_support::slices(&cluster.admin, &cluster.ns).await?;
     until("the proxy's EndpointSlice", TIMEOUT, || async {
         Ok(api.get_opt("proxy-gc").await?)
     })

@@ -19,6 +19,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use kube::api::{DeleteParams, ObjectMeta, PostParams};
 use kube::{Api, Client};
+use zmq_proxy::matchmaker::kubernetes::endpoint_slice::SliceVersion;
 
 /// Generous deadline for anything the control plane does (2 shared cores).
 pub const TIMEOUT: Duration = Duration::from_secs(60);
@@ -401,4 +402,31 @@ impl Drop for Traffic {
             let _ = t.join();
         }
     }
+}
+
+/// The served EndpointSlice API, as the proxy chooses it.
+pub async fn slices(
+    client: &kube::Client,
+    ns: &str,
+) -> Result<(kube::Api<kube::api::DynamicObject>, SliceVersion)> {
+    let groups = client.list_api_groups().await?;
+    let served: Vec<String> = groups
+        .groups
+        .iter()
+        .filter(|g| g.name == "discovery.k8s.io")
+        .flat_map(|g| g.versions.iter().map(|v| v.version.clone()))
+        .collect();
+    let version = SliceVersion::choose(served.iter().map(String::as_str))
+        .ok_or_else(|| anyhow!("no EndpointSlice API"))?;
+    let resource = kube::core::ApiResource {
+        group: "discovery.k8s.io".into(),
+        version: version.version().into(),
+        api_version: version.api_version(),
+        kind: "EndpointSlice".into(),
+        plural: "endpointslices".into(),
+    };
+    Ok((
+        kube::Api::namespaced_with(client.clone(), ns, &resource),
+        version,
+    ))
 }

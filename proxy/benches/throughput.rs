@@ -98,11 +98,11 @@ fn ours(pubsub: bool) -> Setup {
         let p = new_socket(&ctx, zmq::PUB, &opts, None).expect("pub");
         let (ep, _) = bind(&p, "127.0.0.1", 0).expect("bind");
         (
-            Some(ProxySocket {
-                socket: p,
-                name: "publisher",
-                counters: metrics.socket("publisher"),
-            }),
+            Some(ProxySocket::new(
+                p,
+                "publisher",
+                metrics.socket("publisher"),
+            )),
             Some(ep),
         )
     } else {
@@ -110,16 +110,8 @@ fn ours(pubsub: bool) -> Setup {
     };
     let shutdown = Shutdown::new();
     let router = RouterLoop::new(
-        ProxySocket {
-            socket: fe,
-            name: "frontend",
-            counters: metrics.socket("frontend"),
-        },
-        Some(ProxySocket {
-            socket: be,
-            name: "backend",
-            counters: metrics.socket("backend"),
-        }),
+        ProxySocket::new(fe, "frontend", metrics.socket("frontend")),
+        Some(ProxySocket::new(be, "backend", metrics.socket("backend"))),
         publisher,
         RouterConfig {
             pubsub,
@@ -132,7 +124,7 @@ fn ours(pubsub: bool) -> Setup {
         shutdown.clone(),
         Arc::new(AtomicU64::new(0)),
     );
-    let thread = std::thread::spawn(move || router.run());
+    let thread = spawn_named("bench-ours", move || router.run());
     Setup {
         client_endpoint: fe_ep,
         server_endpoint: be_ep,
@@ -157,7 +149,7 @@ fn libzmq() -> Setup {
     let (tx, rx) = std::sync::mpsc::channel();
     let control_ep = format!("inproc://bench-control-{}", uuid::Uuid::new_v4());
     let ctx = zmq::Context::new();
-    let thread = std::thread::spawn({
+    let thread = spawn_named("bench-libzmq", {
         let ctx = ctx.clone();
         let control_ep = control_ep.clone();
         move || {
@@ -200,6 +192,17 @@ fn direct() -> Setup {
     }
 }
 
+/// Spawns a named thread (names show in `top -H` and `perf report --sort comm`).
+fn spawn_named<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .expect("spawn thread")
+}
+
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
         .ok()
@@ -212,6 +215,17 @@ fn batch() -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(256)
+}
+
+/// Payload sizes: all of [`PAYLOADS`], or `ZMQ_PROXY_BENCH_SIZES` (e.g. "16,256").
+fn payloads() -> Vec<usize> {
+    match std::env::var("ZMQ_PROXY_BENCH_SIZES") {
+        Ok(list) => list
+            .split(',')
+            .filter_map(|n| n.trim().parse().ok())
+            .collect(),
+        Err(_) => PAYLOADS.to_vec(),
+    }
 }
 
 fn secs() -> Duration {
@@ -404,7 +418,7 @@ fn start(via: Via) -> Running {
     let casts = Arc::new(AtomicU64::new(0));
     let (tx, rx) = std::sync::mpsc::channel();
     let server_endpoint = setup.server_endpoint.clone();
-    let server = std::thread::spawn({
+    let server = spawn_named("bench-server", {
         let (stop, casts) = (Arc::clone(&stop), Arc::clone(&casts));
         move || server(via, &server_endpoint, stop, tx, casts)
     });
@@ -563,7 +577,7 @@ fn casts(via: Via, payload_len: usize) -> f64 {
     let payload = vec![0x5au8; payload_len];
     let measure = secs();
     let stop = Arc::new(AtomicBool::new(false));
-    let sender = std::thread::spawn({
+    let sender = spawn_named("bench-sender", {
         let stop = Arc::clone(&stop);
         move || {
             let mut seq = 0u64;
@@ -626,7 +640,7 @@ fn fanout(subscribers: usize, payload_len: usize) -> (f64, f64) {
     }
     let delivered = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let receiver = std::thread::spawn({
+    let receiver = spawn_named("bench-receiver", {
         let (delivered, stop) = (Arc::clone(&delivered), Arc::clone(&stop));
         move || {
             let mut m = zmq::Message::new();
@@ -658,7 +672,7 @@ fn fanout(subscribers: usize, payload_len: usize) -> (f64, f64) {
     let payload = vec![0x5au8; payload_len];
     let published = Arc::new(AtomicU64::new(0));
     let send_stop = Arc::new(AtomicBool::new(false));
-    let sender = std::thread::spawn({
+    let sender = spawn_named("bench-sender", {
         let (published, send_stop, delivered) = (
             Arc::clone(&published),
             Arc::clone(&send_stop),
@@ -730,22 +744,36 @@ fn main() {
         batch()
     );
     let vias = [Via::Ours, Via::Libzmq, Via::Direct];
-    // Profiling aid: ZMQ_PROXY_BENCH_ONLY=ours runs just this proxy (no ratios).
-    if std::env::var("ZMQ_PROXY_BENCH_ONLY").as_deref() == Ok("ours") {
-        for &len in &PAYLOADS {
-            let r = rpc(Via::Ours, len);
-            println!(
-                "  {:>6}  rpc {:>10.0}/s  casts {:>10.0}/s",
-                size(len),
-                r.per_sec,
-                casts(Via::Ours, len)
-            );
+    // Profiling aid: ZMQ_PROXY_BENCH_ONLY=ours|libzmq|direct runs one setup
+    // once per size (no ratios), for the sections asked for.
+    if let Ok(only) = std::env::var("ZMQ_PROXY_BENCH_ONLY") {
+        let Some(&via) = vias
+            .iter()
+            .find(|v| format!("{v:?}").eq_ignore_ascii_case(&only))
+        else {
+            eprintln!("ZMQ_PROXY_BENCH_ONLY: expected ours, libzmq or direct, got {only:?}");
+            std::process::exit(2);
+        };
+        for len in payloads() {
+            if wanted("rpc") {
+                let r = rpc(via, len);
+                println!(
+                    "  {:>6}  {} rpc {:>10.0}/s",
+                    size(len),
+                    via.name(),
+                    r.per_sec
+                );
+            }
+            if wanted("cast") {
+                let r = casts(via, len);
+                println!("  {:>6}  {} casts {:>10.0}/s", size(len), via.name(), r);
+            }
         }
         return;
     }
     if wanted("rpc") {
         println!("\nRPC round trips (CALL -> REPLY), per second, p50/p99 latency");
-        for &len in &PAYLOADS {
+        for len in payloads() {
             let results = interleaved(&vias, |v| rpc(v, len), |r: &RpcResult| r.per_sec);
             for (v, r) in vias.iter().zip(&results) {
                 println!(
@@ -767,7 +795,7 @@ fn main() {
     }
     if wanted("cast") {
         println!("\nOne-way casts, received per second");
-        for &len in &PAYLOADS {
+        for len in payloads() {
             let results = interleaved(&vias, |v| casts(v, len), |r: &f64| *r);
             for (v, r) in vias.iter().zip(&results) {
                 println!("  {:>6}  {:<17} {:>10.0}/s", size(len), v.name(), r);
@@ -782,7 +810,7 @@ fn main() {
     }
     if wanted("fanout") {
         println!("\nPublisher fan-out through zmq-proxy (pub/sub on): publications/s in, deliveries/s out");
-        for &len in &PAYLOADS {
+        for len in payloads() {
             for subs in [1, 4, 16] {
                 let (p, d) = median_by((0..rounds()).map(|_| fanout(subs, len)).collect(), |r| r.1);
                 println!(

@@ -130,16 +130,8 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
         let _ = tx.send(fixed.clone());
         spawn_upstream_watch(Arc::clone(&matchmaker), fixed, tx, shutdown.clone());
         let lp = LocalPublisher::new(
-            ProxySocket {
-                socket: sub,
-                name: "subscriber",
-                counters: metrics.socket("subscriber"),
-            },
-            ProxySocket {
-                socket: publ,
-                name: "publisher",
-                counters: metrics.socket("publisher"),
-            },
+            ProxySocket::new(sub, "subscriber", metrics.socket("subscriber")),
+            ProxySocket::new(publ, "publisher", metrics.socket("publisher")),
             rx,
             settings.batch,
             opts.linger_ms,
@@ -169,11 +161,7 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
             monitor.watch(&ctx, &back, "backend", metrics.socket("backend").connected)?;
             let ep = bind(&back, addr, settings.backend_port)?;
             (
-                Some(ProxySocket {
-                    socket: back,
-                    name: "backend",
-                    counters: metrics.socket("backend"),
-                }),
+                Some(ProxySocket::new(back, "backend", metrics.socket("backend"))),
                 Some(ep),
             )
         } else {
@@ -189,11 +177,11 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
             )?;
             let ep = bind(&publ, addr, settings.publisher_port)?;
             (
-                Some(ProxySocket {
-                    socket: publ,
-                    name: "publisher",
-                    counters: metrics.socket("publisher"),
-                }),
+                Some(ProxySocket::new(
+                    publ,
+                    "publisher",
+                    metrics.socket("publisher"),
+                )),
                 Some(ep),
             )
         } else {
@@ -206,11 +194,7 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
             publisher_port: port_of(&pub_ep),
         };
         let router = RouterLoop::new(
-            ProxySocket {
-                socket: front,
-                name: "frontend",
-                counters: metrics.socket("frontend"),
-            },
+            ProxySocket::new(front, "frontend", metrics.socket("frontend")),
             back,
             publ,
             RouterConfig {

@@ -3,6 +3,7 @@
 //! Modules, one idea each:
 //! - [`protocol`]: frame layout, validation, routing rewrite (pure);
 //! - [`config`]: flags, environment and oslo config file (pure);
+//! - [`frame`]: a message frame the hot path reuses, with a send that keeps refused frames;
 //! - [`sockets`]: socket options, binding, whole-message receive and send;
 //! - [`router`]: the double- and single-router forwarding loops;
 //! - [`publisher`]: the central PUB path and the local-publisher relay;
@@ -14,6 +15,7 @@
 
 pub mod app;
 pub mod config;
+pub mod frame;
 pub mod matchmaker;
 pub mod protocol;
 pub mod publisher;

@@ -5,8 +5,8 @@
 //! permuted lists, so the forwarding loops (`router`, `publisher`) and the RPC
 //! library share one definition of the protocol and it can be property-tested
 //! without sockets. Functions are generic over the frame type `T: Deref<Target
-//! = [u8]>`, which both `zmq::Message` (the hot path: frames are moved, never
-//! copied) and `Vec<u8>` (tests, RPC library) satisfy.
+//! = [u8]>`, which both [`crate::frame::Frame`] (the hot path: frames are
+//! moved, never copied) and `Vec<u8>` (tests, RPC library) satisfy.
 //!
 //! Layout, as a proxy ROUTER receives it (see shared/design/protocol.md):
 //! `[sender_id, "", "1.0", type, routing_key, message_id, payload...]`, routed
@@ -183,6 +183,10 @@ impl fmt::Display for DropReason {
 }
 
 /// A validated envelope as received on a proxy ROUTER; borrows the frames.
+///
+/// The forwarding loops call [`Envelope::check`] instead: the same
+/// validation, without looking at the frames only [`Envelope::parse`] hands
+/// out (with libzmq frames, every look is a call into the library).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Envelope<'a> {
     /// Identity of the sending peer (the true ROUTER-envelope identity).
@@ -201,6 +205,21 @@ impl<'a> Envelope<'a> {
     /// Validates `frames` as a protocol-1.0 envelope received on a ROUTER.
     /// Never panics, whatever the input.
     pub fn parse<T: Deref<Target = [u8]>>(frames: &'a [T]) -> Result<Envelope<'a>, DropReason> {
+        let msg_type = Envelope::check(frames)?;
+        Ok(Envelope {
+            sender: &frames[index::SENDER],
+            msg_type,
+            routing_key: &frames[index::ROUTING_KEY],
+            message_id: &frames[index::MESSAGE_ID],
+            payload_frames: frames.len() - MIN_ENVELOPE_FRAMES,
+        })
+    }
+}
+
+impl Envelope<'_> {
+    /// Validates `frames` as [`Envelope::parse`] does and returns only the
+    /// message type. Never panics, whatever the input.
+    pub fn check<T: Deref<Target = [u8]>>(frames: &[T]) -> Result<MessageType, DropReason> {
         if frames.len() < MIN_ENVELOPE_FRAMES {
             return Err(DropReason::TooFewFrames);
         }
@@ -214,13 +233,7 @@ impl<'a> Envelope<'a> {
         if frames[index::ROUTING_KEY].is_empty() {
             return Err(DropReason::EmptyRoutingKey);
         }
-        Ok(Envelope {
-            sender: &frames[index::SENDER],
-            msg_type,
-            routing_key: &frames[index::ROUTING_KEY],
-            message_id: &frames[index::MESSAGE_ID],
-            payload_frames: frames.len() - MIN_ENVELOPE_FRAMES,
-        })
+        Ok(msg_type)
     }
 }
 

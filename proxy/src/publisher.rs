@@ -9,6 +9,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::frame::Frame;
 use crate::protocol::{rewrite_for_publish, MessageType, Publication};
 use crate::shutdown::Shutdown;
 use crate::sockets::{message_bytes, recv_message, send_message, set_close_linger, ProxySocket};
@@ -19,10 +20,10 @@ use crate::telemetry::LogLimiter;
 /// sender's identity frame and the message id for the proxy's ACK.
 pub fn publish(
     publisher: &ProxySocket,
-    frames: &mut Vec<zmq::Message>,
+    frames: &mut Vec<Frame>,
     msg_type: MessageType,
     ack: bool,
-) -> Option<(zmq::Message, Vec<u8>)> {
+) -> Option<(Frame, Vec<u8>)> {
     let sender = rewrite_for_publish(frames)?;
     let ack_to = if ack {
         frames.get(3).map(|id| (sender, id.to_vec()))
@@ -30,7 +31,7 @@ pub fn publish(
         None
     };
     let bytes = message_bytes(frames);
-    match send_message(&publisher.socket, frames) {
+    match send_message(publisher, frames) {
         Ok(()) => publisher.counters.sent(msg_type, bytes),
         Err(reason) => {
             publisher.counters.dropped(reason);
@@ -91,18 +92,18 @@ impl LocalPublisher {
     /// Relays until the shutdown phase reaches `Stopping`.
     pub fn run(self) {
         let mut limiter = LogLimiter::new(20, Duration::from_secs(10));
-        if let Err(error) = self.subscriber.socket.set_subscribe(b"") {
+        if let Err(error) = self.subscriber.socket().set_subscribe(b"") {
             tracing::error!(%error, "cannot subscribe; local publisher stops");
             return;
         }
         let mut connected: BTreeSet<String> = BTreeSet::new();
-        let mut frames: Vec<zmq::Message> = Vec::with_capacity(16);
+        let mut frames: Vec<Frame> = Vec::with_capacity(16);
         while !self.shutdown.is_stopping() {
             if let Some(wanted) = self.upstreams.try_iter().last() {
                 self.reconnect(&mut connected, wanted);
             }
             let readable = {
-                let mut items = [self.subscriber.socket.as_poll_item(zmq::POLLIN)];
+                let mut items = [self.subscriber.socket().as_poll_item(zmq::POLLIN)];
                 match zmq::poll(&mut items, 100) {
                     Ok(_) => items[0].is_readable(),
                     Err(zmq::Error::EINTR) => continue,
@@ -117,14 +118,16 @@ impl LocalPublisher {
             }
             let mut handled = 0u64;
             while handled < self.batch as u64 {
-                match recv_message(&self.subscriber.socket, &mut frames) {
-                    Ok(true) => handled += 1,
-                    Ok(false) => break,
+                let bytes = match recv_message(&self.subscriber, &mut frames) {
+                    Ok(Some(bytes)) => bytes,
+                    Ok(None) => break,
                     Err(error) => {
                         tracing::error!(%error, "receive failed");
+                        frames.clear();
                         break;
                     }
-                }
+                };
+                handled += 1;
                 let msg_type = match Publication::parse(&frames) {
                     Ok(p) => p.msg_type,
                     Err(reason) => {
@@ -136,24 +139,23 @@ impl LocalPublisher {
                         continue;
                     }
                 };
-                let bytes = message_bytes(&frames);
                 self.subscriber.counters.received(msg_type, bytes);
-                match send_message(&self.publisher.socket, &mut frames) {
+                // Sent or refused, the frames are reused by the next receive.
+                match send_message(&self.publisher, &mut frames) {
                     Ok(()) => self.publisher.counters.sent(msg_type, bytes),
                     Err(reason) => self.publisher.counters.dropped(reason),
                 }
-                frames.clear();
             }
             self.activity.fetch_add(handled, Ordering::Relaxed);
         }
-        set_close_linger(&self.subscriber.socket, 0, &self.shutdown);
-        set_close_linger(&self.publisher.socket, self.linger_ms, &self.shutdown);
+        set_close_linger(self.subscriber.socket(), 0, &self.shutdown);
+        set_close_linger(self.publisher.socket(), self.linger_ms, &self.shutdown);
         tracing::info!("local publisher stopped");
     }
 
     fn reconnect(&self, connected: &mut BTreeSet<String>, wanted: BTreeSet<String>) {
         for gone in connected.difference(&wanted) {
-            match self.subscriber.socket.disconnect(gone) {
+            match self.subscriber.socket().disconnect(gone) {
                 Ok(()) => tracing::info!(endpoint = %gone, "unsubscribed from central publisher"),
                 Err(error) => tracing::warn!(endpoint = %gone, %error, "disconnect failed"),
             }
@@ -161,7 +163,7 @@ impl LocalPublisher {
         let mut now_connected: BTreeSet<String> =
             connected.intersection(&wanted).cloned().collect();
         for new in wanted.difference(connected) {
-            match self.subscriber.socket.connect(new) {
+            match self.subscriber.socket().connect(new) {
                 Ok(()) => {
                     tracing::info!(endpoint = %new, "subscribed to central publisher");
                     now_connected.insert(new.clone());

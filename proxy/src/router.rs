@@ -4,7 +4,7 @@
 //! A loop owns its sockets on one dedicated thread (ZeroMQ sockets are not
 //! thread-safe). Per poll wake-up it drains up to `batch` messages from each
 //! readable socket; each message is received whole into reusable
-//! `zmq::Message`s, validated ([`Envelope::parse`]), rewritten by permuting
+//! [`Frame`]s, validated ([`Envelope::check`]), rewritten by permuting
 //! the frames ([`rewrite_for_route`]) and sent on without copying a byte.
 //! Invalid, unroutable and high-water-mark messages are dropped whole and
 //! counted. With pub/sub on, fanout and notify from clients go to the PUB
@@ -15,10 +15,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::frame::Frame;
 use crate::protocol::{rewrite_for_route, DropReason, Envelope, MessageType};
 use crate::shutdown::Shutdown;
 use crate::sockets::{message_bytes, recv_message, send_message, set_close_linger, ProxySocket};
-use crate::telemetry::LogLimiter;
+use crate::telemetry::{LogLimiter, Tally};
 
 /// How long a poll waits before the loop re-checks the shutdown phase.
 const POLL_TIMEOUT_MS: i64 = 100;
@@ -103,6 +104,8 @@ impl RouterLoop {
             config: &config,
             publisher: publisher.as_ref(),
             frames: Vec::with_capacity(16),
+            received: Tally::default(),
+            routed: Tally::default(),
             limiter: LogLimiter::new(20, Duration::from_secs(10)),
             pending: None,
             congested: HashMap::new(),
@@ -117,35 +120,24 @@ impl RouterLoop {
             ack_pub_sub = config.ack_pub_sub,
             "router loop started"
         );
+        let double = backend.is_some();
         while !shutdown.is_stopping() {
-            // While a message waits for room at its receiver, its source
-            // socket is not read (backpressure); the other direction flows.
-            let blocked = forwarder.pending.as_ref().map(|p| p.from_frontend);
-            let (front_ready, back_ready) = {
-                let front_events = if blocked == Some(true) {
-                    zmq::PollEvents::empty()
-                } else {
-                    zmq::POLLIN
-                };
-                let back_events = if blocked == Some(false) {
-                    zmq::PollEvents::empty()
-                } else {
-                    zmq::POLLIN
-                };
+            let wait = Wait::plan(
+                forwarder.pending.as_ref(),
+                double,
+                config.send_timeout,
+                Instant::now(),
+            );
+            let (front_ready, back_ready, dest_writable) = {
                 let mut items = [
-                    frontend.socket.as_poll_item(front_events),
+                    frontend.socket().as_poll_item(wait.frontend),
                     match &backend {
-                        Some(b) => b.socket.as_poll_item(back_events),
-                        None => frontend.socket.as_poll_item(zmq::PollEvents::empty()),
+                        Some(b) => b.socket().as_poll_item(wait.backend),
+                        None => frontend.socket().as_poll_item(zmq::PollEvents::empty()),
                     },
                 ];
-                let n = if backend.is_some() { 2 } else { 1 };
-                let timeout = if blocked.is_some() {
-                    1
-                } else {
-                    POLL_TIMEOUT_MS
-                };
-                match zmq::poll(&mut items[..n], timeout) {
+                let n = if double { 2 } else { 1 };
+                match zmq::poll(&mut items[..n], wait.timeout_ms) {
                     Ok(_) => {}
                     Err(zmq::Error::EINTR) => continue,
                     Err(error) => {
@@ -153,16 +145,25 @@ impl RouterLoop {
                         break;
                     }
                 }
-                (items[0].is_readable(), n == 2 && items[1].is_readable())
+                let dest_writable = match forwarder.pending.as_ref() {
+                    Some(p) if p.from_frontend && double => items[1].is_writable(),
+                    Some(_) => items[0].is_writable(),
+                    None => false,
+                };
+                (
+                    items[0].is_readable(),
+                    n == 2 && items[1].is_readable(),
+                    dest_writable,
+                )
             };
             let mut handled = 0u64;
-            if let Some(from_frontend) = blocked {
+            if let Some(from_frontend) = forwarder.pending.as_ref().map(|p| p.from_frontend) {
                 let to = if from_frontend {
                     backend.as_ref().unwrap_or(&frontend)
                 } else {
                     &frontend
                 };
-                handled += forwarder.retry_pending(to);
+                handled += forwarder.retry_pending(to, dest_writable);
             }
             let blocked = forwarder.pending.as_ref().map(|p| p.from_frontend);
             match &backend {
@@ -196,7 +197,7 @@ impl RouterLoop {
             .chain(backend.as_ref())
             .chain(publisher.as_ref())
         {
-            set_close_linger(&s.socket, config.linger_ms, &shutdown);
+            set_close_linger(s.socket(), config.linger_ms, &shutdown);
         }
         tracing::info!("router loop stopped");
     }
@@ -207,7 +208,10 @@ impl RouterLoop {
 struct Forwarder<'a> {
     config: &'a RouterConfig,
     publisher: Option<&'a ProxySocket>,
-    frames: Vec<zmq::Message>,
+    frames: Vec<Frame>,
+    /// Messages received and routed in the current batch (see [`Tally`]).
+    received: Tally,
+    routed: Tally,
     limiter: LogLimiter,
     /// A routed message refused at its receiver's high-water mark.
     pending: Option<Pending>,
@@ -217,11 +221,69 @@ struct Forwarder<'a> {
 
 /// A message waiting for room at its receiver.
 struct Pending {
-    frames: Vec<zmq::Message>,
+    frames: Vec<Frame>,
     from_frontend: bool,
     msg_type: MessageType,
     bytes: usize,
     since: Instant,
+    /// The destination reported room (POLLOUT) but still refused this
+    /// message: its room is at another peer. Until the next retry, sleep
+    /// briefly instead of waiting for POLLOUT, which would spin.
+    backoff: bool,
+}
+
+/// What one poll of a router loop waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Wait {
+    frontend: zmq::PollEvents,
+    backend: zmq::PollEvents,
+    timeout_ms: i64,
+}
+
+impl Wait {
+    /// Plans the next poll. Without a pending message: input on every
+    /// socket. With one: its source is not read (backpressure), and the
+    /// loop wakes as soon as its destination has room (POLLOUT: on a ROUTER
+    /// with ROUTER_MANDATORY, when any peer's pipe is below its high-water
+    /// mark), as libzmq's own blocking send would, or at the send deadline.
+    /// After POLLOUT misled a retry (`backoff`), it sleeps 1 ms instead.
+    fn plan(pending: Option<&Pending>, double: bool, send_timeout: Duration, now: Instant) -> Wait {
+        let Some(p) = pending else {
+            return Wait {
+                frontend: zmq::POLLIN,
+                backend: if double {
+                    zmq::POLLIN
+                } else {
+                    zmq::PollEvents::empty()
+                },
+                timeout_ms: POLL_TIMEOUT_MS,
+            };
+        };
+        let room = if p.backoff {
+            zmq::PollEvents::empty()
+        } else {
+            zmq::POLLOUT
+        };
+        let timeout_ms = if p.backoff {
+            1
+        } else {
+            let left = (p.since + send_timeout).saturating_duration_since(now);
+            // Whole ms rounded up, at least 1 (poll(0) would spin) and at
+            // most the usual poll timeout (the shutdown phase is re-checked).
+            (left.as_micros().div_ceil(1000) as i64).clamp(1, POLL_TIMEOUT_MS)
+        };
+        let (frontend, backend) = match (double, p.from_frontend) {
+            // Single router: the frontend is both source and destination.
+            (false, _) => (room, zmq::PollEvents::empty()),
+            (true, true) => (zmq::PollEvents::empty(), zmq::POLLIN | room),
+            (true, false) => (zmq::POLLIN | room, zmq::PollEvents::empty()),
+        };
+        Wait {
+            frontend,
+            backend,
+            timeout_ms,
+        }
+    }
 }
 
 impl Forwarder<'_> {
@@ -230,12 +292,12 @@ impl Forwarder<'_> {
     fn drain(&mut self, from: &ProxySocket, to: &ProxySocket, from_frontend: bool) -> u64 {
         let mut handled = 0;
         while handled < self.config.batch as u64 && self.pending.is_none() {
-            match recv_message(&from.socket, &mut self.frames) {
-                Ok(true) => {
+            match recv_message(from, &mut self.frames) {
+                Ok(Some(bytes)) => {
                     handled += 1;
-                    self.handle(from, to, from_frontend);
+                    self.handle(from, to, from_frontend, bytes);
                 }
-                Ok(false) => break,
+                Ok(None) => break,
                 Err(error) => {
                     if self.may_log() {
                         tracing::error!(socket = from.name, %error, "receive failed");
@@ -245,13 +307,15 @@ impl Forwarder<'_> {
                 }
             }
         }
+        self.received.flush_received(&from.counters);
+        self.routed.flush_sent(&to.counters);
         handled
     }
 
     #[inline]
-    fn handle(&mut self, from: &ProxySocket, to: &ProxySocket, from_frontend: bool) {
-        let msg_type = match Envelope::parse(&self.frames) {
-            Ok(envelope) => envelope.msg_type,
+    fn handle(&mut self, from: &ProxySocket, to: &ProxySocket, from_frontend: bool, bytes: usize) {
+        let msg_type = match Envelope::check(&self.frames) {
+            Ok(msg_type) => msg_type,
             Err(reason) => {
                 from.counters.dropped(reason);
                 self.log_invalid(from.name, reason);
@@ -259,8 +323,7 @@ impl Forwarder<'_> {
                 return;
             }
         };
-        let bytes = message_bytes(&self.frames);
-        from.counters.received(msg_type, bytes);
+        self.received.add(msg_type, bytes);
         if from_frontend && self.config.pubsub && msg_type.is_pub_sub() {
             if let Some(publisher) = self.publisher {
                 self.publish(from, publisher, msg_type);
@@ -268,8 +331,8 @@ impl Forwarder<'_> {
             }
         }
         rewrite_for_route(&mut self.frames);
-        match send_message(&to.socket, &mut self.frames) {
-            Ok(()) => to.counters.sent(msg_type, bytes),
+        match send_message(to, &mut self.frames) {
+            Ok(()) => self.routed.add(msg_type, bytes),
             Err(DropReason::HighWaterMark)
                 if !self.config.send_timeout.is_zero() && !self.is_congested() =>
             {
@@ -280,6 +343,7 @@ impl Forwarder<'_> {
                     msg_type,
                     bytes,
                     since: Instant::now(),
+                    backoff: false,
                 });
             }
             Err(reason) => {
@@ -305,17 +369,18 @@ impl Forwarder<'_> {
     }
 
     /// Retries the pending message; drops it once it waited `send_timeout`.
-    /// Returns 1 if it was sent.
-    fn retry_pending(&mut self, to: &ProxySocket) -> u64 {
+    /// `writable`: the poll reported room at `to`. Returns 1 if it was sent.
+    fn retry_pending(&mut self, to: &ProxySocket, writable: bool) -> u64 {
         let Some(mut p) = self.pending.take() else {
             return 0;
         };
-        match send_message(&to.socket, &mut p.frames) {
+        match send_message(to, &mut p.frames) {
             Ok(()) => {
                 to.counters.sent(p.msg_type, p.bytes);
                 1
             }
             Err(DropReason::HighWaterMark) if p.since.elapsed() < self.config.send_timeout => {
+                p.backoff = writable;
                 self.pending = Some(p);
                 0
             }
@@ -348,7 +413,7 @@ impl Forwarder<'_> {
                 .collect::<Vec<_>>()
         }) {
             let bytes = message_bytes(&ack);
-            match send_message(&frontend.socket, &mut ack) {
+            match send_message(frontend, &mut ack) {
                 Ok(()) => frontend.counters.sent(MessageType::Ack, bytes),
                 Err(reason) => frontend.counters.dropped(reason),
             }
@@ -381,5 +446,81 @@ impl Forwarder<'_> {
         } else {
             tracing::warn!(socket, %reason, frames, ?sender, "invalid message dropped");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(from_frontend: bool, backoff: bool, since: Instant) -> Pending {
+        Pending {
+            frames: Vec::new(),
+            from_frontend,
+            msg_type: MessageType::Cast,
+            bytes: 0,
+            since,
+            backoff,
+        }
+    }
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn without_a_pending_message_every_socket_is_read() {
+        let now = Instant::now();
+        let double = Wait::plan(None, true, SECOND, now);
+        assert_eq!(
+            (double.frontend, double.backend),
+            (zmq::POLLIN, zmq::POLLIN)
+        );
+        assert_eq!(double.timeout_ms, POLL_TIMEOUT_MS);
+        let single = Wait::plan(None, false, SECOND, now);
+        assert_eq!(single.frontend, zmq::POLLIN);
+        assert!(single.backend.is_empty());
+    }
+
+    #[test]
+    fn a_pending_message_stops_its_source_and_waits_for_room_at_its_destination() {
+        let now = Instant::now();
+        let from_front = Wait::plan(Some(&pending(true, false, now)), true, SECOND, now);
+        assert!(from_front.frontend.is_empty(), "the source is not read");
+        assert_eq!(from_front.backend, zmq::POLLIN | zmq::POLLOUT);
+        let from_back = Wait::plan(Some(&pending(false, false, now)), true, SECOND, now);
+        assert_eq!(from_back.frontend, zmq::POLLIN | zmq::POLLOUT);
+        assert!(from_back.backend.is_empty());
+        let single = Wait::plan(Some(&pending(true, false, now)), false, SECOND, now);
+        assert_eq!(
+            single.frontend,
+            zmq::POLLOUT,
+            "one socket: only room is awaited"
+        );
+        assert!(single.backend.is_empty());
+    }
+
+    #[test]
+    fn after_a_misleading_pollout_the_loop_sleeps_instead_of_spinning() {
+        let now = Instant::now();
+        let w = Wait::plan(Some(&pending(true, true, now)), true, SECOND, now);
+        assert_eq!(w.backend, zmq::POLLIN, "replies still flow");
+        assert_eq!(w.timeout_ms, 1);
+    }
+
+    #[test]
+    fn the_wait_ends_at_the_send_deadline_and_never_polls_with_zero() {
+        let now = Instant::now();
+        let fresh = Wait::plan(Some(&pending(true, false, now)), true, SECOND, now);
+        assert_eq!(
+            fresh.timeout_ms, POLL_TIMEOUT_MS,
+            "capped: shutdown is re-checked"
+        );
+        let p = pending(true, false, now);
+        let near = Wait::plan(Some(&p), true, SECOND, now + Duration::from_micros(997_500));
+        assert_eq!(near.timeout_ms, 3, "2.5 ms left rounds up");
+        let late = Wait::plan(Some(&p), true, SECOND, now + 2 * SECOND);
+        assert_eq!(
+            late.timeout_ms, 1,
+            "past the deadline: the next retry drops it"
+        );
     }
 }

@@ -6,6 +6,7 @@
 //! peer reconnecting under its identity replaces its stale connection).
 
 use crate::config::SocketOptions;
+use crate::frame::{Frame, RawSocket};
 
 /// Errors creating or binding a socket.
 #[derive(Debug, thiserror::Error)]
@@ -98,64 +99,100 @@ pub fn proxy_identity(host: &str) -> Vec<u8> {
 
 /// A socket of a forwarding loop with its name and pre-resolved counters.
 pub struct ProxySocket {
-    /// The ZeroMQ socket (owned by the loop's thread).
-    pub socket: zmq::Socket,
+    /// The ZeroMQ socket (owned by the loop's thread). Private: `raw` must
+    /// never outlive it, so it cannot be swapped out.
+    socket: zmq::Socket,
     /// Metrics label, e.g. "frontend".
     pub name: &'static str,
     /// Counters of this socket.
     pub counters: crate::telemetry::SocketCounters,
+    /// `socket`'s raw handle, for [`Frame`] sends and receives; valid as
+    /// long as `socket`, which this struct keeps with it.
+    raw: RawSocket,
 }
 
-/// Receives one whole multipart message into `frames` (cleared first)
-/// without blocking. Returns `Ok(false)` when nothing is waiting. libzmq
-/// delivers multipart messages atomically, so once the first frame is in,
-/// the rest are too and reading them cannot block.
+impl ProxySocket {
+    /// Wraps a configured, bound or connected socket.
+    pub fn new(
+        mut socket: zmq::Socket,
+        name: &'static str,
+        counters: crate::telemetry::SocketCounters,
+    ) -> ProxySocket {
+        let raw = RawSocket::of(&mut socket);
+        ProxySocket {
+            socket,
+            name,
+            counters,
+            raw,
+        }
+    }
+
+    /// The ZeroMQ socket.
+    pub fn socket(&self) -> &zmq::Socket {
+        &self.socket
+    }
+}
+
+/// Receives one whole multipart message into `frames` without blocking,
+/// reusing the frames already there (libzmq releases their old content).
+/// Returns its size in bytes (all frames), or `None` when nothing is
+/// waiting. libzmq delivers multipart messages atomically, so once the first
+/// frame is in, the rest are too and reading them cannot block. After an
+/// error `frames` holds a partial message and must be cleared.
 #[inline]
 pub fn recv_message(
-    socket: &zmq::Socket,
-    frames: &mut Vec<zmq::Message>,
-) -> Result<bool, zmq::Error> {
-    frames.clear();
-    let mut frame = zmq::Message::new();
-    match socket.recv(&mut frame, zmq::DONTWAIT) {
-        Ok(()) => {}
-        Err(zmq::Error::EAGAIN) => return Ok(false),
+    socket: &ProxySocket,
+    frames: &mut Vec<Frame>,
+) -> Result<Option<usize>, zmq::Error> {
+    if frames.is_empty() {
+        frames.push(Frame::new());
+    }
+    let mut bytes = match frames[0].recv(socket.raw, zmq::DONTWAIT) {
+        Ok(size) => size,
+        Err(zmq::Error::EAGAIN) => return Ok(None),
         Err(e) => return Err(e),
-    }
-    let mut more = frame.get_more();
-    frames.push(frame);
+    };
+    let mut received = 1;
+    let mut more = frames[0].more();
     while more {
-        let mut frame = zmq::Message::new();
-        socket.recv(&mut frame, 0)?;
-        more = frame.get_more();
-        frames.push(frame);
+        if received == frames.len() {
+            frames.push(Frame::new());
+        }
+        let frame = &mut frames[received];
+        bytes += frame.recv(socket.raw, 0)?;
+        more = frame.more();
+        received += 1;
     }
-    Ok(true)
+    frames.truncate(received);
+    Ok(Some(bytes))
 }
 
-/// Sends every frame of `frames` without blocking. On success `frames` is
-/// empty; payload frames are moved, not copied. Only the first frame (the
-/// peer identity, a few dozen bytes) is sent as a copy, so that a message the
-/// socket refuses stays whole in `frames` and can be retried.
+/// Sends every frame of `frames` without blocking. Payloads are handed to
+/// libzmq, never copied; on success `frames` holds as many empty frames,
+/// ready for the next [`recv_message`].
 ///
 /// Refusals are atomic: on a ROUTER with ROUTER_MANDATORY, libzmq checks the
 /// peer and its high-water mark on the first frame only (EHOSTUNREACH ->
 /// [`DropReason::Unroutable`], EAGAIN -> [`DropReason::HighWaterMark`]; both
-/// leave `frames` untouched) and never fails a later frame of the same message
-/// (the HWM counts whole messages; a pipe that dies mid-message is rolled
-/// back inside libzmq). PUB drops whole messages silently. So a failure never
-/// leaves a message half-sent. Any other error clears `frames`.
+/// leave `frames` untouched, so the message can be retried) and never fails
+/// a later frame of the same message (the HWM counts whole messages; a pipe
+/// that dies mid-message is rolled back inside libzmq). PUB drops whole
+/// messages silently. So a failure never leaves a message half-sent. Any
+/// other error clears `frames`.
+///
+/// [`DropReason::Unroutable`]: crate::protocol::DropReason::Unroutable
+/// [`DropReason::HighWaterMark`]: crate::protocol::DropReason::HighWaterMark
 #[inline]
 pub fn send_message(
-    socket: &zmq::Socket,
-    frames: &mut Vec<zmq::Message>,
+    socket: &ProxySocket,
+    frames: &mut Vec<Frame>,
 ) -> Result<(), crate::protocol::DropReason> {
     use crate::protocol::DropReason;
-    let Some(first) = frames.first() else {
+    let Some((first, rest)) = frames.split_first_mut() else {
         return Ok(());
     };
-    let more = if frames.len() > 1 { zmq::SNDMORE } else { 0 };
-    if let Err(e) = socket.send(&first[..], more | zmq::DONTWAIT) {
+    let more = if rest.is_empty() { 0 } else { zmq::SNDMORE };
+    if let Err(e) = first.send(socket.raw, more | zmq::DONTWAIT) {
         return Err(match e {
             zmq::Error::EHOSTUNREACH => DropReason::Unroutable,
             zmq::Error::EAGAIN => DropReason::HighWaterMark,
@@ -165,16 +202,16 @@ pub fn send_message(
             }
         });
     }
-    let last = frames.len() - 1;
-    for (i, frame) in frames.drain(..).enumerate().skip(1) {
+    let last = rest.len().saturating_sub(1);
+    for (i, frame) in rest.iter_mut().enumerate() {
         let flags = if i < last {
             zmq::SNDMORE | zmq::DONTWAIT
         } else {
             zmq::DONTWAIT
         };
-        if socket.send(frame, flags).is_err() {
-            // Unreachable on ROUTER and PUB (see above); the rest of the
-            // message is dropped with the iterator.
+        if frame.send(socket.raw, flags).is_err() {
+            // Unreachable on ROUTER and PUB (see above).
+            frames.clear();
             return Err(DropReason::SendFailed);
         }
     }
@@ -183,8 +220,8 @@ pub fn send_message(
 
 /// Sum of the frame sizes (the bytes metric).
 #[inline]
-pub fn message_bytes(frames: &[zmq::Message]) -> usize {
-    frames.iter().map(|f| f.len()).sum()
+pub fn message_bytes(frames: &[Frame]) -> usize {
+    frames.iter().map(Frame::size).sum()
 }
 
 /// Sets the linger of a socket about to close: the configured value, or

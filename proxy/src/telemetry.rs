@@ -89,6 +89,44 @@ impl SocketCounters {
     }
 }
 
+/// Message and byte counts of one batch of a forwarding loop, added to the
+/// shared counters once per batch: per message, two plain adds instead of
+/// two atomic ones on cache lines the metrics endpoint also reads.
+#[derive(Debug, Default)]
+pub struct Tally {
+    messages: [u64; 6],
+    bytes: [u64; 6],
+}
+
+impl Tally {
+    /// Counts one message.
+    #[inline]
+    pub fn add(&mut self, msg_type: MessageType, bytes: usize) {
+        self.messages[msg_type.index()] += 1;
+        self.bytes[msg_type.index()] += bytes as u64;
+    }
+
+    /// Adds the counts to `counters` as received, and starts over.
+    pub fn flush_received(&mut self, counters: &SocketCounters) {
+        self.flush(&counters.in_messages, &counters.in_bytes);
+    }
+
+    /// Adds the counts to `counters` as sent, and starts over.
+    pub fn flush_sent(&mut self, counters: &SocketCounters) {
+        self.flush(&counters.out_messages, &counters.out_bytes);
+    }
+
+    fn flush(&mut self, messages: &[IntCounter; 6], bytes: &[IntCounter; 6]) {
+        for i in 0..6 {
+            if self.messages[i] > 0 {
+                messages[i].inc_by(self.messages[i]);
+                bytes[i].inc_by(self.bytes[i]);
+            }
+        }
+        *self = Tally::default();
+    }
+}
+
 impl Metrics {
     /// Creates the registry with build info and process metrics.
     pub fn new() -> Result<Metrics, TelemetryError> {
@@ -461,6 +499,31 @@ mod tests {
         assert_eq!(l.check(t0), (false, 0));
         assert_eq!(l.check(t0 + Duration::from_millis(10)), (false, 0));
         assert_eq!(l.check(t0 + Duration::from_secs(2)), (true, 2));
+    }
+
+    #[test]
+    fn a_tally_adds_its_batch_once_and_starts_over() {
+        let m = Metrics::new().unwrap();
+        let c = m.socket("backend");
+        let mut t = Tally::default();
+        t.add(MessageType::Cast, 100);
+        t.add(MessageType::Cast, 20);
+        t.add(MessageType::Reply, 7);
+        t.flush_sent(&c);
+        t.flush_sent(&c); // empty now: adds nothing
+        let text = m.render();
+        for line in [
+            r#"zmq_proxy_messages_total{direction="out",socket="backend",type="cast"} 2"#,
+            r#"zmq_proxy_bytes_total{direction="out",socket="backend",type="cast"} 120"#,
+            r#"zmq_proxy_messages_total{direction="out",socket="backend",type="reply"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        t.add(MessageType::Call, 5);
+        t.flush_received(&c);
+        assert!(m.render().contains(
+            r#"zmq_proxy_messages_total{direction="in",socket="backend",type="call"} 1"#
+        ));
     }
 
     #[test]

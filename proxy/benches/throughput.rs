@@ -120,6 +120,7 @@ fn ours(pubsub: bool) -> Setup {
             frontend_identity: b"bench/zmq-proxy/fe".to_vec(),
             linger_ms: 0,
             send_timeout: Duration::from_millis(env_or("ZMQ_PROXY_BENCH_SEND_TIMEOUT_MS", 1000)),
+            unroutable_wait: Duration::from_secs(2),
         },
         shutdown.clone(),
         Arc::new(AtomicU64::new(0)),

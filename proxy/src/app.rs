@@ -204,6 +204,7 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
                 frontend_identity: fe_id,
                 linger_ms: opts.linger_ms,
                 send_timeout: settings.send_timeout,
+                unroutable_wait: settings.unroutable_wait,
             },
             shutdown.clone(),
             Arc::clone(&activity),

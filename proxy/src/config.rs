@@ -160,6 +160,9 @@ pub struct Settings {
     pub batch: usize,
     /// How long a message waits for room at a receiver at its HWM before it is dropped.
     pub send_timeout: Duration,
+    /// How long a message for a receiver that is not connected is held for
+    /// it before it is dropped as unroutable (0 = at once).
+    pub unroutable_wait: Duration,
     /// libzmq I/O threads.
     pub io_threads: i32,
     /// Log format.
@@ -285,6 +288,12 @@ pub struct Cli {
     /// dropped; default 1000, 0 = drop at once.
     #[arg(long, env = "ZMQ_PROXY_SEND_TIMEOUT_MS")]
     pub send_timeout_ms: Option<u64>,
+    /// How long (ms) a message for a receiver that is not connected (yet) is
+    /// held for it before it is dropped as unroutable: a proxy that just
+    /// started is found by clients before servers have connected to it;
+    /// default 2000, 0 = drop at once.
+    #[arg(long, env = "ZMQ_PROXY_UNROUTABLE_WAIT_MS")]
+    pub unroutable_wait_ms: Option<u64>,
     /// Messages handled per socket per poll wake-up; default 256.
     #[arg(long, env = "ZMQ_PROXY_BATCH")]
     pub batch: Option<usize>,
@@ -597,6 +606,7 @@ impl Settings {
             },
             batch,
             send_timeout: Duration::from_millis(cli.send_timeout_ms.unwrap_or(1000)),
+            unroutable_wait: Duration::from_millis(cli.unroutable_wait_ms.unwrap_or(2000)),
             io_threads: cli.io_threads.unwrap_or(1).max(1),
             log_format: cli.log_format.unwrap_or(LogFormat::Text),
             debug: cli.debug || ini_bool(ini, "DEFAULT", "debug")?.unwrap_or(false),

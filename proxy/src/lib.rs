@@ -6,6 +6,7 @@
 //! - [`frame`]: a message frame the hot path reuses, with a send that keeps refused frames;
 //! - [`sockets`]: socket options, binding, whole-message receive and send;
 //! - [`router`]: the double- and single-router forwarding loops;
+//! - [`hold`]: messages held for a receiver that is not connected yet (pure);
 //! - [`publisher`]: the central PUB path and the local-publisher relay;
 //! - [`matchmaker`]: service discovery trait and its backends;
 //! - [`telemetry`]: metrics, health endpoints, socket monitor;
@@ -16,6 +17,7 @@
 pub mod app;
 pub mod config;
 pub mod frame;
+pub mod hold;
 pub mod matchmaker;
 pub mod protocol;
 pub mod publisher;

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::frame::Frame;
+use crate::hold::HoldQueue;
 use crate::protocol::{rewrite_for_route, DropReason, Envelope, MessageType};
 use crate::shutdown::Shutdown;
 use crate::sockets::{message_bytes, recv_message, send_message, set_close_linger, ProxySocket};
@@ -23,6 +24,13 @@ use crate::telemetry::{LogLimiter, Tally};
 
 /// How long a poll waits before the loop re-checks the shutdown phase.
 const POLL_TIMEOUT_MS: i64 = 100;
+
+/// How often held messages (see [`HoldQueue`]) are retried.
+const HOLD_RETRY: Duration = Duration::from_millis(10);
+
+/// Most messages held per direction; beyond, unroutable ones are dropped at
+/// once. Bounds the memory a flood for an absent receiver can take.
+const HOLD_LIMIT: usize = 10_000;
 
 /// Behaviour of a router loop.
 #[derive(Debug, Clone)]
@@ -42,6 +50,9 @@ pub struct RouterConfig {
     /// before it is dropped. A receiver that timed out is then treated as
     /// congested for as long again: messages for it are dropped at once.
     pub send_timeout: Duration,
+    /// How long a message for a receiver that is not connected (yet) is held
+    /// for it (see [`HoldQueue`]) before it is dropped as unroutable.
+    pub unroutable_wait: Duration,
 }
 
 /// A router loop and the sockets it owns.
@@ -109,6 +120,8 @@ impl RouterLoop {
             limiter: LogLimiter::new(20, Duration::from_secs(10)),
             pending: None,
             congested: HashMap::new(),
+            held: [HoldQueue::new(HOLD_LIMIT), HoldQueue::new(HOLD_LIMIT)],
+            next_hold_retry: Instant::now(),
         };
         tracing::info!(
             mode = if backend.is_some() {
@@ -126,6 +139,7 @@ impl RouterLoop {
                 forwarder.pending.as_ref(),
                 double,
                 config.send_timeout,
+                forwarder.holding().then_some(forwarder.next_hold_retry),
                 Instant::now(),
             );
             let (front_ready, back_ready, dest_writable) = {
@@ -157,6 +171,11 @@ impl RouterLoop {
                 )
             };
             let mut handled = 0u64;
+            // Held messages first: a receiver that just connected gets them
+            // before anything newer for it.
+            if forwarder.holding() && Instant::now() >= forwarder.next_hold_retry {
+                handled += forwarder.retry_held([backend.as_ref().unwrap_or(&frontend), &frontend]);
+            }
             if let Some(from_frontend) = forwarder.pending.as_ref().map(|p| p.from_frontend) {
                 let to = if from_frontend {
                     backend.as_ref().unwrap_or(&frontend)
@@ -193,6 +212,7 @@ impl RouterLoop {
             };
             to.counters.dropped(DropReason::HighWaterMark);
         }
+        forwarder.drop_held([backend.as_ref().unwrap_or(&frontend), &frontend]);
         for s in std::iter::once(&frontend)
             .chain(backend.as_ref())
             .chain(publisher.as_ref())
@@ -217,6 +237,28 @@ struct Forwarder<'a> {
     pending: Option<Pending>,
     /// Receivers whose wait timed out, and until when they count as congested.
     congested: HashMap<Vec<u8>, Instant>,
+    /// Messages for receivers that are not connected yet, per direction
+    /// ([`Direction::index`]), and when they are retried next.
+    held: [HoldQueue<Held>; 2],
+    next_hold_retry: Instant,
+}
+
+/// A routed message held for its receiver (see [`HoldQueue`]).
+struct Held {
+    frames: Vec<Frame>,
+    msg_type: MessageType,
+    bytes: usize,
+}
+
+/// Which held queue a message from the frontend (or the backend) uses: the
+/// one drained onto the backend (the frontend in single-router mode), or
+/// the one drained onto the frontend.
+fn direction(from_frontend: bool) -> usize {
+    if from_frontend {
+        0
+    } else {
+        1
+    }
 }
 
 /// A message waiting for room at its receiver.
@@ -247,7 +289,27 @@ impl Wait {
     /// with ROUTER_MANDATORY, when any peer's pipe is below its high-water
     /// mark), as libzmq's own blocking send would, or at the send deadline.
     /// After POLLOUT misled a retry (`backoff`), it sleeps 1 ms instead.
-    fn plan(pending: Option<&Pending>, double: bool, send_timeout: Duration, now: Instant) -> Wait {
+    /// `retry_at`: when held messages are due for a retry, if any.
+    fn plan(
+        pending: Option<&Pending>,
+        double: bool,
+        send_timeout: Duration,
+        retry_at: Option<Instant>,
+        now: Instant,
+    ) -> Wait {
+        let mut wait = Wait::plan_io(pending, double, send_timeout, now);
+        if let Some(at) = retry_at {
+            wait.timeout_ms = wait.timeout_ms.min(ms_until(at, now));
+        }
+        wait
+    }
+
+    fn plan_io(
+        pending: Option<&Pending>,
+        double: bool,
+        send_timeout: Duration,
+        now: Instant,
+    ) -> Wait {
         let Some(p) = pending else {
             return Wait {
                 frontend: zmq::POLLIN,
@@ -267,10 +329,7 @@ impl Wait {
         let timeout_ms = if p.backoff {
             1
         } else {
-            let left = (p.since + send_timeout).saturating_duration_since(now);
-            // Whole ms rounded up, at least 1 (poll(0) would spin) and at
-            // most the usual poll timeout (the shutdown phase is re-checked).
-            (left.as_micros().div_ceil(1000) as i64).clamp(1, POLL_TIMEOUT_MS)
+            ms_until(p.since + send_timeout, now)
         };
         let (frontend, backend) = match (double, p.from_frontend) {
             // Single router: the frontend is both source and destination.
@@ -284,6 +343,13 @@ impl Wait {
             timeout_ms,
         }
     }
+}
+
+/// Milliseconds from `now` to `at`, rounded up, at least 1 (poll(0) would
+/// spin) and at most the usual poll timeout (the shutdown phase is re-checked).
+fn ms_until(at: Instant, now: Instant) -> i64 {
+    let left = at.saturating_duration_since(now);
+    (left.as_micros().div_ceil(1000) as i64).clamp(1, POLL_TIMEOUT_MS)
 }
 
 impl Forwarder<'_> {
@@ -331,8 +397,17 @@ impl Forwarder<'_> {
             }
         }
         rewrite_for_route(&mut self.frames);
+        let held = &self.held[direction(from_frontend)];
+        if !held.is_empty() && self.frames.first().is_some_and(|f| held.holds(f)) {
+            // Messages for this receiver wait already: queue behind them.
+            self.hold(to, from_frontend, msg_type, bytes);
+            return;
+        }
         match send_message(to, &mut self.frames) {
             Ok(()) => self.routed.add(msg_type, bytes),
+            Err(DropReason::Unroutable) if !self.config.unroutable_wait.is_zero() => {
+                self.hold(to, from_frontend, msg_type, bytes);
+            }
             Err(DropReason::HighWaterMark)
                 if !self.config.send_timeout.is_zero() && !self.is_congested() =>
             {
@@ -353,6 +428,87 @@ impl Forwarder<'_> {
                 }
                 self.frames.clear();
             }
+        }
+    }
+
+    /// Whether messages wait for receivers that are not connected yet.
+    fn holding(&self) -> bool {
+        self.held.iter().any(|h| !h.is_empty())
+    }
+
+    /// Holds the (rewritten) message in `self.frames` for its receiver, or
+    /// drops it as unroutable when the queue is full.
+    fn hold(&mut self, to: &ProxySocket, from_frontend: bool, msg_type: MessageType, bytes: usize) {
+        let frames = std::mem::replace(&mut self.frames, Vec::with_capacity(16));
+        let Some(receiver) = frames.first().map(|f| f.to_vec()) else {
+            return;
+        };
+        let queue = &mut self.held[direction(from_frontend)];
+        let was_empty = queue.is_empty();
+        let deadline = Instant::now() + self.config.unroutable_wait;
+        let held = Held {
+            frames,
+            msg_type,
+            bytes,
+        };
+        match queue.push(&receiver, deadline, held) {
+            Ok(()) => {
+                to.counters.held.set(queue.len() as i64);
+                if was_empty {
+                    // The first retry comes after a full interval, not at
+                    // once (the receiver was absent a moment ago).
+                    self.next_hold_retry = Instant::now() + HOLD_RETRY;
+                }
+            }
+            Err(_) => {
+                to.counters.dropped(DropReason::Unroutable);
+                if self.may_log() {
+                    tracing::warn!(socket = to.name, r#type = %msg_type, limit = HOLD_LIMIT, "message for an absent receiver dropped: too many held");
+                }
+            }
+        }
+    }
+
+    /// Retries the held messages on `to` (indexed by [`direction`]);
+    /// returns how many were sent.
+    fn retry_held(&mut self, to: [&ProxySocket; 2]) -> u64 {
+        let now = Instant::now();
+        let mut sent = 0;
+        let mut expired = 0u64;
+        for (queue, to) in self.held.iter_mut().zip(to) {
+            if queue.is_empty() {
+                continue;
+            }
+            sent += queue.retry(
+                now,
+                |m| {
+                    send_message(to, &mut m.frames)?;
+                    to.counters.sent(m.msg_type, m.bytes);
+                    Ok(())
+                },
+                |_, reason| {
+                    to.counters.dropped(reason);
+                    expired += 1;
+                },
+            );
+            to.counters.held.set(queue.len() as i64);
+        }
+        if expired > 0 && self.may_log() {
+            tracing::warn!(
+                expired,
+                wait_ms = self.config.unroutable_wait.as_millis() as u64,
+                "held messages dropped: their receivers did not connect in time"
+            );
+        }
+        self.next_hold_retry = now + HOLD_RETRY;
+        sent as u64
+    }
+
+    /// At shutdown: counts every held message as unroutable.
+    fn drop_held(&mut self, to: [&ProxySocket; 2]) {
+        for (queue, to) in self.held.iter_mut().zip(to) {
+            queue.drop_all(|_| to.counters.dropped(DropReason::Unroutable));
+            to.counters.held.set(0);
         }
     }
 
@@ -469,13 +625,13 @@ mod tests {
     #[test]
     fn without_a_pending_message_every_socket_is_read() {
         let now = Instant::now();
-        let double = Wait::plan(None, true, SECOND, now);
+        let double = Wait::plan(None, true, SECOND, None, now);
         assert_eq!(
             (double.frontend, double.backend),
             (zmq::POLLIN, zmq::POLLIN)
         );
         assert_eq!(double.timeout_ms, POLL_TIMEOUT_MS);
-        let single = Wait::plan(None, false, SECOND, now);
+        let single = Wait::plan(None, false, SECOND, None, now);
         assert_eq!(single.frontend, zmq::POLLIN);
         assert!(single.backend.is_empty());
     }
@@ -483,13 +639,13 @@ mod tests {
     #[test]
     fn a_pending_message_stops_its_source_and_waits_for_room_at_its_destination() {
         let now = Instant::now();
-        let from_front = Wait::plan(Some(&pending(true, false, now)), true, SECOND, now);
+        let from_front = Wait::plan(Some(&pending(true, false, now)), true, SECOND, None, now);
         assert!(from_front.frontend.is_empty(), "the source is not read");
         assert_eq!(from_front.backend, zmq::POLLIN | zmq::POLLOUT);
-        let from_back = Wait::plan(Some(&pending(false, false, now)), true, SECOND, now);
+        let from_back = Wait::plan(Some(&pending(false, false, now)), true, SECOND, None, now);
         assert_eq!(from_back.frontend, zmq::POLLIN | zmq::POLLOUT);
         assert!(from_back.backend.is_empty());
-        let single = Wait::plan(Some(&pending(true, false, now)), false, SECOND, now);
+        let single = Wait::plan(Some(&pending(true, false, now)), false, SECOND, None, now);
         assert_eq!(
             single.frontend,
             zmq::POLLOUT,
@@ -501,23 +657,49 @@ mod tests {
     #[test]
     fn after_a_misleading_pollout_the_loop_sleeps_instead_of_spinning() {
         let now = Instant::now();
-        let w = Wait::plan(Some(&pending(true, true, now)), true, SECOND, now);
+        let w = Wait::plan(Some(&pending(true, true, now)), true, SECOND, None, now);
         assert_eq!(w.backend, zmq::POLLIN, "replies still flow");
         assert_eq!(w.timeout_ms, 1);
     }
 
     #[test]
+    fn held_messages_cap_the_wait_at_their_next_retry() {
+        let now = Instant::now();
+        let idle = Wait::plan(
+            None,
+            true,
+            SECOND,
+            Some(now + Duration::from_millis(7)),
+            now,
+        );
+        assert_eq!((idle.frontend, idle.timeout_ms), (zmq::POLLIN, 7));
+        let due = Wait::plan(None, true, SECOND, Some(now), now);
+        assert_eq!(
+            due.timeout_ms, 1,
+            "a retry that is due never makes poll spin"
+        );
+        let far = Wait::plan(None, true, SECOND, Some(now + SECOND), now);
+        assert_eq!(far.timeout_ms, POLL_TIMEOUT_MS);
+    }
+
+    #[test]
     fn the_wait_ends_at_the_send_deadline_and_never_polls_with_zero() {
         let now = Instant::now();
-        let fresh = Wait::plan(Some(&pending(true, false, now)), true, SECOND, now);
+        let fresh = Wait::plan(Some(&pending(true, false, now)), true, SECOND, None, now);
         assert_eq!(
             fresh.timeout_ms, POLL_TIMEOUT_MS,
             "capped: shutdown is re-checked"
         );
         let p = pending(true, false, now);
-        let near = Wait::plan(Some(&p), true, SECOND, now + Duration::from_micros(997_500));
+        let near = Wait::plan(
+            Some(&p),
+            true,
+            SECOND,
+            None,
+            now + Duration::from_micros(997_500),
+        );
         assert_eq!(near.timeout_ms, 3, "2.5 ms left rounds up");
-        let late = Wait::plan(Some(&p), true, SECOND, now + 2 * SECOND);
+        let late = Wait::plan(Some(&p), true, SECOND, None, now + 2 * SECOND);
         assert_eq!(
             late.timeout_ms, 1,
             "past the deadline: the next retry drops it"

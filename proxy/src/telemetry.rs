@@ -53,6 +53,7 @@ pub struct Metrics {
     bytes: IntCounterVec,
     dropped: IntCounterVec,
     connected: IntGaugeVec,
+    held: IntGaugeVec,
 }
 
 /// Pre-resolved counters of one socket (hot path: one atomic add each).
@@ -65,6 +66,8 @@ pub struct SocketCounters {
     dropped: [IntCounter; 8],
     /// Connected peers, kept by the socket monitor.
     pub connected: IntGauge,
+    /// Messages held for a receiver on this socket that is not connected yet.
+    pub held: IntGauge,
 }
 
 impl SocketCounters {
@@ -159,6 +162,13 @@ impl Metrics {
             ),
             &["socket"],
         )?;
+        let held = IntGaugeVec::new(
+            Opts::new(
+                "zmq_proxy_held_messages",
+                "Messages held for a receiver that is not connected (yet), per socket they wait to be sent on",
+            ),
+            &["socket"],
+        )?;
         let build = IntGaugeVec::new(
             Opts::new("zmq_proxy_build_info", "Build information; always 1"),
             &["version", "libzmq", "protocol"],
@@ -175,6 +185,7 @@ impl Metrics {
         registry.register(Box::new(bytes.clone()))?;
         registry.register(Box::new(dropped.clone()))?;
         registry.register(Box::new(connected.clone()))?;
+        registry.register(Box::new(held.clone()))?;
         registry.register(Box::new(build))?;
         // Process metrics keep their conventional unprefixed names (process_*).
         registry.register(Box::new(
@@ -186,6 +197,7 @@ impl Metrics {
             bytes,
             dropped,
             connected,
+            held,
         })
     }
 
@@ -201,6 +213,7 @@ impl Metrics {
             out_bytes: per_type(&self.bytes, "out"),
             dropped: DropReason::ALL.map(|r| self.dropped.with_label_values(&[name, r.as_str()])),
             connected: self.connected.with_label_values(&[name]),
+            held: self.held.with_label_values(&[name]),
         }
     }
 

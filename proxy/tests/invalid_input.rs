@@ -99,8 +99,8 @@ fn each_invalid_message_is_dropped_counted_and_the_stream_continues() {
 }
 
 #[test]
-fn a_message_for_an_unknown_identity_is_counted_as_unroutable() {
-    let proxy = Proxy::start(&[]);
+fn a_message_for_an_unknown_identity_is_held_then_counted_as_unroutable() {
+    let proxy = Proxy::start(&["--unroutable-wait-ms", "300"]);
     let ctx = zmq::Context::new();
     let client = dealer(&ctx, CLIENT, proxy.frontend());
     let server = dealer(&ctx, SERVER, proxy.backend());
@@ -110,12 +110,14 @@ fn a_message_for_an_unknown_identity_is_counted_as_unroutable() {
         &client,
         &request("1", "127.0.0.1/compute/gone", "id-lost", &[b"p"]),
     );
+    // Holding it for its receiver does not hold up anyone else.
     send(&client, &request("1", SERVER, "id-ok", &[b"p"]));
     assert_eq!(expect(&server), delivery(CLIENT, "1", "id-ok", &[b"p"]));
     proxy.wait_metric(
         r#"zmq_proxy_dropped_total{reason="unroutable",socket="backend"}"#,
         before + 1.0,
     );
+    proxy.wait_metric(r#"zmq_proxy_held_messages{socket="backend"}"#, 0.0);
 
     // A reply for a client that left is unroutable on the frontend.
     send(
@@ -126,6 +128,45 @@ fn a_message_for_an_unknown_identity_is_counted_as_unroutable() {
         r#"zmq_proxy_dropped_total{reason="unroutable",socket="frontend"}"#,
         1.0,
     );
+    assert!(proxy.log_text().contains("did not connect in time"));
+}
+
+#[test]
+fn messages_for_a_receiver_that_connects_late_are_held_and_delivered_in_order() {
+    // A proxy just scaled up is found by clients before the servers behind
+    // it have connected. (A wait longer than the default 2 s, so a slow
+    // machine cannot expire the messages between the steps below.)
+    let proxy = Proxy::start(&["--unroutable-wait-ms", "8000"]);
+    let ctx = zmq::Context::new();
+    let client = dealer(&ctx, CLIENT, proxy.frontend());
+    let early = dealer(&ctx, "127.0.0.1/compute/early", proxy.backend());
+    wait_routable(&client, "127.0.0.1/compute/early", &early);
+    for id in ["late-1", "late-2"] {
+        send(&client, &request("1", SERVER, id, &[b"p"]));
+    }
+    proxy.wait_metric(r#"zmq_proxy_held_messages{socket="backend"}"#, 2.0);
+    // A reply for a client that has not connected yet waits as well.
+    let late_client = "127.0.0.1/client-late";
+    send(&early, &request("5", late_client, "late-reply", &[b"r"]));
+    proxy.wait_metric(r#"zmq_proxy_held_messages{socket="frontend"}"#, 1.0);
+
+    let server = dealer(&ctx, SERVER, proxy.backend());
+    assert_eq!(expect(&server), delivery(CLIENT, "1", "late-1", &[b"p"]));
+    assert_eq!(expect(&server), delivery(CLIENT, "1", "late-2", &[b"p"]));
+    send(&client, &request("1", SERVER, "after", &[b"p"]));
+    assert_eq!(expect(&server), delivery(CLIENT, "1", "after", &[b"p"]));
+    let client2 = dealer(&ctx, late_client, proxy.frontend());
+    assert_eq!(
+        expect(&client2),
+        delivery("127.0.0.1/compute/early", "5", "late-reply", &[b"r"])
+    );
+
+    proxy.wait_metric(r#"zmq_proxy_held_messages{socket="backend"}"#, 0.0);
+    proxy.wait_metric(r#"zmq_proxy_held_messages{socket="frontend"}"#, 0.0);
+    for socket in ["backend", "frontend"] {
+        let sample = format!(r#"zmq_proxy_dropped_total{{reason="unroutable",socket="{socket}"}}"#);
+        assert_eq!(proxy.metric(&sample), 0.0, "{sample}");
+    }
 }
 
 #[test]

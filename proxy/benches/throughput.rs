@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use zmq_proxy::config::SocketOptions;
 use zmq_proxy::router::{RouterConfig, RouterLoop};
 use zmq_proxy::shutdown::Shutdown;
-use zmq_proxy::sockets::{bind, new_socket, ProxySocket};
+use zmq_proxy::sockets::{bind, new_socket, ProxySocket, MIN_CLOSE_LINGER_MS};
 use zmq_proxy::telemetry::Metrics;
 
 const CLIENTS: usize = 8;
@@ -158,7 +158,7 @@ fn libzmq() -> Setup {
             let mut be = ctx.socket(zmq::DEALER).expect("dealer");
             let mut control = ctx.socket(zmq::PAIR).expect("pair");
             for s in [&fe, &be] {
-                s.set_linger(0).expect("linger");
+                s.set_linger(MIN_CLOSE_LINGER_MS).expect("linger");
             }
             fe.bind("tcp://127.0.0.1:*").expect("bind");
             be.bind("tcp://127.0.0.1:*").expect("bind");
@@ -296,7 +296,7 @@ fn server(
             s
         }
     };
-    s.set_linger(0).expect("linger");
+    s.set_linger(MIN_CLOSE_LINGER_MS).expect("linger");
     s.set_sndhwm(0).expect("hwm");
     s.set_rcvhwm(0).expect("hwm");
     let endpoint = s.get_last_endpoint().expect("endpoint").unwrap_or_default();
@@ -368,7 +368,7 @@ fn clients(endpoint: &str) -> Clients {
             let s = ctx.socket(zmq::DEALER).expect("dealer");
             s.set_identity(format!("bench/client-{i}-{}", uuid::Uuid::new_v4()).as_bytes())
                 .expect("identity");
-            s.set_linger(0).expect("linger");
+            s.set_linger(MIN_CLOSE_LINGER_MS).expect("linger");
             s.set_sndhwm(0).expect("hwm");
             s.set_rcvhwm(0).expect("hwm");
             s.connect(endpoint).expect("connect");
@@ -620,7 +620,7 @@ fn fanout(subscribers: usize, payload_len: usize) -> (f64, f64) {
         .map(|_| {
             let s = ctx.socket(zmq::SUB).expect("sub");
             s.set_rcvhwm(0).expect("hwm");
-            s.set_linger(0).expect("linger");
+            s.set_linger(MIN_CLOSE_LINGER_MS).expect("linger");
             s.set_subscribe(b"bench").expect("subscribe");
             s.connect(&pub_ep).expect("connect");
             s

@@ -246,7 +246,8 @@ pub struct Cli {
     /// Send/receive high-water mark (messages per peer); default 1000, 0 = unlimited.
     #[arg(long, env = "ZMQ_PROXY_HWM")]
     pub hwm: Option<i32>,
-    /// Linger at close (ms), -1 = until the grace period ends.
+    /// Linger at close (ms), -1 = until the grace period ends; at least 100
+    /// (a linger of 0 can make libzmq 4.3.4 abort, see sockets.rs).
     #[arg(long, env = "ZMQ_PROXY_LINGER_MS", allow_negative_numbers = true)]
     pub linger_ms: Option<i32>,
     /// ZMQ_TCP_KEEPALIVE (-1 OS default, 0 off, 1 on).

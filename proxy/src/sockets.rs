@@ -224,25 +224,40 @@ pub fn message_bytes(frames: &[Frame]) -> usize {
     frames.iter().map(Frame::size).sum()
 }
 
+/// The shortest linger a socket is closed with, whatever was configured.
+///
+/// libzmq 4.3.4 aborts the process (`session_base.cpp:260`, libzmq issue
+/// #3442) when a socket closed with linger 0 still had a multipart message
+/// half written to a peer and that peer's connection then fails: the
+/// session tries to discard the rest of the message from a pipe that no
+/// longer gives it up. Seen here once in about 120 fan-out teardowns of the
+/// benchmark, on the proxy's PUB. With a linger the pipe stays readable
+/// while it drains, so the half message can be finished or discarded.
+pub const MIN_CLOSE_LINGER_MS: i32 = 100;
+
 /// Sets the linger of a socket about to close: the configured value, or
 /// (for -1) what is left of the drain deadline, so queued frames get out
-/// without outliving the grace period.
+/// without outliving the grace period; never below [`MIN_CLOSE_LINGER_MS`].
 pub fn set_close_linger(
     socket: &zmq::Socket,
     linger_ms: i32,
     shutdown: &crate::shutdown::Shutdown,
 ) {
+    if let Err(error) = socket.set_linger(close_linger(linger_ms, shutdown.remaining())) {
+        tracing::debug!(%error, "cannot set linger");
+    }
+}
+
+/// The linger for [`set_close_linger`], given what is left of the drain.
+fn close_linger(linger_ms: i32, remaining: Option<std::time::Duration>) -> i32 {
     let linger = if linger_ms >= 0 {
         linger_ms
     } else {
-        shutdown
-            .remaining()
+        remaining
             .map(|d| d.as_millis().min(i32::MAX as u128) as i32)
             .unwrap_or(0)
     };
-    if let Err(error) = socket.set_linger(linger) {
-        tracing::debug!(%error, "cannot set linger");
-    }
+    linger.max(MIN_CLOSE_LINGER_MS)
 }
 
 #[cfg(test)]
@@ -267,6 +282,19 @@ mod tests {
             bind(&other, "127.0.0.1", port).is_err(),
             "the port is taken"
         );
+    }
+
+    #[test]
+    fn close_linger_follows_the_drain_but_never_drops_to_zero() {
+        use std::time::Duration;
+        assert_eq!(close_linger(2000, None), 2000, "configured");
+        assert_eq!(close_linger(-1, Some(Duration::from_millis(3500))), 3500);
+        assert_eq!(
+            close_linger(-1, None),
+            MIN_CLOSE_LINGER_MS,
+            "deadline passed"
+        );
+        assert_eq!(close_linger(0, None), MIN_CLOSE_LINGER_MS, "configured 0");
     }
 
     #[test]

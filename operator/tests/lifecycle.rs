@@ -75,13 +75,7 @@ async fn zmqproxy_lifecycle_apply_ready_roll_scale_delete() -> Result<()> {
     let result = lifecycle(cp, &client, &ns, &op, &agent).await;
     let result = with_log(result, &op);
     if result.is_err() {
-        for pod in Api::<Pod>::namespaced(client.clone(), &ns)
-            .list(&ListParams::default())
-            .await?
-            .items
-        {
-            eprintln!("{}", agent.pod_log(&ns, &pod.name_any()));
-        }
+        print_pod_logs(&client, &ns, &agent).await?;
     }
     op.process
         .terminate(std::time::Duration::from_secs(10))

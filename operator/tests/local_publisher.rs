@@ -45,17 +45,7 @@ async fn local_publisher_relays_fanout_from_the_central_proxies() -> Result<()> 
     let op = Operator::start(cp, &OperatorOptions::new(cp, &ns))?;
     let result = with_log(relay(&client, &ns, &agent).await, &op);
     if result.is_err() {
-        for pod in Api::<Pod>::namespaced(client.clone(), &ns)
-            .list(&ListParams::default())
-            .await?
-            .items
-        {
-            eprintln!(
-                "--- pod {} ---\n{}",
-                pod.name_any(),
-                agent.pod_log(&ns, &pod.name_any())
-            );
-        }
+        print_pod_logs(&client, &ns, &agent).await?;
     }
     op.process.terminate(Duration::from_secs(10)).await;
     agent.stop().await?;

@@ -13,9 +13,8 @@ use anyhow::{anyhow, ensure, Context, Result};
 use common::*;
 use harness::process::{Process, ProcessSpec};
 use harness::{ControlPlane, NodeAgent};
-use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::ResourceExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use zmq_proxy_operator::crd::ZmqProxy;
 
@@ -88,17 +87,7 @@ async fn proxies_register_in_kubernetes_and_in_the_secrets_redis() -> Result<()>
     let op = Operator::start(cp, &OperatorOptions::new(cp, &ns))?;
     let result = with_log(scenario(&client, &ns, &redis).await, &op);
     if result.is_err() {
-        for pod in Api::<Pod>::namespaced(client.clone(), &ns)
-            .list(&ListParams::default())
-            .await?
-            .items
-        {
-            eprintln!(
-                "--- pod {} ---\n{}",
-                pod.name_any(),
-                agent.pod_log(&ns, &pod.name_any())
-            );
-        }
+        print_pod_logs(&client, &ns, &agent).await?;
     }
     op.process.terminate(Duration::from_secs(10)).await;
     agent.stop().await?;

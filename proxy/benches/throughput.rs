@@ -212,10 +212,7 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 }
 
 fn batch() -> usize {
-    std::env::var("ZMQ_PROXY_BENCH_BATCH")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(256)
+    env_or("ZMQ_PROXY_BENCH_BATCH", 256)
 }
 
 /// Payload sizes: all of [`PAYLOADS`], or `ZMQ_PROXY_BENCH_SIZES` (e.g. "16,256").
@@ -230,11 +227,7 @@ fn payloads() -> Vec<usize> {
 }
 
 fn secs() -> Duration {
-    let s: f64 = std::env::var("ZMQ_PROXY_BENCH_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.5);
-    Duration::from_secs_f64(s)
+    Duration::from_secs_f64(env_or("ZMQ_PROXY_BENCH_SECS", 0.5))
 }
 
 /// Rounds per case: the three setups run interleaved this many times and

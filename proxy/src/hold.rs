@@ -50,7 +50,7 @@ impl<T> HoldQueue<T> {
     /// behind them rather than overtake them.
     #[inline]
     pub fn holds(&self, receiver: &[u8]) -> bool {
-        !self.receivers.is_empty() && self.receivers.contains_key(receiver)
+        self.receivers.contains_key(receiver)
     }
 
     /// Holds `message` for `receiver` until `deadline`; hands it back when

@@ -239,15 +239,25 @@ struct Forwarder<'a> {
     congested: HashMap<Vec<u8>, Instant>,
     /// Messages for receivers that are not connected yet, per direction
     /// ([`Direction::index`]), and when they are retried next.
-    held: [HoldQueue<Held>; 2],
+    held: [HoldQueue<Routed>; 2],
     next_hold_retry: Instant,
 }
 
-/// A routed message held for its receiver (see [`HoldQueue`]).
-struct Held {
+/// A rewritten message that could not be sent yet, with what its counters
+/// need once it is.
+struct Routed {
     frames: Vec<Frame>,
     msg_type: MessageType,
     bytes: usize,
+}
+
+impl Routed {
+    /// Sends it on `to` and counts it sent there.
+    fn send(&mut self, to: &ProxySocket) -> Result<(), DropReason> {
+        send_message(to, &mut self.frames)?;
+        to.counters.sent(self.msg_type, self.bytes);
+        Ok(())
+    }
 }
 
 /// Which held queue a message from the frontend (or the backend) uses: the
@@ -263,10 +273,8 @@ fn direction(from_frontend: bool) -> usize {
 
 /// A message waiting for room at its receiver.
 struct Pending {
-    frames: Vec<Frame>,
+    message: Routed,
     from_frontend: bool,
-    msg_type: MessageType,
-    bytes: usize,
     since: Instant,
     /// The destination reported room (POLLOUT) but still refused this
     /// message: its room is at another peer. Until the next retry, sleep
@@ -413,10 +421,8 @@ impl Forwarder<'_> {
             {
                 // Hold the message (it is intact) and stop reading its source.
                 self.pending = Some(Pending {
-                    frames: std::mem::replace(&mut self.frames, Vec::with_capacity(16)),
+                    message: self.take_routed(msg_type, bytes),
                     from_frontend,
-                    msg_type,
-                    bytes,
                     since: Instant::now(),
                     backoff: false,
                 });
@@ -439,19 +445,14 @@ impl Forwarder<'_> {
     /// Holds the (rewritten) message in `self.frames` for its receiver, or
     /// drops it as unroutable when the queue is full.
     fn hold(&mut self, to: &ProxySocket, from_frontend: bool, msg_type: MessageType, bytes: usize) {
-        let frames = std::mem::replace(&mut self.frames, Vec::with_capacity(16));
-        let Some(receiver) = frames.first().map(|f| f.to_vec()) else {
+        let message = self.take_routed(msg_type, bytes);
+        let Some(receiver) = message.frames.first().map(|f| f.to_vec()) else {
             return;
         };
         let queue = &mut self.held[direction(from_frontend)];
         let was_empty = queue.is_empty();
         let deadline = Instant::now() + self.config.unroutable_wait;
-        let held = Held {
-            frames,
-            msg_type,
-            bytes,
-        };
-        match queue.push(&receiver, deadline, held) {
+        match queue.push(&receiver, deadline, message) {
             Ok(()) => {
                 to.counters.held.set(queue.len() as i64);
                 if was_empty {
@@ -469,6 +470,15 @@ impl Forwarder<'_> {
         }
     }
 
+    /// Moves the (rewritten) message in `self.frames` out, to wait.
+    fn take_routed(&mut self, msg_type: MessageType, bytes: usize) -> Routed {
+        Routed {
+            frames: std::mem::replace(&mut self.frames, Vec::with_capacity(16)),
+            msg_type,
+            bytes,
+        }
+    }
+
     /// Retries the held messages on `to` (indexed by [`direction`]);
     /// returns how many were sent.
     fn retry_held(&mut self, to: [&ProxySocket; 2]) -> u64 {
@@ -481,11 +491,7 @@ impl Forwarder<'_> {
             }
             sent += queue.retry(
                 now,
-                |m| {
-                    send_message(to, &mut m.frames)?;
-                    to.counters.sent(m.msg_type, m.bytes);
-                    Ok(())
-                },
+                |m| m.send(to),
                 |_, reason| {
                     to.counters.dropped(reason);
                     expired += 1;
@@ -530,11 +536,8 @@ impl Forwarder<'_> {
         let Some(mut p) = self.pending.take() else {
             return 0;
         };
-        match send_message(to, &mut p.frames) {
-            Ok(()) => {
-                to.counters.sent(p.msg_type, p.bytes);
-                1
-            }
+        match p.message.send(to) {
+            Ok(()) => 1,
             Err(DropReason::HighWaterMark) if p.since.elapsed() < self.config.send_timeout => {
                 p.backoff = writable;
                 self.pending = Some(p);
@@ -543,13 +546,13 @@ impl Forwarder<'_> {
             Err(reason) => {
                 to.counters.dropped(reason);
                 if reason == DropReason::HighWaterMark {
-                    if let Some(key) = p.frames.first() {
+                    if let Some(key) = p.message.frames.first() {
                         self.congested
                             .insert(key.to_vec(), Instant::now() + self.config.send_timeout);
                     }
                 }
                 if self.may_log() {
-                    tracing::warn!(socket = to.name, %reason, r#type = %p.msg_type, "message dropped on send");
+                    tracing::warn!(socket = to.name, %reason, r#type = %p.message.msg_type, "message dropped on send");
                 }
                 0
             }
@@ -611,10 +614,12 @@ mod tests {
 
     fn pending(from_frontend: bool, backoff: bool, since: Instant) -> Pending {
         Pending {
-            frames: Vec::new(),
+            message: Routed {
+                frames: Vec::new(),
+                msg_type: MessageType::Cast,
+                bytes: 0,
+            },
             from_frontend,
-            msg_type: MessageType::Cast,
-            bytes: 0,
             since,
             backoff,
         }

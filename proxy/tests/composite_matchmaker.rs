@@ -11,7 +11,7 @@ mod rpc_support;
 
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, ensure, Result};
+use anyhow::{ensure, Result};
 use harness::wait::until;
 use k8s_support::{Cluster, ProxyProcess, Traffic, TIMEOUT};
 use kube::api::DynamicObject;
@@ -202,13 +202,7 @@ async fn registers_in_kubernetes_and_redis_survives_a_redis_outage_and_sigterm_r
     assert_eq!(proxy.readyz(), Some(200));
 
     // SIGTERM: both registrations go, and the process exits cleanly.
-    proxy.process.signal(libc::SIGTERM);
-    let exit = proxy
-        .process
-        .wait_timeout(TIMEOUT)
-        .await
-        .ok_or_else(|| anyhow!("proxy did not exit after SIGTERM"))?;
-    assert!(exit.success(), "exit {exit}; log:\n{}", proxy.log_text());
+    proxy.terminate_cleanly().await?;
     assert_eq!(
         redis.keys(),
         Vec::<String>::new(),
@@ -250,13 +244,7 @@ async fn redis_down_at_start_does_not_delay_readiness_and_is_written_once_it_run
     let figures = traffic.finish();
     assert!(figures.replies > 0, "{figures:?}");
 
-    proxy.process.signal(libc::SIGTERM);
-    let exit = proxy
-        .process
-        .wait_timeout(TIMEOUT)
-        .await
-        .ok_or_else(|| anyhow!("proxy did not exit after SIGTERM"))?;
-    assert!(exit.success(), "exit {exit}; log:\n{}", proxy.log_text());
+    proxy.terminate_cleanly().await?;
     assert_eq!(redis.keys(), Vec::<String>::new());
     assert!(api.get_opt("proxy-late").await?.is_none());
     Ok(())

@@ -524,13 +524,7 @@ async fn rpc_through_proxies_found_in_kubernetes_follows_them_coming_and_going()
     .await?;
 
     // The first leaves (SIGTERM: not ready, deregistered, drained, gone).
-    a.process.signal(libc::SIGTERM);
-    let exit = a
-        .process
-        .wait_timeout(TIMEOUT)
-        .await
-        .ok_or_else(|| anyhow!("proxy-a did not exit"))?;
-    assert!(exit.success(), "{exit}");
+    a.terminate_cleanly().await?;
     let after_exit = client.stats();
     until("calls through the remaining proxy", TIMEOUT, || async {
         Ok((client.stats().replies >= after_exit.replies + 50).then_some(()))

@@ -155,11 +155,6 @@ async fn apiserver_restart_does_not_stop_forwarding_and_registration_recovers() 
         .wait_timeout(TIMEOUT)
         .await
         .is_some_and(|e| e.success()));
-    b.process.signal(libc::SIGTERM);
-    assert!(b
-        .process
-        .wait_timeout(TIMEOUT)
-        .await
-        .is_some_and(|e| e.success()));
+    b.terminate_cleanly().await?;
     Ok(())
 }

@@ -266,6 +266,19 @@ where
     .await
 }
 
+/// Prints the log of every pod in `ns` that `agent` ran (after a failure,
+/// for diagnosis).
+pub async fn print_pod_logs(client: &Client, ns: &str, agent: &harness::NodeAgent) -> Result<()> {
+    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), ns)
+        .list(&kube::api::ListParams::default())
+        .await?;
+    for pod in pods.items {
+        let name = kube::ResourceExt::name_any(&pod);
+        eprintln!("--- pod {name} ---\n{}", agent.pod_log(ns, &name));
+    }
+    Ok(())
+}
+
 /// Fails with the operator's log tail attached, for diagnosis.
 pub fn with_log<T>(r: Result<T>, op: &Operator) -> Result<T> {
     match r {

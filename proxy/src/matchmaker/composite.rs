@@ -271,14 +271,7 @@ mod tests {
     use super::super::MatchmakerError;
     use super::*;
 
-    fn proxy(port: u16) -> ProxyAddresses {
-        ProxyAddresses {
-            host: "127.0.0.1".into(),
-            frontend_port: port,
-            backend_port: Some(port + 1),
-            publisher_port: Some(port + 2),
-        }
-    }
+    use crate::matchmaker::test_proxy as proxy;
 
     const TTL: Duration = Duration::from_secs(60);
 

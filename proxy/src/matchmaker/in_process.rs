@@ -228,14 +228,7 @@ impl Matchmaker for StaticMatchmaker {
 mod tests {
     use super::*;
 
-    fn proxy(port: u16) -> ProxyAddresses {
-        ProxyAddresses {
-            host: "127.0.0.1".into(),
-            frontend_port: port,
-            backend_port: Some(port + 1),
-            publisher_port: Some(port + 2),
-        }
-    }
+    use crate::matchmaker::test_proxy as proxy;
 
     #[tokio::test]
     async fn fixed_and_registered_proxies_are_listed_until_unregistered() {

@@ -373,6 +373,18 @@ pub async fn maintain_proxy_registration(
     }
 }
 
+/// A proxy on 127.0.0.1 with consecutive ports from `port`, for the
+/// backends' unit tests.
+#[cfg(test)]
+pub(crate) fn test_proxy(port: u16) -> ProxyAddresses {
+    ProxyAddresses {
+        host: "127.0.0.1".into(),
+        frontend_port: port,
+        backend_port: Some(port + 1),
+        publisher_port: Some(port + 2),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

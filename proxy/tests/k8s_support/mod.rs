@@ -247,6 +247,20 @@ impl ProxyProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Sends SIGTERM and fails unless the proxy exits 0 within [`TIMEOUT`].
+    pub async fn terminate_cleanly(&self) -> Result<()> {
+        self.process.signal(libc::SIGTERM);
+        let exit = self
+            .process
+            .wait_timeout(TIMEOUT)
+            .await
+            .ok_or_else(|| anyhow!("proxy did not exit after SIGTERM"))?;
+        if !exit.success() {
+            bail!("exit {exit}; log:\n{}", self.log_text());
+        }
+        Ok(())
+    }
+
     pub fn frontend_endpoint(&self) -> String {
         format!("tcp://{}:{}", self.ip, self.frontend)
     }

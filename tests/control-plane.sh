@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A local Kubernetes control plane for people: the same etcd +
-# kube-apiserver + kube-controller-manager the tests start, optionally with
-# the node agent running pods of our images as local processes.
+# kube-apiserver + kube-controller-manager + kube-scheduler the tests start
+# (built by tests/install.sh), optionally with the node agent running pods of
+# our images as local processes.
 #
 #   bash tests/control-plane.sh up [--agent]   start (prints the env to use)
 #   bash tests/control-plane.sh env            print `export KUBECONFIG=...`
@@ -17,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE="${ZMQ_PROXY_CACHE:-$HOME/.cache/zmq-proxy}"
 STATE="$CACHE/control-plane"
-K8S_BIN="$CACHE/k8s-1.20.2/bin"
+K8S_BIN="$CACHE/k8s-$(sed -n 's/^K8S_VERSION=//p' tests/install.sh)/bin"
 BIN="${ZMQ_PROXY_BIN_DIR:-$PWD/target/debug}"
 mkdir -p "$STATE"
 

@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (.ci/run): dependencies (tests/install.sh:
-# Debian packages, Kubernetes 1.20 control-plane binaries, kubectl, helm,
-# cargo-nextest), formatting, lints, then every test of the workspace.
+# Debian packages; Kubernetes, etcd and Prometheus built from Go modules;
+# helm; cargo-nextest), formatting, lints, then every test of the workspace.
 # Exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash tests/install.sh
 
-# The suites find kubectl 1.20 and helm here (tests/install.sh put them there).
+# The suites find kubectl and helm here (tests/install.sh put them there;
+# the harness finds the other binaries in the cache by version itself).
 CACHE="${ZMQ_PROXY_CACHE:-$HOME/.cache/zmq-proxy}"
 export ZMQ_PROXY_CACHE="$CACHE"
-export PATH="$CACHE/k8s-1.20.2/bin:$CACHE/venv/bin:$PATH"
+K8S_VERSION="$(sed -n 's/^K8S_VERSION=//p' tests/install.sh)"
+export PATH="$CACHE/k8s-$K8S_VERSION/bin:$CACHE/venv/bin:$PATH"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings

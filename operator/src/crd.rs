@@ -1,10 +1,11 @@
 //! The `ZmqProxy` custom resource (group `zmqproxy.io`, version `v1alpha1`).
 //!
 //! The spec carries defaults and OpenAPI v3 validation (enums, ranges,
-//! patterns, required fields) that a Kubernetes 1.20 API server enforces on its
-//! own; nothing here relies on CEL (`x-kubernetes-validations`), which 1.20
-//! ignores. Cross-field rules that OpenAPI cannot express are checked by
-//! [`ZmqProxySpec::validate`] and reported in the status instead.
+//! patterns, required fields); the cross-field rules OpenAPI cannot express
+//! are CEL rules (`x-kubernetes-validations`, GA since Kubernetes 1.29), so
+//! the API server rejects every invalid object at the door with the rule's
+//! message and the operator only ever sees valid specs. CEL runs after
+//! defaulting, so the rules may read every defaulted field.
 
 use std::collections::BTreeMap;
 
@@ -76,6 +77,29 @@ pub const VERSION: &str = "v1alpha1";
     )
 )]
 #[serde(rename_all = "camelCase")]
+// Each listener needs its own port on the pod IP: the backend only in
+// DoubleRouter mode, the publisher only with pub/sub. One rule per port so
+// the message names the port that clashes.
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.ports.frontend != self.ports.metrics",
+        "messageExpression": "'ports must differ: ' + string(self.ports.frontend) + ' is used twice (frontend, metrics)'",
+        "fieldPath": ".ports",
+        "reason": "FieldValueInvalid",
+    },
+    {
+        "rule": "self.mode != 'DoubleRouter' || (self.ports.backend != self.ports.frontend && self.ports.backend != self.ports.metrics)",
+        "messageExpression": "'ports must differ: ' + string(self.ports.backend) + ' is used twice (backend)'",
+        "fieldPath": ".ports",
+        "reason": "FieldValueInvalid",
+    },
+    {
+        "rule": "!self.pubSub.enabled || (self.ports.publisher != self.ports.frontend && self.ports.publisher != self.ports.metrics && (self.mode != 'DoubleRouter' || self.ports.publisher != self.ports.backend))",
+        "messageExpression": "'ports must differ: ' + string(self.ports.publisher) + ' is used twice (publisher)'",
+        "fieldPath": ".ports",
+        "reason": "FieldValueInvalid",
+    },
+]))]
 pub struct ZmqProxySpec {
     /// Number of proxy pods.
     #[serde(default = "default_replicas")]
@@ -260,6 +284,13 @@ impl Default for LocalPublisher {
 /// EndpointSlices; a Redis URL additionally serves unmodified oslo services.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+// A registration refreshed no sooner than it expires flickers out of the
+// matchmaker between refreshes.
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "self.targetUpdateSeconds < self.targetExpireSeconds",
+    "messageExpression": "'matchmaker.targetUpdateSeconds (' + string(self.targetUpdateSeconds) + ') must be below targetExpireSeconds (' + string(self.targetExpireSeconds) + ')'",
+    "reason": "FieldValueInvalid",
+}]))]
 pub struct Matchmaker {
     /// Secret key holding an oslo transport URL such as `zmq+redis://host:6379`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -269,7 +300,7 @@ pub struct Matchmaker {
     #[schemars(range(min = 1, max = 86400))]
     pub target_expire_seconds: i32,
     /// Seconds between refreshes (oslo `zmq_target_update`); must be below
-    /// targetExpireSeconds (checked by the operator, reported in the status).
+    /// targetExpireSeconds.
     #[serde(default = "default_target_update")]
     #[schemars(range(min = 1, max = 86400))]
     pub target_update_seconds: i32,
@@ -547,7 +578,8 @@ pub struct ZmqProxyStatus {
     #[serde(default)]
     pub endpoints: Vec<ProxyEndpoint>,
     /// Label selector of the proxy pods (scale subresource labelSelectorPath).
-    /// An Option because Kubernetes 1.20 rejects `default: ""` in a CRD schema.
+    /// Unset until the first status write (no `default: ""` in the schema:
+    /// an empty selector would select every pod for a scaler).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
 }
@@ -566,50 +598,6 @@ pub struct ProxyEndpoint {
     /// Named ports (frontend, backend, publisher) of the endpoint.
     #[serde(default)]
     pub ports: BTreeMap<String, i32>,
-}
-
-/// A spec rule the API server cannot enforce without CEL.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SpecError {
-    /// Registrations would expire before they are refreshed.
-    #[error(
-        "matchmaker.targetUpdateSeconds ({update}) must be below targetExpireSeconds ({expire})"
-    )]
-    RefreshNotBeforeExpiry {
-        /// targetUpdateSeconds
-        update: i32,
-        /// targetExpireSeconds
-        expire: i32,
-    },
-    /// Two listeners share a port on the same pod IP.
-    #[error("ports must differ: {0} is used twice")]
-    DuplicatePort(i32),
-}
-
-impl ZmqProxySpec {
-    /// Checks the cross-field rules the OpenAPI schema cannot express.
-    pub fn validate(&self) -> Result<(), SpecError> {
-        let mm = &self.matchmaker;
-        if mm.target_update_seconds >= mm.target_expire_seconds {
-            return Err(SpecError::RefreshNotBeforeExpiry {
-                update: mm.target_update_seconds,
-                expire: mm.target_expire_seconds,
-            });
-        }
-        let mut used = vec![self.ports.frontend, self.ports.metrics];
-        if self.mode == ProxyMode::DoubleRouter {
-            used.push(self.ports.backend);
-        }
-        if self.pub_sub.enabled {
-            used.push(self.ports.publisher);
-        }
-        for (i, port) in used.iter().enumerate() {
-            if used[..i].contains(port) {
-                return Err(SpecError::DuplicatePort(*port));
-            }
-        }
-        Ok(())
-    }
 }
 
 /// The CRD as YAML, exactly what `zmq-proxy-operator crd` prints and crds/ holds.
@@ -684,7 +672,7 @@ mod tests {
     }
 
     #[test]
-    fn schema_carries_validation_1_20_enforces() {
+    fn schema_carries_validation() {
         let s = schema();
         let spec = &s["properties"]["spec"]["properties"];
         assert_eq!(spec["replicas"]["minimum"].as_f64(), Some(0.0));
@@ -704,14 +692,27 @@ mod tests {
         assert!(spec["image"]["pattern"].is_string());
         let secret = &spec["matchmaker"]["properties"]["redisUrlSecret"];
         assert_eq!(secret["required"], serde_json::json!(["key", "name"]));
-        // 1.20 reads an empty-string default as null and rejects the CRD.
+        // No empty-string defaults (see ZmqProxyStatus::selector).
         assert!(!serde_json::to_string(&s)
             .unwrap()
             .contains("\"default\":\"\""));
-        // No CEL: 1.20 would silently ignore it.
-        assert!(!serde_json::to_string(&s)
-            .unwrap()
-            .contains("x-kubernetes-validations"));
+        // The cross-field rules are CEL, each with a message (the API
+        // server's rejection of each is tested in tests/validation.rs).
+        let rules = |v: &Value| {
+            v["x-kubernetes-validations"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        };
+        let spec_rules = rules(&s["properties"]["spec"]);
+        let mm_rules = rules(&spec["matchmaker"]);
+        assert_eq!((spec_rules.len(), mm_rules.len()), (3, 1));
+        for r in spec_rules.iter().chain(&mm_rules) {
+            assert!(
+                r["rule"].is_string() && r["messageExpression"].is_string(),
+                "{r}"
+            );
+        }
     }
 
     #[test]
@@ -749,23 +750,6 @@ mod tests {
         assert_eq!(spec.ports, Ports::default());
         assert_eq!(spec.grace_period_seconds, 10);
         assert!(spec.pod_disruption_budget.enabled);
-        assert!(spec.validate().is_ok());
-    }
-
-    #[test]
-    fn cross_field_rules_are_checked() {
-        let mut spec: ZmqProxySpec = serde_json::from_value(serde_json::json!({})).unwrap();
-        spec.matchmaker.target_update_seconds = 300;
-        assert!(matches!(
-            spec.validate(),
-            Err(SpecError::RefreshNotBeforeExpiry { .. })
-        ));
-        spec.matchmaker.target_update_seconds = 10;
-        spec.ports.metrics = spec.ports.backend;
-        assert_eq!(spec.validate(), Err(SpecError::DuplicatePort(50002)));
-        // The backend port is unused in single-router mode, so no clash.
-        spec.mode = ProxyMode::SingleRouter;
-        assert!(spec.validate().is_ok());
     }
 
     /// crds/ must hold exactly what the binary prints; regenerate with

@@ -280,7 +280,7 @@ async fn lead(
         identity.to_string(),
     ));
 
-    // Leadership loss (or a slice version change) stops the controllers too.
+    // Leadership loss stops the controllers too.
     let (lost_tx, lost_rx) = watch::channel(false);
     let namespaces: Vec<Option<String>> = {
         let listed: Vec<String> = args
@@ -318,7 +318,7 @@ async fn lead(
             debounce: Duration::from_millis(args.debounce_ms),
         };
         let (store, stream) =
-            reconcile::controller(api, ns.as_deref(), &caps, rx, shutdown, tuning, ctx.clone());
+            reconcile::controller(api, ns.as_deref(), rx, shutdown, tuning, ctx.clone());
         stores.push(store);
         streams.push(stream.boxed());
     }
@@ -362,30 +362,22 @@ async fn lead(
         })
     };
 
-    // Discovery refresh: a new CRD (ServiceMonitor) or an upgraded API server
-    // re-triggers every object; a new EndpointSlice version needs a new
-    // watch, so the controllers are rebuilt.
+    // Discovery refresh: a new CRD (ServiceMonitor, PodMonitor) re-triggers
+    // every object.
     let discovery_task = {
         let ctx = ctx.clone();
         let client = client.clone();
         let interval = Duration::from_secs(args.discovery_interval_seconds.max(1));
-        let slices_version = caps.endpointslice_api_version.clone();
-        let lost_tx = lost_tx.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(interval).await;
                 match discovery::discover(client.clone()).await {
                     Ok(new) => {
-                        let slices_changed = new.endpointslice_api_version != slices_version;
                         if ctx.set_caps(new.clone()) {
                             tracing::info!(caps = ?new, "served APIs changed; reconciling everything");
                             for t in &triggers {
                                 let _ = t.unbounded_send(());
                             }
-                        }
-                        if slices_changed {
-                            let _ = lost_tx.send(true);
-                            return;
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "API discovery refresh failed"),

@@ -349,6 +349,11 @@ fn ar(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
 }
 
+/// discovery.k8s.io/v1 EndpointSlices, read as JSON by [`status::endpoints_from_slices`].
+fn slice_ar() -> ApiResource {
+    ar("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices")
+}
+
 async fn cleanup(
     client: &Client,
     zp: &ZmqProxy,
@@ -367,12 +372,13 @@ async fn cleanup(
         ));
     }
     if desired.pdb.is_none() {
-        let (g, v) = caps
-            .pdb_api_version
-            .split_once('/')
-            .unwrap_or(("policy", "v1"));
         jobs.push((
-            ar(g, v, "PodDisruptionBudget", "poddisruptionbudgets"),
+            ar(
+                "policy",
+                "v1",
+                "PodDisruptionBudget",
+                "poddisruptionbudgets",
+            ),
             vec![],
         ));
     }
@@ -404,16 +410,11 @@ async fn cleanup(
 async fn read_endpoints(
     client: &Client,
     zp: &ZmqProxy,
-    caps: &Capabilities,
 ) -> Result<Vec<crate::crd::ProxyEndpoint>, Error> {
-    let (g, v) = caps
-        .endpointslice_api_version
-        .split_once('/')
-        .unwrap_or(("discovery.k8s.io", "v1"));
     let api: Api<DynamicObject> = Api::namespaced_with(
         client.clone(),
         &zp.namespace().unwrap_or_default(),
-        &ar(g, v, "EndpointSlice", "endpointslices"),
+        &slice_ar(),
     );
     let lp = ListParams::default().labels(&format!(
         "kubernetes.io/service-name={}",
@@ -451,27 +452,6 @@ async fn reconcile_proxy(zp: &ZmqProxy, ctx: &Context) -> Result<Action, Error> 
         .and_then(|s| s.observed_generation)
         .is_none();
     let changed = zp.status.as_ref().and_then(|s| s.observed_generation) != zp.metadata.generation;
-
-    if let Err(e) = zp.spec.validate() {
-        let obs = Observed {
-            spec_error: Some(e.to_string()),
-            ..Default::default()
-        };
-        if changed {
-            publish(
-                ctx,
-                &zp.metadata,
-                EventType::Warning,
-                "InvalidSpec",
-                "Validate",
-                e.to_string(),
-            )
-            .await;
-        }
-        write_status(client, zp, &status::compute(zp, &obs, now())).await?;
-        // Nothing to retry: a spec change triggers the next reconcile.
-        return Ok(Action::await_change());
-    }
 
     let caps = ctx.caps();
     let desired = resources::build(zp, &caps)?;
@@ -563,7 +543,7 @@ async fn reconcile_proxy(zp: &ZmqProxy, ctx: &Context) -> Result<Action, Error> 
 
     let obs = Observed {
         deployment: Some(deployment),
-        endpoints: read_endpoints(client, zp, &caps).await?,
+        endpoints: read_endpoints(client, zp).await?,
         missing_apis: desired.missing.clone(),
         ..Default::default()
     };
@@ -640,7 +620,6 @@ impl Default for Tuning {
 pub fn controller(
     api: Api<Guarded>,
     namespace: Option<&str>,
-    caps: &Capabilities,
     reconcile_all: impl Stream<Item = ()> + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
     tuning: Tuning,
@@ -656,14 +635,9 @@ pub fn controller(
             None => Api::all(client.clone()),
         }
     }
-    let (g, v) = caps
-        .endpointslice_api_version
-        .split_once('/')
-        .unwrap_or(("discovery.k8s.io", "v1"));
-    let slice_ar = ar(g, v, "EndpointSlice", "endpointslices");
     let slices: Api<DynamicObject> = match namespace {
-        Some(ns) => Api::namespaced_with(client.clone(), ns, &slice_ar),
-        None => Api::all_with(client.clone(), &slice_ar),
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &slice_ar()),
+        None => Api::all_with(client.clone(), &slice_ar()),
     };
     let c = Controller::new(api, watcher::Config::default().any_semantic())
         .owns(scoped::<Deployment>(&client, namespace), owned_config())
@@ -675,7 +649,7 @@ pub fn controller(
         .owns(scoped::<DaemonSet>(&client, namespace), owned_config())
         .watches_with(
             slices,
-            slice_ar,
+            slice_ar(),
             watcher::Config::default()
                 .labels("kubernetes.io/service-name")
                 .any_semantic(),

@@ -45,32 +45,20 @@ const NON_ROOT_ID: i64 = 65532;
 /// deregistration and socket close need a moment after the drain ends.
 const TERMINATION_MARGIN_SECONDS: i64 = 5;
 
-/// Which optional APIs and versions the cluster serves, as discovery found them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Which optional APIs the cluster serves, as discovery found them. Every
+/// supported Kubernetes (1.34 and later) serves policy/v1 and
+/// discovery.k8s.io/v1, so only the Prometheus Operator's kinds vary.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Capabilities {
-    /// `policy/v1` or `policy/v1beta1` for PodDisruptionBudgets.
-    pub pdb_api_version: String,
-    /// `discovery.k8s.io/v1` or `discovery.k8s.io/v1beta1`.
-    pub endpointslice_api_version: String,
     /// monitoring.coreos.com/v1 ServiceMonitor is served.
     pub service_monitor: bool,
     /// monitoring.coreos.com/v1 PodMonitor is served.
     pub pod_monitor: bool,
 }
 
-impl Default for Capabilities {
-    fn default() -> Self {
-        Capabilities {
-            pdb_api_version: "policy/v1".into(),
-            endpointslice_api_version: "discovery.k8s.io/v1".into(),
-            service_monitor: false,
-            pod_monitor: false,
-        }
-    }
-}
-
-/// A child whose Rust type k8s-openapi 0.29 lacks in some served version
-/// (PDB v1beta1) or at all (ServiceMonitor, PodMonitor): applied as JSON.
+/// An optional child applied as JSON: ServiceMonitor and PodMonitor have no
+/// k8s-openapi type, and the PodDisruptionBudget shares their
+/// create-or-delete path.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DynamicChild {
     /// API group ("" for core).
@@ -296,15 +284,14 @@ pub fn build(zp: &ZmqProxy, caps: &Capabilities) -> Result<Desired, BuildError> 
     });
 
     let pdb = spec.pod_disruption_budget.enabled.then(|| {
-        let (group, version) = split_api_version(&caps.pdb_api_version);
         let m = meta(child_name(name), "proxy");
         DynamicChild {
-            group,
-            version,
+            group: "policy".into(),
+            version: "v1".into(),
             kind: "PodDisruptionBudget".into(),
             plural: "poddisruptionbudgets".into(),
             object: json!({
-                "apiVersion": caps.pdb_api_version,
+                "apiVersion": "policy/v1",
                 "kind": "PodDisruptionBudget",
                 "metadata": m,
                 "spec": {
@@ -391,13 +378,6 @@ pub fn owner_reference(zp: &ZmqProxy) -> Result<OwnerReference, BuildError> {
         controller: Some(true),
         block_owner_deletion: Some(true),
     })
-}
-
-fn split_api_version(api_version: &str) -> (String, String) {
-    match api_version.split_once('/') {
-        Some((g, v)) => (g.to_string(), v.to_string()),
-        None => (String::new(), api_version.to_string()),
-    }
 }
 
 fn monitor(kind: &str, plural: &str, metadata: ObjectMeta, spec: Value) -> DynamicChild {
@@ -1089,15 +1069,13 @@ mod tests {
     }
 
     #[test]
-    fn pdb_follows_the_served_version() {
-        let mut caps = Capabilities::default();
+    fn pdb_is_policy_v1_unless_disabled() {
+        let caps = Capabilities::default();
         let d = build(&zp(json!({})), &caps).unwrap();
         let pdb = d.pdb.unwrap();
         assert_eq!((pdb.group.as_str(), pdb.version.as_str()), ("policy", "v1"));
+        assert_eq!(pdb.object["apiVersion"], "policy/v1");
         assert_eq!(pdb.object["spec"]["maxUnavailable"], 1);
-        caps.pdb_api_version = "policy/v1beta1".into();
-        let d = build(&zp(json!({})), &caps).unwrap();
-        assert_eq!(d.pdb.unwrap().object["apiVersion"], "policy/v1beta1");
         let d = build(
             &zp(json!({"podDisruptionBudget": {"enabled": false}})),
             &caps,
@@ -1118,7 +1096,6 @@ mod tests {
         let caps = Capabilities {
             service_monitor: true,
             pod_monitor: true,
-            ..Default::default()
         };
         let d = build(&zp(spec), &caps).unwrap();
         assert!(d.missing.is_empty());

@@ -27,16 +27,13 @@ pub struct Observed {
     pub deployment: Option<Deployment>,
     /// Proxies registered in the headless Service's EndpointSlices.
     pub endpoints: Vec<ProxyEndpoint>,
-    /// A spec rule the schema cannot express was broken.
-    pub spec_error: Option<String>,
     /// Applying the children failed.
     pub apply_error: Option<String>,
     /// Optional APIs asked for but not served.
     pub missing_apis: Vec<MissingApi>,
 }
 
-/// Reads proxy endpoints from EndpointSlice objects (v1 or v1beta1: the
-/// fields used here are identical in both).
+/// Reads proxy endpoints from discovery.k8s.io/v1 EndpointSlice objects.
 pub fn endpoints_from_slices(slices: &[Value]) -> Vec<ProxyEndpoint> {
     let mut out = Vec::new();
     for slice in slices {
@@ -124,9 +121,7 @@ pub fn compute(zp: &ZmqProxy, obs: &Observed, now: Time) -> ZmqProxyStatus {
     let registered = obs.endpoints.iter().filter(|e| e.ready).count();
     let registered = i32::try_from(registered).unwrap_or(i32::MAX);
 
-    let ready = if let Some(e) = &obs.spec_error {
-        cond(READY, false, "InvalidSpec", e.clone())
-    } else if let Some(e) = &obs.apply_error {
+    let ready = if let Some(e) = &obs.apply_error {
         cond(READY, false, "ApplyFailed", e.clone())
     } else if r.ready < desired {
         cond(
@@ -153,9 +148,7 @@ pub fn compute(zp: &ZmqProxy, obs: &Observed, now: Time) -> ZmqProxyStatus {
             ),
         )
     };
-    let progressing = if obs.spec_error.is_some() {
-        cond(PROGRESSING, false, "InvalidSpec", "not applied".into())
-    } else if r.done {
+    let progressing = if r.done {
         cond(
             PROGRESSING,
             false,
@@ -170,9 +163,7 @@ pub fn compute(zp: &ZmqProxy, obs: &Observed, now: Time) -> ZmqProxyStatus {
             format!("{}/{desired} replicas ready, {} exist", r.ready, r.replicas),
         )
     };
-    let degraded = if let Some(e) = &obs.spec_error {
-        cond(DEGRADED, true, "InvalidSpec", e.clone())
-    } else if let Some(e) = &obs.apply_error {
+    let degraded = if let Some(e) = &obs.apply_error {
         cond(DEGRADED, true, "ApplyFailed", e.clone())
     } else if !obs.missing_apis.is_empty() {
         let kinds: Vec<&str> = obs
@@ -390,16 +381,16 @@ mod tests {
     #[test]
     fn problems_are_degraded_with_reasons() {
         let z = zp(1);
-        let invalid = Observed {
-            spec_error: Some("bad".into()),
+        let failed = Observed {
+            apply_error: Some("forbidden".into()),
             ..Default::default()
         };
-        let s = compute(&z, &invalid, t(1));
+        let s = compute(&z, &failed, t(1));
         assert_eq!(
             status_of(&s, DEGRADED),
-            ("True".into(), "InvalidSpec".into())
+            ("True".into(), "ApplyFailed".into())
         );
-        assert_eq!(status_of(&s, READY), ("False".into(), "InvalidSpec".into()));
+        assert_eq!(status_of(&s, READY), ("False".into(), "ApplyFailed".into()));
         let missing = Observed {
             deployment: Some(dep(1, 1, 1)),
             endpoints: eps(1, true),
@@ -438,13 +429,13 @@ mod tests {
     }
 
     #[test]
-    fn endpoints_are_read_from_v1_and_v1beta1_slices() {
+    fn endpoints_are_read_from_slices() {
         let slices = vec![
             json!({"apiVersion": "discovery.k8s.io/v1",
                    "ports": [{"name": "frontend", "port": 50001}, {"name": "backend", "port": 50002}],
                    "endpoints": [{"addresses": ["127.0.0.5"], "conditions": {"ready": true},
                                   "targetRef": {"kind": "Pod", "name": "p1"}}]}),
-            json!({"apiVersion": "discovery.k8s.io/v1beta1",
+            json!({"apiVersion": "discovery.k8s.io/v1",
                    "ports": [{"name": "frontend", "port": 50001}],
                    "endpoints": [{"addresses": ["127.0.0.6"], "conditions": {"ready": false}}]}),
             json!({"endpoints": null}),

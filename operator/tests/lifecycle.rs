@@ -14,9 +14,10 @@ use harness::{ControlPlane, NodeAgent};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use zmq_proxy_operator::crd::ZmqProxy;
@@ -163,22 +164,15 @@ async fn lifecycle(
         svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()),
         Some("None")
     );
-    // PDB in whichever version discovery found (policy/v1beta1 on 1.20).
-    let mut pdb_found = false;
-    for version in ["v1", "v1beta1"] {
-        let ar = ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk("policy", version, "PodDisruptionBudget"),
-            "poddisruptionbudgets",
-        );
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
-        if let Ok(Some(pdb)) = api.get_opt(name).await {
-            assert!(owned_by(&pdb.metadata, &zp));
-            assert_eq!(pdb.data["spec"]["maxUnavailable"], 1);
-            pdb_found = true;
-            break;
-        }
-    }
-    assert!(pdb_found, "no PodDisruptionBudget");
+    let pdb = Api::<PodDisruptionBudget>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .context("policy/v1 PodDisruptionBudget")?;
+    assert!(owned_by(&pdb.metadata, &zp));
+    assert_eq!(
+        pdb.spec.and_then(|s| s.max_unavailable),
+        Some(IntOrString::Int(1))
+    );
 
     // Ready once the node agent runs both proxies and they register.
     let started = std::time::Instant::now();

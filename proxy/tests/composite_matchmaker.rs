@@ -121,7 +121,7 @@ async fn registers_in_kubernetes_and_redis_survives_a_redis_outage_and_sigterm_r
     let cluster = Cluster::new("cmm-both").await?;
     let proxy = start_proxy(&cluster, "proxy-both", &redis.url()).await?;
     assert!(proxy.publisher.is_some(), "pub/sub on: a PUB socket");
-    let (api, _) = k8s_support::slices(&cluster.admin, &cluster.ns).await?;
+    let api = k8s_support::slices(&cluster.admin, &cluster.ns);
 
     // Both registrations, and ready.
     until("the proxy's EndpointSlice", TIMEOUT, || async {
@@ -222,7 +222,7 @@ async fn redis_down_at_start_does_not_delay_readiness_and_is_written_once_it_run
     redis.kill();
     let cluster = Cluster::new("cmm-late").await?;
     let proxy = start_proxy(&cluster, "proxy-late", &redis.url()).await?;
-    let (api, _) = k8s_support::slices(&cluster.admin, &cluster.ns).await?;
+    let api = k8s_support::slices(&cluster.admin, &cluster.ns);
     until("/readyz 200 without Redis", TIMEOUT, || async {
         Ok((proxy.readyz() == Some(200)).then_some(()))
     })

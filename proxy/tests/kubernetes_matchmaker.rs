@@ -36,14 +36,31 @@ async fn proxy_registers_its_slice_and_sigterm_drains_then_removes_it() -> Resul
         .service_account("proxy", zmq_proxy_operator::resources::proxy_role_rules())
         .await?;
     let pod = cluster.pod("proxy-a").await?;
-    let proxy = ProxyProcess::start(&cluster, &pod, &kubeconfig).await?;
-    let (api, version) = k8s_support::slices(&cluster.admin, &cluster.ns).await?;
+    // Idle for 3 s before it leaves, so the draining state lasts long
+    // enough to see clients move away while the proxy still runs.
+    let proxy = ProxyProcess::start_with_env(
+        &cluster,
+        &pod,
+        &kubeconfig,
+        &[("ZMQ_PROXY_DRAIN_QUIET_MS", "3000")],
+    )
+    .await?;
+    let api = k8s_support::slices(&cluster.admin, &cluster.ns);
+    // What a client sees: the matchmaker's proxy list, as RPC clients use it.
+    let reader = KubernetesMatchmaker::new(
+        cluster.admin.clone(),
+        KubernetesConfig {
+            namespace: Some(cluster.ns.clone()),
+            service_name: Some(SERVICE.into()),
+            ..Default::default()
+        },
+    );
+    let mut chosen = reader.watch_proxies().await?;
 
     let slice = until("the proxy's EndpointSlice", TIMEOUT, || async {
         Ok(api.get_opt("proxy-a").await?)
     })
     .await?;
-    println!("EndpointSlice API in use: {}", version.api_version());
     let l = labels(&slice.metadata);
     assert_eq!(
         l.get("kubernetes.io/service-name").map(String::as_str),
@@ -87,6 +104,15 @@ async fn proxy_registers_its_slice_and_sigterm_drains_then_removes_it() -> Resul
         Ok((proxy.readyz() == Some(200)).then_some(()))
     })
     .await?;
+    let registered = ProxyAddresses {
+        host: proxy.ip.clone(),
+        frontend_port: proxy.frontend,
+        backend_port: Some(proxy.backend),
+        publisher_port: proxy.publisher,
+    };
+    tokio::time::timeout(TIMEOUT, chosen.wait_for(|l| l.contains(&registered)))
+        .await
+        .map_err(|_| anyhow!("clients never saw the registered proxy"))??;
 
     // Record every change from now on, then SIGTERM.
     let rv = slice.metadata.resource_version.clone().unwrap_or_default();
@@ -113,6 +139,18 @@ async fn proxy_registers_its_slice_and_sigterm_drains_then_removes_it() -> Resul
                     "modified ready={:?} serving={:?} terminating={:?}",
                     c.ready, c.serving, c.terminating
                 ));
+                if c.terminating == Some(true) {
+                    // Clients stop choosing the draining proxy while it
+                    // still runs (its slice is not deleted yet).
+                    tokio::time::timeout(TIMEOUT, chosen.wait_for(|l| !l.contains(&registered)))
+                        .await
+                        .map_err(|_| anyhow!("clients kept choosing the draining proxy"))??;
+                    assert!(
+                        proxy.process.exited().is_none(),
+                        "the proxy left before clients saw it draining"
+                    );
+                    assert!(api.get_opt("proxy-a").await?.is_some());
+                }
             }
             WatchEvent::Deleted(_) => {
                 seen.push("deleted".into());
@@ -122,15 +160,12 @@ async fn proxy_registers_its_slice_and_sigterm_drains_then_removes_it() -> Resul
         }
     }
     println!("after SIGTERM: {seen:?}");
-    assert!(
-        seen[0].starts_with("modified ready=Some(false)"),
-        "first change after SIGTERM must mark the endpoint not ready: {seen:?}"
+    // Draining: not ready for new clients, still serving what reaches it,
+    // terminating, as the API server stores it.
+    assert_eq!(
+        seen[0], "modified ready=Some(false) serving=Some(true) terminating=Some(true)",
+        "first change after SIGTERM must mark the endpoint draining: {seen:?}"
     );
-    // Clusters that keep the terminating condition (>= 1.22, or the 1.20
-    // alpha gate) show it; 1.20 by default drops it.
-    if seen[0].contains("terminating=Some") {
-        assert!(seen[0].contains("terminating=Some(true)"), "{seen:?}");
-    }
     assert_eq!(seen.last().map(String::as_str), Some("deleted"));
     let exit = proxy
         .process
@@ -153,7 +188,7 @@ async fn slice_is_garbage_collected_with_its_pod() -> Result<()> {
         .await?;
     let pod = cluster.pod("proxy-gc").await?;
     let proxy = ProxyProcess::start(&cluster, &pod, &kubeconfig).await?;
-    let (api, _) = k8s_support::slices(&cluster.admin, &cluster.ns).await?;
+    let api = k8s_support::slices(&cluster.admin, &cluster.ns);
     until("the proxy's EndpointSlice", TIMEOUT, || async {
         Ok(api.get_opt("proxy-gc").await?)
     })
@@ -237,9 +272,9 @@ async fn watching_client_sees_proxies_come_and_go_without_polling() -> Result<()
         },
     );
     let (first, first_addr) =
-        library_proxy(&cluster, proxy_client.clone(), "proxy-1", "127.0.0.201").await?;
+        library_proxy(&cluster, proxy_client.clone(), "proxy-1", "10.253.255.201").await?;
     let (second, second_addr) =
-        library_proxy(&cluster, proxy_client, "proxy-2", "127.0.0.202").await?;
+        library_proxy(&cluster, proxy_client, "proxy-2", "10.253.255.202").await?;
     let ttl = Duration::from_secs(300);
     first.register_proxy(&first_addr, ttl).await?;
 

@@ -1,5 +1,6 @@
 //! A real Kubernetes control plane for tests: etcd + kube-apiserver +
-//! kube-controller-manager on loopback, or an existing cluster.
+//! kube-controller-manager + kube-scheduler on a host-local address of the
+//! plane's own, or an existing cluster.
 //!
 //! One control plane per test process ([`ControlPlane::shared`]), started on
 //! first use. Under cargo-nextest (the test command) every test is its own
@@ -7,16 +8,24 @@
 //! binary share it. Set `ZMQ_PROXY_TEST_KUBECONFIG=/path/to/kubeconfig` to run
 //! the same tests against an existing cluster instead.
 //!
+//! Ports cannot race: each plane leases an address of its own from
+//! 10.252.0.0/16 ([`crate::loopback`]) and listens there on the well-known
+//! ports (etcd 2379/2380, API server 6443); a component that still lost its
+//! port (a wildcard listener of some other program) is started again on
+//! other ports ([`with_port_retry`]).
+//!
 //! The API server authenticates with a static token file (an admin in
-//! `system:masters`, the controller manager as `system:kube-controller-manager`),
-//! authorizes with RBAC only, and signs ServiceAccount tokens so the
-//! TokenRequest API works. The controller manager runs its default controller
-//! set (garbage collector, deployment, replicaset, endpoint(slice),
-//! serviceaccount + token, namespace, node lifecycle, ...) with per-controller
-//! ServiceAccount credentials, as in a real cluster. There is no scheduler
-//! and no kubelet: [`crate::NodeAgent`] plays both.
+//! `system:masters`, the controller manager and the scheduler as their
+//! `system:` users), authorizes with RBAC only, and signs ServiceAccount
+//! tokens so the TokenRequest API works. The controller manager runs its
+//! default controller set (garbage collector, deployment, replicaset,
+//! endpoint(slice), serviceaccount, namespace, node lifecycle, ...) with
+//! per-controller ServiceAccount credentials, and kube-scheduler binds pods
+//! to nodes, as in a real cluster. There is no kubelet: [`crate::NodeAgent`]
+//! plays it.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -30,7 +39,7 @@ use kube::{Api, Client};
 use tokio::sync::OnceCell;
 
 use crate::kubeconfig::{self, ClusterAccess};
-use crate::net::free_port;
+use crate::loopback::{self, IpLease, Pool};
 use crate::pki;
 use crate::process::{remove_at_exit, Process, ProcessSpec};
 use crate::tools;
@@ -59,24 +68,146 @@ pub struct ControlPlane {
 
 /// The processes of a local plane.
 struct Local {
+    /// The plane's own host-local address, held while it runs.
+    _address: IpLease,
     etcd: Process,
     apiserver: Mutex<Option<Process>>,
     apiserver_spec: ProcessSpec,
     controller_manager: Process,
+    scheduler: Process,
+}
+
+/// Ports a local plane tries first on its own address: the well-known ones,
+/// below the ephemeral range, so no client socket of another process sits
+/// on them.
+#[derive(Clone, Copy, Debug)]
+pub struct Ports {
+    /// etcd's client port.
+    pub etcd_client: u16,
+    /// etcd's peer port.
+    pub etcd_peer: u16,
+    /// The API server's secure port.
+    pub apiserver: u16,
+}
+
+impl Default for Ports {
+    fn default() -> Self {
+        Ports {
+            etcd_client: 2379,
+            etcd_peer: 2380,
+            apiserver: 6443,
+        }
+    }
+}
+
+/// Static bearer tokens of the plane's users.
+struct Tokens {
+    admin: String,
+    controller_manager: String,
+    scheduler: String,
+}
+
+impl Tokens {
+    fn generate() -> std::io::Result<Tokens> {
+        Ok(Tokens {
+            admin: random_token()?,
+            controller_manager: random_token()?,
+            scheduler: random_token()?,
+        })
+    }
+
+    /// The API server's `--token-auth-file`: token,user,uid[,"groups"].
+    fn file(&self) -> String {
+        format!(
+            "{},admin,admin-uid,\"system:masters\"\n{},system:kube-controller-manager,kube-controller-manager-uid\n{},system:kube-scheduler,kube-scheduler-uid\n",
+            self.admin, self.controller_manager, self.scheduler
+        )
+    }
+}
+
+/// Why a component did not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// It exited because another process holds one of its ports.
+    PortTaken(String),
+    /// Anything else (the message carries its log tail).
+    Other(anyhow::Error),
+}
+
+/// The line listeners log when their port is taken (Go's net package).
+const PORT_TAKEN: &str = "address already in use";
+
+/// How many port sets [`with_port_retry`] tries before it gives up.
+const PORT_ATTEMPTS: usize = 5;
+
+/// Runs `attempt` with the `preferred` ports, then, while it fails with
+/// [`StartError::PortTaken`], with ports free on `ip` right now. A port
+/// found free can still be taken before the component binds it; the retry
+/// covers that too.
+pub async fn with_port_retry<const N: usize, T>(
+    what: &str,
+    ip: Ipv4Addr,
+    preferred: [u16; N],
+    mut attempt: impl AsyncFnMut([u16; N]) -> Result<T, StartError>,
+) -> Result<(T, [u16; N])> {
+    let mut ports = preferred;
+    for n in 1..=PORT_ATTEMPTS {
+        match attempt(ports).await {
+            Ok(value) => return Ok((value, ports)),
+            Err(StartError::Other(e)) => return Err(e),
+            Err(StartError::PortTaken(log)) => {
+                tracing::warn!(
+                    "{what} lost one of its ports {ports:?} on {ip} (attempt {n} of {PORT_ATTEMPTS}); retrying on others: {}",
+                    log.lines().rev().find(|l| l.contains(PORT_TAKEN)).unwrap_or_default()
+                );
+                let mut next = [0; N];
+                for p in &mut next {
+                    *p = free_port_on(ip)?;
+                }
+                ports = next;
+            }
+        }
+    }
+    bail!("{what} could not get a port on {ip} in {PORT_ATTEMPTS} attempts")
+}
+
+/// Waits until `ready` says the process works, it exits, or the startup
+/// deadline passes. An exit whose log says the port was taken is
+/// [`StartError::PortTaken`].
+async fn await_start(
+    process: &Process,
+    dir: &Path,
+    mut ready: impl AsyncFnMut() -> bool,
+) -> Result<(), StartError> {
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    let log = dir.join(format!("{}.log", process.name()));
+    loop {
+        if let Some(info) = process.exited() {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains(PORT_TAKEN) {
+                return Err(StartError::PortTaken(text));
+            }
+            return Err(StartError::Other(anyhow!(
+                "{} exited during startup ({info}); log tail:\n{}",
+                process.name(),
+                log_tail(&log)
+            )));
+        }
+        if ready().await {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(StartError::Other(anyhow!(
+                "{} not ready within {STARTUP_TIMEOUT:?}; log tail:\n{}",
+                process.name(),
+                log_tail(&log)
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 static SHARED: OnceCell<ControlPlane> = OnceCell::const_new();
-
-/// Which thread (= which test, under `cargo test`) created each namespace,
-/// so that node agents of parallel tests in one process bind only their own
-/// test's pods (see [`crate::NodeAgent::start`]).
-static NAMESPACE_OWNERS: Mutex<BTreeMap<String, std::thread::ThreadId>> =
-    Mutex::new(BTreeMap::new());
-
-/// The thread that created namespace `ns` through [`ControlPlane::namespace`].
-pub fn namespace_owner(ns: &str) -> Option<std::thread::ThreadId> {
-    NAMESPACE_OWNERS.lock().ok()?.get(ns).copied()
-}
 
 impl ControlPlane {
     /// The control plane of this test process, started on first use (or the
@@ -122,110 +253,154 @@ impl ControlPlane {
         Ok(cp)
     }
 
-    /// Starts etcd, kube-apiserver and kube-controller-manager and waits until
-    /// they work. Everything is stopped when the process exits (see
+    /// Starts etcd, kube-apiserver, kube-controller-manager and
+    /// kube-scheduler on a host-local address of this plane's own and waits
+    /// until they work. Everything is stopped when the process exits (see
     /// [`crate::process`]).
     pub async fn start_local() -> Result<ControlPlane> {
+        Self::start_local_with(Ports::default()).await
+    }
+
+    /// [`ControlPlane::start_local`] with other preferred ports (tests of
+    /// the port retry).
+    pub async fn start_local_with(ports: Ports) -> Result<ControlPlane> {
         let started = Instant::now();
         let apiserver_bin = tools::kube_apiserver()?;
         let cm_bin = tools::kube_controller_manager()?;
+        let scheduler_bin = tools::kube_scheduler()?;
         let etcd_bin = tools::etcd()?;
         let dir = scratch_dir()?;
+        // An address of its own: no other test process listens there, so
+        // the well-known ports are free unless something holds them on
+        // every address (a wildcard listener); then `with_port_retry`
+        // moves on.
+        let address = loopback::lease_in(Pool::ControlPlanes)?;
+        let ip = address.ip();
         let pki_dir = dir.join("pki");
         std::fs::create_dir_all(&pki_dir)?;
         let pki = tokio::task::spawn_blocking({
             let pki_dir = pki_dir.clone();
-            move || pki::generate(&pki_dir, SERVICE_IP)
+            move || pki::generate(&pki_dir, &ip.to_string(), SERVICE_IP)
         })
         .await??;
 
         // etcd fsyncs every write; on tmpfs that costs nothing.
         let etcd_data = fast_data_dir(&dir)?;
-        let etcd_client = free_port()?;
-        let etcd_peer = free_port()?;
-        let etcd_spec = ProcessSpec::new("etcd", &etcd_bin, dir.join("etcd.log")).args(etcd_args(
-            &etcd_data,
-            etcd_client,
-            etcd_peer,
-        ));
-        let etcd = Process::spawn(&etcd_spec)?;
-
-        let admin_token = random_token()?;
-        let cm_token = random_token()?;
-        let token_file = dir.join("tokens.csv");
-        std::fs::write(
-            &token_file,
-            format!(
-                "{admin_token},admin,admin-uid,\"system:masters\"\n{cm_token},system:kube-controller-manager,kube-controller-manager-uid\n"
-            ),
-        )?;
-        let port = free_port()?;
-        let apiserver_spec = ProcessSpec::new(
-            "kube-apiserver",
-            &apiserver_bin,
-            dir.join("kube-apiserver.log"),
+        let (etcd, [etcd_port, _]) = with_port_retry(
+            "etcd",
+            ip,
+            [ports.etcd_client, ports.etcd_peer],
+            async |[client, peer]| {
+                let spec = ProcessSpec::new("etcd", &etcd_bin, dir.join("etcd.log"))
+                    .args(etcd_args(&etcd_data, ip, client, peer));
+                let etcd = Process::spawn(&spec).map_err(|e| StartError::Other(e.into()))?;
+                let addr = format!("{ip}:{client}");
+                await_start(&etcd, &dir, async || {
+                    matches!(crate::http::get(&addr, "/health").await, Ok((200, body)) if body.contains("\"health\":\"true\""))
+                })
+                .await?;
+                Ok(etcd)
+            },
         )
-        .args(apiserver_args(&ApiserverFiles {
-            etcd_port: etcd_client,
-            port,
-            pki: &pki,
-            token_file: &token_file,
-            cert_dir: &dir.join("apiserver-certs"),
-        }));
-        let apiserver = Process::spawn(&apiserver_spec)?;
+        .await?;
 
-        let cluster = ClusterAccess {
-            server: format!("https://127.0.0.1:{port}"),
-            certificate_authority: Some(pki.ca_cert.display().to_string()),
-            ..Default::default()
-        };
-        let admin_kubeconfig = dir.join("admin.kubeconfig");
-        kubeconfig::write(&admin_kubeconfig, &cluster, "admin", &admin_token, None)?;
-        let cm_kubeconfig = dir.join("controller-manager.kubeconfig");
-        kubeconfig::write(
-            &cm_kubeconfig,
-            &cluster,
-            "system:kube-controller-manager",
-            &cm_token,
-            None,
+        let tokens = Tokens::generate()?;
+        let token_file = dir.join("tokens.csv");
+        std::fs::write(&token_file, tokens.file())?;
+        let ((apiserver, apiserver_spec, cluster, config), _) =
+            with_port_retry("kube-apiserver", ip, [ports.apiserver], async |[port]| {
+                let spec = ProcessSpec::new(
+                    "kube-apiserver",
+                    &apiserver_bin,
+                    dir.join("kube-apiserver.log"),
+                )
+                .args(apiserver_args(&ApiserverFiles {
+                    etcd: format!("{ip}:{etcd_port}"),
+                    ip,
+                    port,
+                    pki: &pki,
+                    token_file: &token_file,
+                    cert_dir: &dir.join("apiserver-certs"),
+                }));
+                let apiserver = Process::spawn(&spec).map_err(|e| StartError::Other(e.into()))?;
+                let cluster = ClusterAccess {
+                    server: format!("https://{ip}:{port}"),
+                    certificate_authority: Some(pki.ca_cert.display().to_string()),
+                    ..Default::default()
+                };
+                let admin = dir.join("admin.kubeconfig");
+                kubeconfig::write(&admin, &cluster, "admin", &tokens.admin, None)
+                    .map_err(|e| StartError::Other(e.into()))?;
+                let config = kubeconfig::load_config(&admin)
+                    .await
+                    .map_err(|e| StartError::Other(e.into()))?;
+                let client =
+                    Client::try_from(config.clone()).map_err(|e| StartError::Other(e.into()))?;
+                await_start(&apiserver, &dir, async || {
+                    let Ok(req) = http::Request::get("/readyz").body(Vec::new()) else {
+                        return false;
+                    };
+                    matches!(client.request_text(req).await, Ok(text) if text.trim() == "ok")
+                })
+                .await?;
+                Ok((apiserver, spec, cluster, config))
+            })
+            .await?;
+        let apiserver_ready = started.elapsed();
+
+        let mut kubeconfigs = BTreeMap::new();
+        for (user, token) in [
+            ("system:kube-controller-manager", &tokens.controller_manager),
+            ("system:kube-scheduler", &tokens.scheduler),
+        ] {
+            let path = dir.join(format!("{}.kubeconfig", user.trim_start_matches("system:")));
+            kubeconfig::write(&path, &cluster, user, token, None)?;
+            kubeconfigs.insert(user, path);
+        }
+        // Neither serves anything the tests need (secure port 0), so they
+        // take no port that could clash.
+        let controller_manager = Process::spawn(
+            &ProcessSpec::new(
+                "kube-controller-manager",
+                &cm_bin,
+                dir.join("kube-controller-manager.log"),
+            )
+            .args(controller_manager_args(
+                &kubeconfigs["system:kube-controller-manager"],
+                &pki,
+            )),
         )?;
-        let config = kubeconfig::load_config(&admin_kubeconfig).await?;
+        let scheduler = Process::spawn(
+            &ProcessSpec::new(
+                "kube-scheduler",
+                &scheduler_bin,
+                dir.join("kube-scheduler.log"),
+            )
+            .args(scheduler_args(&kubeconfigs["system:kube-scheduler"])),
+        )?;
 
         let mut cp = ControlPlane {
             local: None,
-            kubeconfig: admin_kubeconfig,
+            kubeconfig: dir.join("admin.kubeconfig"),
             config,
             cluster,
             dir: dir.clone(),
             names: AtomicU64::new(0),
             startup: Duration::ZERO,
         };
-        // The controller manager retries until the API server answers, so it
-        // starts now rather than after /readyz: that saves a second or two.
-        let cm_spec = ProcessSpec::new(
-            "kube-controller-manager",
-            &cm_bin,
-            dir.join("kube-controller-manager.log"),
-        )
-        .args(controller_manager_args(&cm_kubeconfig, &pki));
-        let controller_manager = Process::spawn(&cm_spec)?;
-        wait_ready(
-            &cp.client()?,
-            &[&etcd, &apiserver, &controller_manager],
-            &dir,
-        )
-        .await?;
-        let apiserver_ready = started.elapsed();
         cp.local = Some(Local {
+            _address: address,
             etcd,
             apiserver: Mutex::new(Some(apiserver)),
             apiserver_spec,
             controller_manager,
+            scheduler,
         });
         cp.wait_controllers().await?;
         cp.startup = started.elapsed();
         tracing::info!(
             dir = %dir.display(),
+            server = %cp.cluster.server,
             "control plane ready in {:.1?} (API server ready after {:.1?})",
             cp.startup,
             apiserver_ready
@@ -234,23 +409,25 @@ impl ControlPlane {
     }
 
     /// The controller manager works once the ServiceAccount controller has
-    /// created `default` in `default` (and the token controller its secret).
+    /// created `default` in `default`; the scheduler once it holds no
+    /// error. Either exiting fails the start with its log.
     async fn wait_controllers(&self) -> Result<()> {
         let sas: Api<ServiceAccount> = Api::namespaced(self.client()?, "default");
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
             if let Some(local) = &self.local {
-                if let Some(info) = local.controller_manager.exited() {
-                    bail!(
-                        "kube-controller-manager exited ({info}); log tail:\n{}",
-                        log_tail(&self.dir.join("kube-controller-manager.log"))
-                    );
+                for p in [&local.controller_manager, &local.scheduler] {
+                    if let Some(info) = p.exited() {
+                        bail!(
+                            "{} exited ({info}); log tail:\n{}",
+                            p.name(),
+                            log_tail(&self.dir.join(format!("{}.log", p.name())))
+                        );
+                    }
                 }
             }
-            if let Ok(Some(sa)) = sas.get_opt("default").await {
-                if !sa.secrets.unwrap_or_default().is_empty() {
-                    return Ok(());
-                }
+            if let Ok(Some(_)) = sas.get_opt("default").await {
+                return Ok(());
             }
             if Instant::now() > deadline {
                 bail!(
@@ -266,6 +443,11 @@ impl ControlPlane {
     /// tokio runtime; each test has its own).
     pub fn client(&self) -> Result<Client> {
         Client::try_from(self.config.clone()).context("cannot build a kube client")
+    }
+
+    /// Admin access as a kube config (for clients of another runtime).
+    pub fn config(&self) -> &kube::Config {
+        &self.config
     }
 
     /// The admin kubeconfig file.
@@ -293,12 +475,17 @@ impl ControlPlane {
         self.startup
     }
 
-    /// PIDs of the plane's processes (etcd, API server, controller manager).
+    /// PIDs of the plane's processes (etcd, API server, controller
+    /// manager, scheduler).
     pub fn pids(&self) -> Vec<i32> {
         let Some(local) = &self.local else {
             return Vec::new();
         };
-        let mut pids = vec![local.etcd.pid(), local.controller_manager.pid()];
+        let mut pids = vec![
+            local.etcd.pid(),
+            local.controller_manager.pid(),
+            local.scheduler.pid(),
+        ];
         if let Ok(guard) = local.apiserver.lock() {
             pids.extend(guard.as_ref().map(Process::pid));
         }
@@ -340,21 +527,13 @@ impl ControlPlane {
             .create(&PostParams::default(), &ns)
             .await
             .with_context(|| format!("cannot create namespace {name}"))?;
-        if let Ok(mut owners) = NAMESPACE_OWNERS.lock() {
-            owners.insert(name.clone(), std::thread::current().id());
-        }
         // Pods are rejected until the namespace's default ServiceAccount
-        // exists (and, on 1.20, its token secret): wait, so tests need not.
+        // exists: wait, so tests need not.
         let sas: Api<ServiceAccount> = Api::namespaced(self.client()?, &name);
-        let needs_secret = self.is_local();
         crate::wait::until(
             "the namespace's default ServiceAccount",
             STARTUP_TIMEOUT,
-            || async {
-                Ok(sas.get_opt("default").await?.filter(|sa| {
-                    !needs_secret || sa.secrets.as_ref().is_some_and(|s| !s.is_empty())
-                }))
-            },
+            || async { Ok(sas.get_opt("default").await?) },
         )
         .await?;
         Ok(name)
@@ -405,9 +584,9 @@ impl ControlPlane {
         request_token(&api, sa, bound).await
     }
 
-    /// Stops the API server (SIGTERM, then SIGKILL after 5 s: kube-apiserver 1.20 can take
-    /// 15 s and more to drain its watches) for outage
-    /// tests; etcd and the controller manager keep running.
+    /// Stops the API server (SIGTERM, then SIGKILL after 5 s: it can take
+    /// longer to drain its watches) for outage tests; etcd, the controller
+    /// manager and the scheduler keep running.
     pub async fn stop_apiserver(&self) -> Result<()> {
         let local = self
             .local
@@ -475,22 +654,24 @@ pub async fn request_token(
 
 /// File arguments of the API server.
 struct ApiserverFiles<'a> {
-    etcd_port: u16,
+    /// etcd's client address (ip:port).
+    etcd: String,
+    ip: Ipv4Addr,
     port: u16,
     pki: &'a pki::Pki,
     token_file: &'a Path,
     cert_dir: &'a Path,
 }
 
-fn etcd_args(data: &Path, client: u16, peer: u16) -> Vec<String> {
+fn etcd_args(data: &Path, ip: Ipv4Addr, client: u16, peer: u16) -> Vec<String> {
     vec![
         "--name=harness".into(),
         format!("--data-dir={}", data.display()),
-        format!("--listen-client-urls=http://127.0.0.1:{client}"),
-        format!("--advertise-client-urls=http://127.0.0.1:{client}"),
-        format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
-        format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
-        format!("--initial-cluster=harness=http://127.0.0.1:{peer}"),
+        format!("--listen-client-urls=http://{ip}:{client}"),
+        format!("--advertise-client-urls=http://{ip}:{client}"),
+        format!("--listen-peer-urls=http://{ip}:{peer}"),
+        format!("--initial-advertise-peer-urls=http://{ip}:{peer}"),
+        format!("--initial-cluster=harness=http://{ip}:{peer}"),
         "--logger=zap".into(),
         "--log-level=warn".into(),
     ]
@@ -498,12 +679,10 @@ fn etcd_args(data: &Path, client: u16, peer: u16) -> Vec<String> {
 
 fn apiserver_args(f: &ApiserverFiles<'_>) -> Vec<String> {
     vec![
-        format!("--etcd-servers=http://127.0.0.1:{}", f.etcd_port),
-        "--bind-address=127.0.0.1".into(),
-        "--advertise-address=127.0.0.1".into(),
+        format!("--etcd-servers=http://{}", f.etcd),
+        format!("--bind-address={}", f.ip),
+        format!("--advertise-address={}", f.ip),
         format!("--secure-port={}", f.port),
-        // 1.20 still opens an unauthenticated port 8080 by default.
-        "--insecure-port=0".into(),
         format!("--cert-dir={}", f.cert_dir.display()),
         format!("--tls-cert-file={}", f.pki.server_cert.display()),
         format!("--tls-private-key-file={}", f.pki.server_key.display()),
@@ -534,11 +713,26 @@ fn controller_manager_args(kubeconfig: &Path, pki: &pki::Pki) -> Vec<String> {
         format!("--root-ca-file={}", pki.ca_cert.display()),
         "--controllers=*".into(),
         "--leader-elect=false".into(),
-        // No serving needed; avoids fixed ports 10252/10257.
-        "--port=0".into(),
+        // No serving needed; avoids the fixed port 10257.
         "--secure-port=0".into(),
         "--profiling=false".into(),
     ]
+}
+
+fn scheduler_args(kubeconfig: &Path) -> Vec<String> {
+    vec![
+        format!("--kubeconfig={}", kubeconfig.display()),
+        "--leader-elect=false".into(),
+        // No serving needed; avoids the fixed port 10259.
+        "--secure-port=0".into(),
+        "--profiling=false".into(),
+    ]
+}
+
+/// A port free on `ip` right now.
+fn free_port_on(ip: Ipv4Addr) -> std::io::Result<u16> {
+    let listener = std::net::TcpListener::bind((ip, 0))?;
+    Ok(listener.local_addr()?.port())
 }
 
 /// Polls /readyz until it answers `ok`, failing early if a process exits.
@@ -675,7 +869,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn apiserver_disables_the_insecure_port_and_uses_rbac() {
+    fn apiserver_listens_on_the_planes_address_and_uses_rbac() {
         let dir = Path::new("/x");
         let pki = pki::Pki {
             ca_cert: dir.join("ca.crt"),
@@ -686,17 +880,66 @@ mod tests {
             sa_pub: dir.join("sa.pub"),
         };
         let args = apiserver_args(&ApiserverFiles {
-            etcd_port: 1,
+            etcd: "10.252.0.3:1".into(),
+            ip: Ipv4Addr::new(10, 252, 0, 3),
             port: 2,
             pki: &pki,
             token_file: Path::new("/x/t"),
             cert_dir: Path::new("/x/c"),
         });
-        assert!(args.contains(&"--insecure-port=0".to_string()));
+        assert!(args.contains(&"--bind-address=10.252.0.3".to_string()));
+        assert!(args.contains(&"--etcd-servers=http://10.252.0.3:1".to_string()));
         assert!(args.contains(&"--authorization-mode=RBAC".to_string()));
         assert!(args.contains(&"--secure-port=2".to_string()));
         assert!(args
             .iter()
             .any(|a| a.starts_with("--service-account-signing-key-file=")));
+    }
+
+    #[tokio::test]
+    async fn a_start_that_lost_its_port_is_retried_on_others() {
+        let ip = Ipv4Addr::LOCALHOST;
+        let mut tried = Vec::new();
+        let (value, ports) = with_port_retry("x", ip, [1, 2], async |ports| {
+            tried.push(ports);
+            if tried.len() < 3 {
+                Err(StartError::PortTaken(format!(
+                    "listen {ports:?}: bind: {PORT_TAKEN}"
+                )))
+            } else {
+                Ok("started")
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(value, "started");
+        assert_eq!(tried.len(), 3);
+        assert_eq!(tried[0], [1, 2]);
+        assert_eq!(ports, tried[2]);
+        assert!(ports.iter().all(|p| *p != 0 && *p != 1 && *p != 2));
+    }
+
+    #[tokio::test]
+    async fn other_start_errors_are_not_retried_and_retries_end() {
+        let ip = Ipv4Addr::LOCALHOST;
+        let mut calls = 0;
+        let err = with_port_retry("x", ip, [1], async |_| {
+            calls += 1;
+            Err::<(), _>(StartError::Other(anyhow!("boom")))
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(calls, 1);
+        assert!(err.to_string().contains("boom"));
+
+        let mut calls = 0;
+        let err = with_port_retry("x", ip, [1], async |_| {
+            calls += 1;
+            Err::<(), _>(StartError::PortTaken(PORT_TAKEN.into()))
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(calls, PORT_ATTEMPTS);
+        assert!(err.to_string().contains("could not get a port"));
     }
 }

@@ -14,6 +14,7 @@
 pub mod control_plane;
 pub mod http;
 pub mod kubeconfig;
+pub mod loopback;
 pub mod net;
 pub mod node_agent;
 pub mod pki;

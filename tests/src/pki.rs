@@ -3,7 +3,7 @@
 //! the ServiceAccount token signing key pair.
 //!
 //! The serving certificate must satisfy rustls (kube-rs's TLS): the address
-//! the client dials (127.0.0.1) has to be an IP SAN, and the certificate must
+//! the client dials (the plane's own host-local address) has to be an IP SAN, and the certificate must
 //! be a leaf (`CA:FALSE`) — rustls rejects a CA certificate used as the
 //! end-entity, which is why the API server's self-signed default won't do.
 
@@ -48,10 +48,12 @@ pub struct Pki {
     pub sa_pub: PathBuf,
 }
 
-/// Subject alternative names of the serving certificate: loopback (what
-/// clients dial) and the in-cluster names of the `kubernetes` Service.
-pub fn serving_sans(service_ip: &str) -> String {
+/// Subject alternative names of the serving certificate: the address the
+/// API server listens on (what clients dial), 127.0.0.1, and the in-cluster
+/// names of the `kubernetes` Service.
+pub fn serving_sans(listen_ip: &str, service_ip: &str) -> String {
     [
+        format!("IP:{listen_ip}"),
         "IP:127.0.0.1".to_string(),
         format!("IP:{service_ip}"),
         "DNS:localhost".to_string(),
@@ -84,8 +86,9 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap_or_default()
 }
 
-/// Generates everything in `dir` (which must exist).
-pub fn generate(dir: &Path, service_ip: &str) -> Result<Pki, PkiError> {
+/// Generates everything in `dir` (which must exist) for an API server
+/// listening on `listen_ip`.
+pub fn generate(dir: &Path, listen_ip: &str, service_ip: &str) -> Result<Pki, PkiError> {
     let pki = Pki {
         ca_cert: dir.join("ca.crt"),
         ca_key: dir.join("ca.key"),
@@ -138,7 +141,7 @@ pub fn generate(dir: &Path, service_ip: &str) -> Result<Pki, PkiError> {
     )?;
     let ext_text = format!(
         "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName={}\n",
-        serving_sans(service_ip)
+        serving_sans(listen_ip, service_ip)
     );
     std::fs::write(&ext, ext_text).map_err(|source| PkiError::Io {
         path: ext.clone(),
@@ -196,8 +199,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sans_cover_loopback_and_service_names() {
-        let sans = serving_sans("10.0.0.1");
+    fn sans_cover_the_listen_address_and_service_names() {
+        let sans = serving_sans("10.252.0.7", "10.0.0.1");
+        assert!(sans.contains("IP:10.252.0.7"));
         assert!(sans.contains("IP:127.0.0.1"));
         assert!(sans.contains("IP:10.0.0.1"));
         assert!(sans.contains("DNS:kubernetes.default.svc"));

@@ -1,10 +1,16 @@
-//! Where the harness finds its programs: the Kubernetes binaries that
-//! tests/install.sh caches, etcd, kubectl, helm and the workspace's binaries.
+//! Where the harness finds its programs: the Kubernetes, etcd and Prometheus
+//! binaries that tests/install.sh builds from Go modules into the cache,
+//! helm, and the workspace's binaries.
 
 use std::path::{Path, PathBuf};
 
 /// Kubernetes version tests/install.sh builds (the cache is keyed by it).
-pub const K8S_VERSION: &str = "1.20.2";
+pub const K8S_VERSION: &str = "1.37.2";
+/// etcd version tests/install.sh builds.
+pub const ETCD_VERSION: &str = "3.7.3";
+/// Prometheus module version tests/install.sh builds (Prometheus 3.x is
+/// published as Go module versions v0.3xx.y).
+pub const PROMETHEUS_VERSION: &str = "v0.316.0";
 
 /// Errors locating a program.
 #[derive(Debug, thiserror::Error)]
@@ -30,9 +36,22 @@ pub fn cache_dir() -> PathBuf {
     home.join(".cache").join("zmq-proxy")
 }
 
-/// Directory holding kube-apiserver, kube-controller-manager and kubectl.
+/// Directory holding kube-apiserver, kube-controller-manager,
+/// kube-scheduler, kubelet, kube-proxy and kubectl.
 pub fn k8s_bin_dir() -> PathBuf {
     cache_dir().join(format!("k8s-{K8S_VERSION}")).join("bin")
+}
+
+/// Directory holding etcd.
+pub fn etcd_bin_dir() -> PathBuf {
+    cache_dir().join(format!("etcd-{ETCD_VERSION}")).join("bin")
+}
+
+/// Directory holding prometheus.
+pub fn prometheus_bin_dir() -> PathBuf {
+    cache_dir()
+        .join(format!("prometheus-{PROMETHEUS_VERSION}"))
+        .join("bin")
 }
 
 fn in_dirs(name: &str, dirs: &[PathBuf]) -> Result<PathBuf, ToolError> {
@@ -66,7 +85,7 @@ fn path_dirs() -> Vec<PathBuf> {
 }
 
 /// kube-apiserver from the cache (never a random one from PATH: the harness
-/// passes 1.20 flags).
+/// passes flags of its own version).
 pub fn kube_apiserver() -> Result<PathBuf, ToolError> {
     in_dirs("kube-apiserver", &[k8s_bin_dir()])
 }
@@ -76,7 +95,12 @@ pub fn kube_controller_manager() -> Result<PathBuf, ToolError> {
     in_dirs("kube-controller-manager", &[k8s_bin_dir()])
 }
 
-/// kubectl: the cached 1.20 client first, then PATH.
+/// kube-scheduler from the cache.
+pub fn kube_scheduler() -> Result<PathBuf, ToolError> {
+    in_dirs("kube-scheduler", &[k8s_bin_dir()])
+}
+
+/// kubectl: the cached client of the plane's version first, then PATH.
 pub fn kubectl() -> Result<PathBuf, ToolError> {
     let mut dirs = vec![k8s_bin_dir()];
     dirs.extend(path_dirs());
@@ -90,11 +114,15 @@ pub fn helm() -> Result<PathBuf, ToolError> {
     in_dirs("helm", &dirs)
 }
 
-/// etcd (Debian's etcd-server) from PATH or /usr/bin.
+/// etcd from the cache (Debian's 3.4 is older than Kubernetes supports).
 pub fn etcd() -> Result<PathBuf, ToolError> {
-    let mut dirs = path_dirs();
-    dirs.push(PathBuf::from("/usr/bin"));
-    in_dirs("etcd", &dirs)
+    in_dirs("etcd", &[etcd_bin_dir()])
+}
+
+/// Prometheus from the cache (Debian's build has Kubernetes service
+/// discovery compiled out).
+pub fn prometheus() -> Result<PathBuf, ToolError> {
+    in_dirs("prometheus", &[prometheus_bin_dir()])
 }
 
 /// Directory of the workspace's built binaries: `$ZMQ_PROXY_BIN_DIR`, else

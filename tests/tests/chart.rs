@@ -402,18 +402,22 @@ fn defaults_render_a_cluster_wide_operator_with_two_replicas() {
 }
 
 #[test]
-fn pdb_version_comes_from_the_cluster_capabilities() {
-    // Offline, helm's built-in API list always has policy/v1; the fallback to
-    // policy/v1beta1 is exercised by `helm install` against the 1.20 plane
-    // (tests/tests/chart_cluster.rs). Here: the switch exists and v1 wins
-    // when served.
+fn pdb_is_policy_v1_and_no_template_needs_a_beta_api() {
+    // Every supported Kubernetes serves policy/v1 (since 1.21); the
+    // v1beta1 fallbacks of the 1.20 days are gone.
     let r = render(json!({}));
     assert_eq!(r.one("PodDisruptionBudget")["apiVersion"], "policy/v1");
-    let tpl = read(chart().join("templates/_helpers.tpl"));
-    assert!(
-        tpl.contains(r#".Capabilities.APIVersions.Has "policy/v1""#)
-            && tpl.contains("policy/v1beta1")
-    );
+    for entry in std::fs::read_dir(chart().join("templates")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let text = read(&path);
+            assert!(
+                !text.contains("policy/v1beta1") && !text.contains("discovery.k8s.io/v1beta1"),
+                "{} still names a beta API",
+                path.display()
+            );
+        }
+    }
 }
 
 #[test]

@@ -3,17 +3,14 @@
 //! the node agent (the operator image mapped to the workspace's binary) with
 //! exactly the chart's ServiceAccount and RBAC (checked with `kubectl auth
 //! can-i`), elect one leader and reconcile examples/zmqproxy-basic.yaml into
-//! running, registered proxies. A real Prometheus (Debian's package)
-//! discovers the pods with the scrape configuration of docs/metrics.md,
+//! running, registered proxies. A real Prometheus (built from Go modules by
+//! tests/install.sh) discovers the pods through `kubernetes_sd_configs` with
+//! exactly the scrape configuration of docs/metrics.md,
 //! scrapes proxies and operators, evaluates the chart's alert rules and
 //! answers every dashboard query; raw ZMTP traffic into one proxy moves its
 //! counters under the documented labels. Then both operators are Ready
 //! behind their metrics Service, `helm upgrade` to cluster scope reaches a
 //! namespace the values never named, and `helm uninstall` cleans up.
-//!
-//! Debian's Prometheus has no Kubernetes service discovery (no client-go in
-//! Debian): the test then serves the same pod targets and
-//! `__meta_kubernetes_*` labels over `http_sd_configs` (see [`http_sd`]).
 //!
 //! Needs helm, kubectl and prometheus (`bash tests/install.sh`) and the
 //! workspace binaries (`cargo build --workspace --bins` first).
@@ -29,6 +26,8 @@ use harness::wait::until;
 use harness::{ControlPlane, NodeAgent};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{ListParams, PostParams};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
@@ -104,7 +103,6 @@ struct Prometheus {
     process: Process,
     addr: String,
     log: PathBuf,
-    _sd_bridge: Option<http_sd::Bridge>,
 }
 
 impl Drop for Prometheus {
@@ -174,51 +172,30 @@ async fn ready_pods(client: &Client, ns: &str, selector: &str) -> Result<BTreeMa
         .collect())
 }
 
-/// Whether the API server serves `group/version`.
-async fn served(client: &Client, group: &str, version: &str) -> bool {
-    client
-        .list_api_group_resources(&format!("{group}/{version}"))
-        .await
-        .is_ok()
-}
-
 /// Ready `ip:port` (port named `metrics`) of the EndpointSlices of Service
-/// `service`, in whichever discovery.k8s.io version the cluster serves.
+/// `service`.
 async fn service_endpoints(client: &Client, ns: &str, service: &str) -> Result<BTreeSet<String>> {
+    let api: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
+    let lp = ListParams::default().labels(&format!("kubernetes.io/service-name={service}"));
     let mut out = BTreeSet::new();
-    for version in ["v1", "v1beta1"] {
-        let ar = ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk("discovery.k8s.io", version, "EndpointSlice"),
-            "endpointslices",
-        );
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
-        let lp = ListParams::default().labels(&format!("kubernetes.io/service-name={service}"));
-        let Ok(list) = api.list(&lp).await else {
-            continue;
-        };
-        for slice in list.items {
-            let port = slice.data["ports"]
-                .as_array()
-                .and_then(|ps| ps.iter().find(|p| p["name"] == "metrics"))
-                .and_then(|p| p["port"].as_i64());
-            let Some(port) = port else { continue };
-            for e in slice.data["endpoints"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-            {
-                if e["conditions"]["ready"] != false {
-                    for a in e["addresses"].as_array().cloned().unwrap_or_default() {
-                        if let Some(ip) = a.as_str() {
-                            out.insert(format!("{ip}:{port}"));
-                        }
-                    }
+    for slice in api.list(&lp).await?.items {
+        let port = slice
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some("metrics"))
+            .and_then(|p| p.port);
+        let Some(port) = port else { continue };
+        for e in &slice.endpoints {
+            // An absent `ready` means ready (discovery.k8s.io/v1 semantics).
+            if e.conditions.as_ref().and_then(|c| c.ready) != Some(false) {
+                for ip in &e.addresses {
+                    out.insert(format!("{ip}:{port}"));
                 }
             }
         }
-        return Ok(out);
     }
-    bail!("no EndpointSlice API served")
+    Ok(out)
 }
 
 /// docs/metrics.md: metric -> documented labels.
@@ -305,8 +282,7 @@ async fn helm_install_runs_the_operator_which_reconciles_an_example_and_promethe
             bin.display()
         );
     }
-    let agent =
-        NodeAgent::start_in_namespaces(cp, images, &[&release_ns, &watch_ns, &other_ns]).await?;
+    let agent = NodeAgent::start(cp, images).await?;
     let result = scenario(cp, &client, &release_ns, &watch_ns, &other_ns).await;
     if let Err(e) = &result {
         eprintln!("scenario failed: {e:#}");
@@ -437,8 +413,7 @@ async fn scenario(
     );
 
     // 1c. Namespaced scope grants exactly the watched namespace (and the
-    //     Lease at home); the PodDisruptionBudget is in the version this
-    //     cluster serves (policy/v1beta1 on 1.20).
+    //     Lease at home); the PodDisruptionBudget is policy/v1.
     let sa = format!("system:serviceaccount:{release_ns}:{RELEASE}-zmq-proxy-operator");
     let can = |verb: &str, resource: &str, ns: &str| {
         let out = Command::new(&kubectl)
@@ -483,21 +458,12 @@ async fn scenario(
         !can("list", "secrets", watch_ns),
         "the operator can read Secrets"
     );
-    let pdb_version = if served(client, "policy", "v1").await {
-        "v1"
-    } else {
-        "v1beta1"
-    };
-    let pdb_ar = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("policy", pdb_version, "PodDisruptionBudget"),
-        "poddisruptionbudgets",
-    );
-    let pdbs: Api<DynamicObject> = Api::namespaced_with(client.clone(), release_ns, &pdb_ar);
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), release_ns);
     ensure!(
         pdbs.get_opt(&format!("{RELEASE}-zmq-proxy-operator"))
             .await?
             .is_some(),
-        "no policy/{pdb_version} PodDisruptionBudget"
+        "no policy/v1 PodDisruptionBudget"
     );
 
     // 2. Two operator pods run; one of them takes the Lease.
@@ -762,7 +728,6 @@ async fn start_prometheus(
     let token = cp
         .service_account_token(release_ns, "prometheus", None)
         .await?;
-    let (prom_client, _) = cp.service_account_client(release_ns, "prometheus").await?;
 
     let dir = cp.dir().join(&name);
     std::fs::create_dir_all(dir.join("data"))?;
@@ -802,33 +767,6 @@ async fn start_prometheus(
         "namespaces".into(),
         json!({"names": [release_ns, watch_ns]}),
     );
-    // Debian builds Prometheus without Kubernetes service discovery (no
-    // client-go in Debian). Then the same pod targets, with the same
-    // __meta_kubernetes_* labels, come from an HTTP SD endpoint that lists
-    // the pods as Prometheus's ServiceAccount; the documented relabelling
-    // applies unchanged.
-    let mut sd_bridge = None;
-    if !supports_kubernetes_sd(&dir, &scrape)? {
-        let bridge = http_sd::serve(
-            prom_client,
-            vec![release_ns.to_string(), watch_ns.to_string()],
-        )
-        .await?;
-        eprintln!(
-            "this Prometheus has no kubernetes_sd_configs; pods discovered through {}",
-            bridge.url
-        );
-        let job = scrape["scrape_configs"][0]
-            .as_object_mut()
-            .context("documented job")?;
-        job.remove("kubernetes_sd_configs");
-        job.insert(
-            "http_sd_configs".into(),
-            json!([{"url": bridge.url, "refresh_interval": "1s"}]),
-        );
-        sd_bridge = Some(bridge);
-    }
-
     // The chart's alert rules, as the PrometheusRule would carry them.
     let rendered = run(
         &harness::tools::helm()?,
@@ -859,23 +797,13 @@ async fn start_prometheus(
     let port = harness::net::free_port()?;
     let addr = format!("127.0.0.1:{port}");
     let log = dir.join("prometheus.log");
-    let program = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .context("prometheus (Debian's package; run `bash tests/install.sh`)")?;
-    let spec = ProcessSpec::new("prometheus", program, &log).args([
+    let spec = ProcessSpec::new("prometheus", harness::tools::prometheus()?, &log).args([
         format!("--config.file={}", config_file.display()),
         format!("--storage.tsdb.path={}", dir.join("data").display()),
         format!("--web.listen-address={addr}"),
     ]);
     let process = Process::spawn(&spec)?;
-    let prom = Prometheus {
-        process,
-        addr,
-        log,
-        _sd_bridge: sd_bridge,
-    };
+    let prom = Prometheus { process, addr, log };
     until("Prometheus ready", Duration::from_secs(60), || async {
         if let Some(exit) = prom.process.exited() {
             bail!("prometheus exited ({exit}):\n{}", prom.log_tail());
@@ -1193,178 +1121,6 @@ async fn check_prometheus(
         }
     }
     Ok(())
-}
-
-/// Whether this Prometheus understands `kubernetes_sd_configs` (promtool
-/// checks a configuration holding the documented job).
-fn supports_kubernetes_sd(dir: &Path, scrape: &Value) -> Result<bool> {
-    let file = dir.join("kubernetes-sd-check.yml");
-    std::fs::write(&file, serde_yaml::to_string(scrape)?)?;
-    let out = Command::new("promtool")
-        .args(["check", "config", "--syntax-only"])
-        .arg(&file)
-        .output()
-        .context("running promtool")?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if text.contains("field kubernetes_sd_configs not found") {
-        return Ok(false);
-    }
-    ensure!(out.status.success(), "promtool check config: {text}");
-    Ok(true)
-}
-
-/// Prometheus HTTP service discovery serving what `kubernetes_sd_configs`
-/// with `role: pod` yields: one target per declared container port, labelled
-/// with the same `__meta_kubernetes_*` names.
-mod http_sd {
-    use std::collections::BTreeMap;
-
-    use anyhow::Result;
-    use k8s_openapi::api::core::v1::Pod;
-    use kube::api::ListParams;
-    use kube::{Api, Client, ResourceExt};
-    use serde_json::{json, Value};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::task::JoinHandle;
-
-    /// The running endpoint; stops when dropped.
-    pub struct Bridge {
-        /// URL for `http_sd_configs`.
-        pub url: String,
-        task: JoinHandle<()>,
-    }
-
-    impl Drop for Bridge {
-        fn drop(&mut self) {
-            self.task.abort();
-        }
-    }
-
-    fn sanitize(name: &str) -> String {
-        name.chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect()
-    }
-
-    /// Target groups for the pods of `namespaces`, as Prometheus's
-    /// Kubernetes SD (role: pod) labels them.
-    pub fn target_groups(pods: &[Pod]) -> Vec<Value> {
-        let mut groups = Vec::new();
-        for pod in pods {
-            let Some(status) = &pod.status else { continue };
-            let Some(ip) = &status.pod_ip else { continue };
-            let mut common = BTreeMap::new();
-            common.insert(
-                "__meta_kubernetes_namespace".to_string(),
-                pod.namespace().unwrap_or_default(),
-            );
-            common.insert("__meta_kubernetes_pod_name".to_string(), pod.name_any());
-            common.insert("__meta_kubernetes_pod_ip".to_string(), ip.clone());
-            common.insert(
-                "__meta_kubernetes_pod_phase".to_string(),
-                status.phase.clone().unwrap_or_default(),
-            );
-            let ready = status
-                .conditions
-                .iter()
-                .flatten()
-                .any(|c| c.type_ == "Ready" && c.status == "True");
-            common.insert("__meta_kubernetes_pod_ready".to_string(), ready.to_string());
-            for (k, v) in pod.labels() {
-                common.insert(
-                    format!("__meta_kubernetes_pod_label_{}", sanitize(k)),
-                    v.clone(),
-                );
-                common.insert(
-                    format!("__meta_kubernetes_pod_labelpresent_{}", sanitize(k)),
-                    "true".into(),
-                );
-            }
-            for (k, v) in pod.annotations() {
-                common.insert(
-                    format!("__meta_kubernetes_pod_annotation_{}", sanitize(k)),
-                    v.clone(),
-                );
-                common.insert(
-                    format!("__meta_kubernetes_pod_annotationpresent_{}", sanitize(k)),
-                    "true".into(),
-                );
-            }
-            for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
-                let mut labels = common.clone();
-                labels.insert(
-                    "__meta_kubernetes_pod_container_name".into(),
-                    c.name.clone(),
-                );
-                labels.insert(
-                    "__meta_kubernetes_pod_container_image".into(),
-                    c.image.clone().unwrap_or_default(),
-                );
-                let ports = c.ports.clone().unwrap_or_default();
-                if ports.is_empty() {
-                    groups.push(json!({"targets": [ip], "labels": labels}));
-                }
-                for p in ports {
-                    let mut labels = labels.clone();
-                    labels.insert(
-                        "__meta_kubernetes_pod_container_port_name".into(),
-                        p.name.clone().unwrap_or_default(),
-                    );
-                    labels.insert(
-                        "__meta_kubernetes_pod_container_port_number".into(),
-                        p.container_port.to_string(),
-                    );
-                    labels.insert(
-                        "__meta_kubernetes_pod_container_port_protocol".into(),
-                        p.protocol.clone().unwrap_or_else(|| "TCP".into()),
-                    );
-                    groups.push(json!({"targets": [format!("{ip}:{}", p.container_port)], "labels": labels}));
-                }
-            }
-        }
-        groups
-    }
-
-    async fn answer(client: &Client, namespaces: &[String]) -> Result<String> {
-        let mut pods = Vec::new();
-        for ns in namespaces {
-            let api: Api<Pod> = Api::namespaced(client.clone(), ns);
-            pods.extend(api.list(&ListParams::default()).await?.items);
-        }
-        Ok(Value::Array(target_groups(&pods)).to_string())
-    }
-
-    /// Serves the target groups on 127.0.0.1 (a free port), listing pods
-    /// with `client` on every request.
-    pub async fn serve(client: Client, namespaces: Vec<String>) -> Result<Bridge> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}/targets", listener.local_addr()?);
-        let task = tokio::spawn(async move {
-            while let Ok((mut conn, _)) = listener.accept().await {
-                let client = client.clone();
-                let namespaces = namespaces.clone();
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 4096];
-                    // One small GET per connection; the request is not needed.
-                    let _ = conn.read(&mut buf).await;
-                    let (status, body) = match answer(&client, &namespaces).await {
-                        Ok(body) => ("200 OK", body),
-                        Err(e) => ("500 Internal Server Error", format!("{e:#}")),
-                    };
-                    let response = format!(
-                        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = conn.write_all(response.as_bytes()).await;
-                });
-            }
-        });
-        Ok(Bridge { url, task })
-    }
 }
 
 /// Just enough ZMTP 3.0 (NULL mechanism) to be a DEALER: the test crate

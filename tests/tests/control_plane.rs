@@ -1,12 +1,14 @@
 //! The harness's control plane behaves like a real cluster: controllers
 //! turn Deployments into ReplicaSets and Pods, the garbage collector follows
 //! owner references, RBAC confines ServiceAccounts, and the API server can be
-//! stopped and restarted with its data intact.
+//! stopped and restarted with its data intact, and a plane started where
+//! its ports are taken moves to others.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Result;
+use harness::control_plane::Ports;
 use harness::wait::until;
 use harness::ControlPlane;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
@@ -36,9 +38,10 @@ fn deployment(name: &str, replicas: i32, image: &str) -> Deployment {
 }
 
 #[tokio::test]
-async fn control_plane_reports_its_start_time() -> Result<()> {
+async fn control_plane_runs_the_release_the_install_step_built() -> Result<()> {
     let cp = ControlPlane::shared().await?;
-    // A figure for the record (cold vs warm start), not an assertion.
+    // The start time is a figure for the record (cold vs warm), not an
+    // assertion: these machines are shared.
     println!(
         "control plane (local: {}) ready in {:.1?}",
         cp.is_local(),
@@ -46,6 +49,55 @@ async fn control_plane_reports_its_start_time() -> Result<()> {
     );
     let version = cp.client()?.apiserver_version().await?;
     println!("API server version {}", version.git_version);
+    if cp.is_local() {
+        assert_eq!(
+            version.git_version,
+            format!("v{}", harness::tools::K8S_VERSION)
+        );
+        let server = &cp.cluster().server;
+        assert!(
+            server.starts_with("https://10.252."),
+            "the plane listens on an address of its own, not {server}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_plane_whose_ports_are_taken_starts_on_others() -> Result<()> {
+    if std::env::var_os(harness::control_plane::EXTERNAL_KUBECONFIG_ENV).is_some() {
+        println!("existing cluster: no local plane to start; nothing to test");
+        return Ok(());
+    }
+    // Wildcard listeners hold these ports on every address, the plane's
+    // own included, as a program of the machine's might.
+    let squatters: Vec<std::net::TcpListener> = (0..3)
+        .map(|_| std::net::TcpListener::bind(("0.0.0.0", 0)))
+        .collect::<std::io::Result<_>>()?;
+    let taken: Vec<u16> = squatters
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<std::io::Result<_>>()?;
+    let cp = ControlPlane::start_local_with(Ports {
+        etcd_client: taken[0],
+        etcd_peer: taken[1],
+        apiserver: taken[2],
+    })
+    .await?;
+    let port: u16 = cp
+        .cluster()
+        .server
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no port in {}", cp.cluster().server))?;
+    // It was asked for taken[2]: any other port means a start lost its
+    // port and was retried.
+    assert!(!taken.contains(&port), "API server on a taken port {port}");
+    let ns = cp.namespace("ports").await?;
+    let cms: Api<ConfigMap> = Api::namespaced(cp.client()?, &ns);
+    assert!(cms.list(&ListParams::default()).await?.items.is_empty());
+    drop(squatters);
     Ok(())
 }
 

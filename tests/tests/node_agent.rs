@@ -11,6 +11,7 @@ use harness::wait::until;
 use harness::{ControlPlane, NodeAgent};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::ByteString;
 use kube::api::{
@@ -91,20 +92,12 @@ async fn http_get(ip: &str, port: u16, path: &str) -> Result<String> {
     Ok(out)
 }
 
-/// EndpointSlices of `ns` in whichever version the cluster serves (v1 from
-/// 1.21, v1beta1 on 1.20).
+/// EndpointSlices (discovery.k8s.io/v1) of `ns`, as JSON.
 async fn endpoint_slices(client: &Client, ns: &str) -> Result<Vec<DynamicObject>> {
-    for version in ["v1", "v1beta1"] {
-        let gvk = GroupVersionKind::gvk("discovery.k8s.io", version, "EndpointSlice");
-        let ar = ApiResource::from_gvk_with_plural(&gvk, "endpointslices");
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
-        match api.list(&ListParams::default()).await {
-            Ok(list) => return Ok(list.items),
-            Err(kube::Error::Api(e)) if e.code == 404 => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    anyhow::bail!("the cluster serves no discovery.k8s.io EndpointSlice version")
+    let gvk = GroupVersionKind::gvk("discovery.k8s.io", "v1", "EndpointSlice");
+    let ar = ApiResource::from_gvk_with_plural(&gvk, "endpointslices");
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
+    Ok(api.list(&ListParams::default()).await?.items)
 }
 
 fn container_pid(pod: &Pod) -> Option<i32> {
@@ -226,13 +219,26 @@ async fn pod_runs_as_a_process_with_its_env_and_ip_and_becomes_ready() -> Result
         let running = wait_ready(&pods, "envpod").await?;
         let status = running.status.clone().context("status")?;
         let ip = status.pod_ip.clone().context("podIP")?;
-        assert!(ip.starts_with("127.") && ip != "127.0.0.1", "pod IP {ip}");
+        assert!(ip.starts_with("10.253."), "pod IP {ip}");
         assert_eq!(status.host_ip.as_deref(), Some("127.0.0.1"));
         assert_eq!(status.phase.as_deref(), Some("Running"));
         assert_eq!(
             running.spec.as_ref().and_then(|s| s.node_name.as_deref()),
             Some(agent.node_name())
         );
+        // kube-scheduler placed it, as in a cluster (the agent binds nothing).
+        let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+        let scheduled = events
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("Scheduled")
+                    && e.reporting_controller.as_deref() == Some("default-scheduler")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("envpod")
+            });
+        assert!(scheduled, "no Scheduled event from default-scheduler");
         for kind in ["PodScheduled", "Initialized", "ContainersReady", "Ready"] {
             let c = status.conditions.iter().flatten().find(|c| c.type_ == kind);
             assert_eq!(

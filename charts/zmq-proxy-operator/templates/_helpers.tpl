@@ -70,12 +70,3 @@ namespace when the list is empty.
 {{- define "zmq-proxy-operator.rules" -}}
 {{- .Files.Get "files/rbac-rules.yaml" | fromYaml | toYaml }}
 {{- end }}
-
-{{/* The PodDisruptionBudget API version the cluster serves. */}}
-{{- define "zmq-proxy-operator.pdbApiVersion" -}}
-{{- if .Capabilities.APIVersions.Has "policy/v1" }}
-{{- print "policy/v1" }}
-{{- else }}
-{{- print "policy/v1beta1" }}
-{{- end }}
-{{- end }}

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use harness::node_agent::ip_pool::{self, IpLease};
+use harness::loopback::{self, IpLease};
 use harness::process::{Process, ProcessSpec};
 use harness::wait::until;
 use harness::ControlPlane;
@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use kube::api::{DeleteParams, ObjectMeta, PostParams};
 use kube::{Api, Client};
-use zmq_proxy::matchmaker::kubernetes::endpoint_slice::SliceVersion;
+use zmq_proxy::matchmaker::kubernetes::endpoint_slice;
 
 /// Generous deadline for anything the control plane does (2 shared cores).
 pub const TIMEOUT: Duration = Duration::from_secs(60);
@@ -173,7 +173,7 @@ impl ProxyProcess {
         kubeconfig: &std::path::Path,
         extra: &[(&str, &str)],
     ) -> Result<ProxyProcess> {
-        let lease = ip_pool::lease()?;
+        let lease = loopback::lease()?;
         let ip = lease.ip().to_string();
         let name = pod.metadata.name.clone().unwrap_or_default();
         let log = cluster.cp.dir().join(format!("{}-{name}.log", cluster.ns));
@@ -418,29 +418,14 @@ impl Drop for Traffic {
     }
 }
 
-/// The served EndpointSlice API, as the proxy chooses it.
-pub async fn slices(
-    client: &kube::Client,
-    ns: &str,
-) -> Result<(kube::Api<kube::api::DynamicObject>, SliceVersion)> {
-    let groups = client.list_api_groups().await?;
-    let served: Vec<String> = groups
-        .groups
-        .iter()
-        .filter(|g| g.name == "discovery.k8s.io")
-        .flat_map(|g| g.versions.iter().map(|v| v.version.clone()))
-        .collect();
-    let version = SliceVersion::choose(served.iter().map(String::as_str))
-        .ok_or_else(|| anyhow!("no EndpointSlice API"))?;
+/// The EndpointSlice API (`discovery.k8s.io/v1`), as JSON objects.
+pub fn slices(client: &kube::Client, ns: &str) -> kube::Api<kube::api::DynamicObject> {
     let resource = kube::core::ApiResource {
         group: "discovery.k8s.io".into(),
-        version: version.version().into(),
-        api_version: version.api_version(),
+        version: "v1".into(),
+        api_version: endpoint_slice::API_VERSION.into(),
         kind: "EndpointSlice".into(),
         plural: "endpointslices".into(),
     };
-    Ok((
-        kube::Api::namespaced_with(client.clone(), ns, &resource),
-        version,
-    ))
+    kube::Api::namespaced_with(client.clone(), ns, &resource)
 }

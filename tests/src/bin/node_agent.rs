@@ -1,14 +1,13 @@
 //! `zmq-proxy-node-agent`: the harness's node agent as a program, for people
 //! exploring a test control plane (see tests/control-plane.sh): it registers
-//! a Node and runs pods bound to it as local processes until Ctrl-C.
+//! a Node and runs the pods kube-scheduler binds to it as local processes
+//! until Ctrl-C.
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Context, Result};
 use clap::Parser;
 use harness::kubeconfig;
-use harness::node_agent::Scope;
 use harness::NodeAgent;
 
 /// Runs pods as local processes (image repository -> binary).
@@ -22,9 +21,6 @@ struct Args {
     /// ghcr.io/zmq-proxy/zmq-proxy=target/debug/zmq-proxy).
     #[arg(long = "image", required = true)]
     images: Vec<String>,
-    /// Only bind pods of these namespaces (default: all).
-    #[arg(long = "namespace")]
-    namespaces: Vec<String>,
     /// Directory for pod files and logs.
     #[arg(long, default_value_os_t = std::env::temp_dir().join(format!("zmq-proxy-node-agent-{}", std::process::id())))]
     dir: PathBuf,
@@ -38,15 +34,9 @@ async fn main() -> Result<()> {
         .map_err(|e| anyhow!(e))?;
     let config = kubeconfig::load_config(&args.kubeconfig).await?;
     let cluster = kubeconfig::cluster_of(&args.kubeconfig)?;
-    let client = kube::Client::try_from(config)?;
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("cannot create {}", args.dir.display()))?;
-    let scope = if args.namespaces.is_empty() {
-        Scope::All
-    } else {
-        Scope::Namespaces(args.namespaces.into_iter().collect::<HashSet<String>>())
-    };
-    let agent = NodeAgent::start_with(client, cluster, &args.dir, images, scope, false).await?;
+    let agent = NodeAgent::start_with(config, cluster, &args.dir, images, false).await?;
     println!(
         "node {} running; pod logs under {}",
         agent.node_name(),

@@ -1,15 +1,13 @@
-//! The node agent: a kubelet (and scheduler) stand-in that runs pods as local
-//! processes.
+//! The node agent: a kubelet stand-in that runs pods as local processes.
 //!
 //! It registers a Ready Node (with capacity, renewing its Lease so the node
-//! lifecycle controller keeps it Ready), binds pending pods to it through the
-//! `pods/binding` subresource (there is no scheduler), and runs every pod
-//! bound to it in a [`pod::PodWorker`]: each container becomes a process of
-//! the binary its image repository maps to. Both loops are driven by
-//! kube-runtime watchers, not by polling the API.
+//! lifecycle controller keeps it Ready); kube-scheduler binds pods to it as
+//! to any node, and it runs every pod bound to it in a [`pod::PodWorker`]:
+//! each container becomes a process of the binary its image repository maps
+//! to. The pod loop is driven by a kube-runtime watcher, not by polling.
 //!
 //! What a container process sees:
-//! - its own pod IP, 127.0.0.N ([`ip_pool`]), in `status.podIP` and in env
+//! - its own pod IP, 10.253.x.y ([`crate::loopback`]), in `status.podIP` and in env
 //!   through the downward API; the host IP is 127.0.0.1;
 //! - the pod's env ([`env`]), `$(VAR)`-expanded command and args, `HOSTNAME`;
 //! - `KUBECONFIG` = a kubeconfig acting as the pod's ServiceAccount (token
@@ -23,19 +21,15 @@
 //! Unsupported pod features are logged as warnings (initContainers, exec
 //! probes, lifecycle hooks, most volume types, ...).
 //!
-//! Which pending pods an agent binds ([`Scope`]): under cargo-nextest every
-//! test has its own process, plane and agent, so "all" is right. Under
-//! `cargo test`, parallel tests share the plane; an agent from
-//! [`NodeAgent::start`] then binds pods of namespaces its own test created
-//! with [`ControlPlane::namespace`] (same thread), and pods of other
-//! namespaces only while it is the only agent in the process.
+//! Under cargo-nextest every test has its own process, plane and agent, so
+//! every pod of a test lands on its own agent. Under `cargo test` the
+//! tests of one binary share the plane and run one at a time
+//! (tests/run.sh), so there is one agent at a time too.
 
 pub mod env;
 pub mod expand;
 pub mod fieldref;
-pub mod ip_pool;
 pub mod mounts;
-pub mod placement;
 pub mod pod;
 pub mod probe;
 pub mod sources;
@@ -44,17 +38,16 @@ pub mod volumes;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Binding, Namespace, Node, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, ResourceExt};
@@ -74,38 +67,6 @@ pub const NODE_LABEL: &str = "zmq-proxy.io/node-agent";
 const LEASE_RENEW: Duration = Duration::from_secs(10);
 /// How long `Drop` waits for SIGTERMed pod processes before SIGKILL.
 const DROP_GRACE: Duration = Duration::from_secs(10);
-
-/// Which pending pods an agent binds.
-#[derive(Clone, Debug)]
-pub enum Scope {
-    /// Every namespace.
-    All,
-    /// Only these namespaces.
-    Namespaces(HashSet<String>),
-    /// Namespaces created (via [`ControlPlane::namespace`]) on this thread,
-    /// others only while this is the process's only agent.
-    Test(std::thread::ThreadId),
-}
-
-impl Scope {
-    /// Whether to bind pods of `ns`; `harness_ns`: the namespace carries
-    /// the harness label (created by some test process).
-    fn binds(&self, ns: &str, harness_ns: impl FnOnce() -> bool) -> bool {
-        match self {
-            Scope::All => true,
-            Scope::Namespaces(set) => set.contains(ns),
-            Scope::Test(me) => match crate::control_plane::namespace_owner(ns) {
-                Some(owner) => owner == *me,
-                // Another process's test namespace (several test processes
-                // on one existing cluster) is never ours.
-                None => LIVE_AGENTS.load(Ordering::Relaxed) <= 1 && !harness_ns(),
-            },
-        }
-    }
-}
-
-/// Agents alive in this process.
-static LIVE_AGENTS: AtomicUsize = AtomicUsize::new(0);
 
 /// What every pod worker shares.
 pub struct AgentContext {
@@ -145,6 +106,8 @@ impl AgentContext {
 /// pod process.
 pub struct NodeAgent {
     ctx: Arc<AgentContext>,
+    /// For deleting the Node when dropped (a client of its own, see Drop).
+    config: kube::Config,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     stopped: bool,
@@ -152,52 +115,30 @@ pub struct NodeAgent {
 
 impl NodeAgent {
     /// Starts an agent; `images` maps image repositories (the part before
-    /// ':') to local binaries. It binds pending pods as [`Scope::Test`]
-    /// says: those of namespaces this test created, others while it is the
-    /// only agent of the process.
+    /// ':') to local binaries.
     pub async fn start(cp: &ControlPlane, images: HashMap<String, PathBuf>) -> Result<NodeAgent> {
         Self::start_with(
-            cp.client()?,
+            cp.config().clone(),
             cp.cluster().clone(),
             cp.dir(),
             images,
-            Scope::Test(std::thread::current().id()),
             !cp.is_local(),
         )
         .await
     }
 
-    /// Like [`NodeAgent::start`], but binds only pods of `namespaces` (for
-    /// several agents on one control plane).
-    pub async fn start_in_namespaces(
-        cp: &ControlPlane,
-        images: HashMap<String, PathBuf>,
-        namespaces: &[&str],
-    ) -> Result<NodeAgent> {
-        let ns = namespaces.iter().map(|s| s.to_string()).collect();
-        Self::start_with(
-            cp.client()?,
-            cp.cluster().clone(),
-            cp.dir(),
-            images,
-            Scope::Namespaces(ns),
-            !cp.is_local(),
-        )
-        .await
-    }
-
-    /// The general form: any client and cluster. `taint` marks the Node
-    /// NoSchedule so a real cluster's scheduler leaves it alone.
+    /// The general form: any cluster (`config`: admin access). `taint` marks
+    /// the Node NoSchedule so a real cluster's scheduler leaves it alone.
     pub async fn start_with(
-        client: Client,
+        config: kube::Config,
         cluster: ClusterAccess,
         base_dir: &Path,
         images: HashMap<String, PathBuf>,
-        scope: Scope,
         taint: bool,
     ) -> Result<NodeAgent> {
         static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let client = Client::try_from(config.clone()).context("cannot build a kube client")?;
         let node = format!("harness-node-{}-{seq}", std::process::id());
         let dir = base_dir.join(format!("agent-{node}"));
         std::fs::create_dir_all(&dir)
@@ -220,21 +161,15 @@ impl NodeAgent {
             processes: Mutex::new(Vec::new()),
         });
         register_node(&client, &node, taint).await?;
-        LIVE_AGENTS.fetch_add(1, Ordering::Relaxed);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let tasks = vec![
             tokio::spawn(heartbeat(client.clone(), node.clone(), shutdown_rx.clone())),
-            tokio::spawn(binder(
-                client.clone(),
-                node.clone(),
-                scope,
-                shutdown_rx.clone(),
-            )),
             tokio::spawn(dispatcher(ctx.clone(), shutdown_rx)),
         ];
         tracing::info!(%node, "node agent started");
         Ok(NodeAgent {
             ctx,
+            config,
             shutdown,
             tasks,
             stopped: false,
@@ -280,7 +215,6 @@ impl NodeAgent {
     /// and deletes the Node.
     pub async fn stop(mut self) -> Result<()> {
         self.stopped = true;
-        LIVE_AGENTS.fetch_sub(1, Ordering::Relaxed);
         let _ = self.shutdown.send(true);
         for t in std::mem::take(&mut self.tasks) {
             let _ = t.await;
@@ -300,7 +234,6 @@ impl Drop for NodeAgent {
         if self.stopped {
             return;
         }
-        LIVE_AGENTS.fetch_sub(1, Ordering::Relaxed);
         let _ = self.shutdown.send(true);
         for t in &self.tasks {
             t.abort();
@@ -317,7 +250,33 @@ impl Drop for NodeAgent {
                 p.wait_blocking(Duration::from_secs(5));
             }
         }
+        delete_node_blocking(self.config.clone(), self.ctx.node.clone());
     }
+}
+
+/// Deletes the Node from a thread and runtime of its own: Drop cannot
+/// await, and the test's runtime (often current-thread) is blocked in this
+/// very call. A Node left behind would look Ready for the node-monitor
+/// grace period, and the scheduler would keep placing the next test's pods
+/// on it. Best effort, bounded by a timeout: the plane may be gone already.
+fn delete_node_blocking(config: kube::Config, node: String) {
+    let worker = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        rt.block_on(async {
+            let nodes: Api<Node> = Api::all(Client::try_from(config).ok()?);
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                nodes.delete(&node, &Default::default()),
+            )
+            .await
+            .ok()?
+            .ok()
+        })
+    });
+    let _ = worker.join();
 }
 
 async fn register_node(client: &Client, node: &str, taint: bool) -> Result<()> {
@@ -369,7 +328,7 @@ fn node_status() -> serde_json::Value {
         ],
         "nodeInfo": {
             "architecture": std::env::consts::ARCH, "bootID": "", "containerRuntimeVersion": "harness://processes",
-            "kernelVersion": "", "kubeProxyVersion": "", "kubeletVersion": "v1.20.2-harness",
+            "kernelVersion": "", "kubeProxyVersion": "", "kubeletVersion": format!("v{}-harness", crate::tools::K8S_VERSION),
             "machineID": "", "operatingSystem": "linux", "osImage": "zmq-proxy test node agent", "systemUUID": "",
         },
     })
@@ -457,91 +416,6 @@ async fn heartbeat(client: Client, node: String, mut shutdown: watch::Receiver<b
         tokio::select! {
             _ = tokio::time::sleep(LEASE_RENEW) => {}
             _ = shutdown.changed() => return,
-        }
-    }
-}
-
-/// The scheduler part: binds every unscheduled pod in scope to this node.
-async fn binder(client: Client, node: String, scope: Scope, mut shutdown: watch::Receiver<bool>) {
-    let pods: Api<Pod> = Api::all(client.clone());
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let mut harness_namespaces: HashMap<String, bool> = HashMap::new();
-    let cfg = watcher::Config::default().fields("spec.nodeName=");
-    let mut stream = watcher::watcher(pods, cfg)
-        .backoff(WatchBackoff::new())
-        .boxed();
-    loop {
-        let event = tokio::select! {
-            ev = stream.try_next() => ev,
-            _ = shutdown.changed() => return,
-        };
-        let pod = match event {
-            Ok(Some(Event::Apply(p) | Event::InitApply(p))) => p,
-            Ok(Some(_)) => continue,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::debug!("node agent binder watch: {e}");
-                continue;
-            }
-        };
-        let ns = pod.namespace().unwrap_or_default();
-        let unscheduled = pod
-            .spec
-            .as_ref()
-            .is_some_and(|s| s.node_name.as_deref().unwrap_or("").is_empty());
-        if !unscheduled
-            || pod.metadata.deletion_timestamp.is_some()
-            || placement::wants_other_node(&pod, &node)
-        {
-            continue;
-        }
-        let labelled = match (&scope, harness_namespaces.get(&ns)) {
-            (Scope::Test(_), None) if crate::control_plane::namespace_owner(&ns).is_none() => {
-                let labelled = namespaces
-                    .get_opt(&ns)
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_some_and(|n| {
-                        n.labels()
-                            .contains_key(crate::control_plane::NAMESPACE_LABEL)
-                    });
-                harness_namespaces.insert(ns.clone(), labelled);
-                labelled
-            }
-            (_, known) => known.copied().unwrap_or(false),
-        };
-        if !scope.binds(&ns, || labelled) {
-            continue;
-        }
-        let name = pod.name_any();
-        let binding = Binding {
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                namespace: Some(ns.clone()),
-                ..Default::default()
-            },
-            target: ObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Node".into()),
-                name: Some(node.clone()),
-                ..Default::default()
-            },
-        };
-        let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
-        match api
-            .create_subresource::<_, serde_json::Value>(
-                "binding",
-                &name,
-                &PostParams::default(),
-                &binding,
-            )
-            .await
-        {
-            Ok(_) => tracing::info!(pod = %format!("{ns}/{name}"), %node, "bound"),
-            // Already bound (by another agent or scheduler) or gone.
-            Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {}
-            Err(e) => tracing::warn!(pod = %format!("{ns}/{name}"), "cannot bind: {e}"),
         }
     }
 }
@@ -636,7 +510,7 @@ fn on_pod(
         });
         return;
     }
-    let lease = match ip_pool::lease() {
+    let lease = match crate::loopback::lease() {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(pod = %k, "no pod IP: {e}");

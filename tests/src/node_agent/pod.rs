@@ -21,7 +21,6 @@ use tokio::sync::{mpsc, watch};
 
 use super::env;
 use super::expand::expand;
-use super::ip_pool::IpLease;
 use super::mounts::{self, Mount};
 use super::probe::{self, Outcome};
 use super::sources::Sources;
@@ -29,6 +28,7 @@ use super::status;
 use super::volumes::{self, VolumeContext, Volumes};
 use super::AgentContext;
 use crate::kubeconfig;
+use crate::loopback::IpLease;
 use crate::process::{Process, ProcessSpec};
 
 /// What the watcher tells a pod worker.

@@ -160,7 +160,7 @@ impl Cluster {
                 bin.display()
             );
         }
-        let agent = NodeAgent::start_in_namespaces(cp, images, &[&release_ns, &ns]).await?;
+        let agent = NodeAgent::start(cp, images).await?;
         let observer = KubernetesMatchmaker::new(
             client.clone(),
             KubernetesConfig {
@@ -462,13 +462,13 @@ impl Cluster {
         for (group, versions, kind, plural) in [
             (
                 "discovery.k8s.io",
-                &["v1", "v1beta1"][..],
+                &["v1"][..],
                 "EndpointSlice",
                 "endpointslices",
             ),
             (
                 "policy",
-                &["v1", "v1beta1"][..],
+                &["v1"][..],
                 "PodDisruptionBudget",
                 "poddisruptionbudgets",
             ),
@@ -556,16 +556,4 @@ impl Cluster {
 /// A ZmqProxy's uid.
 pub fn uid_of(zp: &DynamicObject) -> Result<String> {
     zp.metadata.uid.clone().context("ZmqProxy without uid")
-}
-
-/// The condition `type_` of a ZmqProxy: (status, reason, message).
-pub fn condition(zp: &DynamicObject, type_: &str) -> Option<(String, String, String)> {
-    zp.data["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)
-        .map(|c| {
-            let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
-            (s("status"), s("reason"), s("message"))
-        })
 }

@@ -1,21 +1,14 @@
 //! The EndpointSlice a proxy pod writes about itself, and how readers turn
 //! slices back into [`ProxyAddresses`]. Pure: no API calls here.
 //!
-//! The slice is built as the typed `discovery.k8s.io/v1` object; clusters
-//! that serve only `v1beta1` (Kubernetes < 1.21) get the same object mapped
-//! by [`v1_to_v1beta1`], and what readers receive from them is mapped back by
-//! [`v1beta1_to_v1`], so everything else deals with one shape. The two
-//! versions differ only in topology (`v1beta1.topology` holds the zone and
-//! what `v1.deprecatedTopology` keeps) and in `v1.hints`, which 1.20 does not
-//! know.
+//! The slice is the typed `discovery.k8s.io/v1` object (served by every
+//! supported Kubernetes).
 //!
 //! Endpoint conditions: `ready`, `serving` and `terminating` are written true
 //! to life (registered: true/true/false; draining: false/true/true, since a
-//! draining proxy still forwards what reaches it). Kubernetes 1.20 keeps only
-//! `ready` (`serving` and `terminating` sit behind the alpha gate
-//! EndpointSliceTerminatingCondition and are dropped on write); readers
-//! therefore treat `ready` as the authority and `terminating` only as an
-//! extra reason to skip an endpoint.
+//! draining proxy still forwards what reaches it, as a terminating pod's
+//! endpoint does in Kubernetes' own slices). Readers skip an endpoint that is
+//! not ready or is terminating.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -41,45 +34,8 @@ pub const FRONTEND_PORT: &str = "frontend";
 pub const BACKEND_PORT: &str = "backend";
 /// See [`FRONTEND_PORT`].
 pub const PUBLISHER_PORT: &str = "publisher";
-/// Topology key `v1beta1` uses for what `v1` calls `zone`.
-const ZONE_TOPOLOGY_KEY: &str = "topology.kubernetes.io/zone";
-
-/// The EndpointSlice API versions this backend speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SliceVersion {
-    /// `discovery.k8s.io/v1` (Kubernetes >= 1.21).
-    V1,
-    /// `discovery.k8s.io/v1beta1` (Kubernetes 1.17 - 1.24).
-    V1beta1,
-}
-
-impl SliceVersion {
-    /// The API group of EndpointSlices.
-    pub const GROUP: &'static str = "discovery.k8s.io";
-
-    /// The version part (`v1`, `v1beta1`).
-    pub fn version(self) -> &'static str {
-        match self {
-            SliceVersion::V1 => "v1",
-            SliceVersion::V1beta1 => "v1beta1",
-        }
-    }
-
-    /// `apiVersion` of objects in this version.
-    pub fn api_version(self) -> String {
-        format!("{}/{}", Self::GROUP, self.version())
-    }
-
-    /// The newest version this backend speaks among those the server
-    /// serves (the versions of the `discovery.k8s.io` group, as discovery
-    /// lists them).
-    pub fn choose<'a>(served: impl IntoIterator<Item = &'a str>) -> Option<SliceVersion> {
-        let served: Vec<&str> = served.into_iter().collect();
-        [SliceVersion::V1, SliceVersion::V1beta1]
-            .into_iter()
-            .find(|v| served.contains(&v.version()))
-    }
-}
+/// `apiVersion` of the slices this backend writes and reads.
+pub const API_VERSION: &str = "discovery.k8s.io/v1";
 
 /// What the endpoint of a proxy says about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,78 +128,15 @@ pub fn desired_slice(
     }
 }
 
-/// The JSON body of `slice` in `version`, with apiVersion and kind set (what
-/// server-side apply wants).
-pub fn to_json(slice: &EndpointSlice, version: SliceVersion) -> Result<Value, serde_json::Error> {
-    let v1 = serde_json::to_value(slice)?;
-    Ok(match version {
-        SliceVersion::V1 => v1,
-        SliceVersion::V1beta1 => v1_to_v1beta1(v1),
-    })
+/// The JSON body of `slice`, with apiVersion and kind set (what server-side
+/// apply wants).
+pub fn to_json(slice: &EndpointSlice) -> Result<Value, serde_json::Error> {
+    serde_json::to_value(slice)
 }
 
-/// Parses a slice of either version (as JSON) into the v1 type.
+/// Parses a slice (as JSON) into the v1 type.
 pub fn from_json(value: Value) -> Result<EndpointSlice, serde_json::Error> {
-    let is_beta =
-        value.get("apiVersion").and_then(Value::as_str) == Some("discovery.k8s.io/v1beta1");
-    let v1 = if is_beta { v1beta1_to_v1(value) } else { value };
-    serde_json::from_value(v1)
-}
-
-/// Maps a `discovery.k8s.io/v1` EndpointSlice (JSON) to `v1beta1`.
-pub fn v1_to_v1beta1(mut slice: Value) -> Value {
-    if let Some(obj) = slice.as_object_mut() {
-        obj.insert(
-            "apiVersion".into(),
-            Value::String(SliceVersion::V1beta1.api_version()),
-        );
-    }
-    for endpoint in endpoints_mut(&mut slice) {
-        let mut topology = match endpoint.remove("deprecatedTopology") {
-            Some(Value::Object(m)) => m,
-            _ => serde_json::Map::new(),
-        };
-        if let Some(zone) = endpoint.remove("zone") {
-            topology.insert(ZONE_TOPOLOGY_KEY.into(), zone);
-        }
-        // Hints came to v1beta1 after 1.20, which rejects unknown fields
-        // in server-side apply; nothing of ours sets them.
-        endpoint.remove("hints");
-        if !topology.is_empty() {
-            endpoint.insert("topology".into(), Value::Object(topology));
-        }
-    }
-    slice
-}
-
-/// Maps a `discovery.k8s.io/v1beta1` EndpointSlice (JSON) to `v1`.
-pub fn v1beta1_to_v1(mut slice: Value) -> Value {
-    if let Some(obj) = slice.as_object_mut() {
-        obj.insert(
-            "apiVersion".into(),
-            Value::String(SliceVersion::V1.api_version()),
-        );
-    }
-    for endpoint in endpoints_mut(&mut slice) {
-        if let Some(Value::Object(mut topology)) = endpoint.remove("topology") {
-            if let Some(zone) = topology.remove(ZONE_TOPOLOGY_KEY) {
-                endpoint.insert("zone".into(), zone);
-            }
-            if !topology.is_empty() {
-                endpoint.insert("deprecatedTopology".into(), Value::Object(topology));
-            }
-        }
-    }
-    slice
-}
-
-fn endpoints_mut(slice: &mut Value) -> impl Iterator<Item = &mut serde_json::Map<String, Value>> {
-    slice
-        .get_mut("endpoints")
-        .and_then(Value::as_array_mut)
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_object_mut)
+    serde_json::from_value(value)
 }
 
 /// The proxies a slice lists as ready: one per ready endpoint (its first
@@ -278,7 +171,7 @@ pub fn ready_proxies(slice: &EndpointSlice) -> Vec<ProxyAddresses> {
 }
 
 /// `ready` unset means ready (the API's own rule); `terminating` set means
-/// going away even where a cluster did not clear `ready`.
+/// going away even if a writer left `ready` set.
 fn is_ready(endpoint: &Endpoint) -> bool {
     let c = endpoint.conditions.clone().unwrap_or_default();
     c.ready.unwrap_or(true) && !c.terminating.unwrap_or(false)
@@ -307,19 +200,6 @@ mod tests {
     }
 
     #[test]
-    fn chooses_newest_served_version() {
-        assert_eq!(
-            SliceVersion::choose(["v1beta1", "v1"]),
-            Some(SliceVersion::V1)
-        );
-        assert_eq!(
-            SliceVersion::choose(["v1beta1"]),
-            Some(SliceVersion::V1beta1)
-        );
-        assert_eq!(SliceVersion::choose(["v1alpha1"]), None);
-    }
-
-    #[test]
     fn slice_names_owner_labels_ports_and_conditions() {
         let ip: IpAddr = "10.1.2.3".parse().unwrap();
         let s = desired_slice(
@@ -330,7 +210,7 @@ mod tests {
             &addresses(),
             EndpointState::Ready,
         );
-        let j = to_json(&s, SliceVersion::V1).unwrap();
+        let j = to_json(&s).unwrap();
         assert_eq!(j["apiVersion"], "discovery.k8s.io/v1");
         assert_eq!(j["kind"], "EndpointSlice");
         assert_eq!(j["metadata"]["name"], "zp-demo-7d9f-abcde");
@@ -364,7 +244,7 @@ mod tests {
             EndpointState::Terminating,
         );
         assert_eq!(
-            to_json(&draining, SliceVersion::V1).unwrap()["endpoints"][0]["conditions"],
+            to_json(&draining).unwrap()["endpoints"][0]["conditions"],
             json!({"ready": false, "serving": true, "terminating": true})
         );
         assert_eq!(ready_proxies(&draining), vec![]);
@@ -391,70 +271,6 @@ mod tests {
         assert_eq!(s.metadata.owner_references, None);
         assert_eq!(s.ports.as_ref().map(Vec::len), Some(1));
         assert_eq!(ready_proxies(&s), vec![p]);
-    }
-
-    #[test]
-    fn v1beta1_round_trip_maps_topology() {
-        let v1 = json!({
-            "apiVersion": "discovery.k8s.io/v1",
-            "kind": "EndpointSlice",
-            "metadata": {"name": "a"},
-            "addressType": "IPv4",
-            "endpoints": [{
-                "addresses": ["10.0.0.1"],
-                "zone": "z1",
-                "deprecatedTopology": {"kubernetes.io/hostname": "n1"},
-                "hints": {"forZones": [{"name": "z1"}]},
-                "nodeName": "n1"
-            }, {"addresses": ["10.0.0.2"]}]
-        });
-        let beta = v1_to_v1beta1(v1.clone());
-        assert_eq!(
-            beta,
-            json!({
-                "apiVersion": "discovery.k8s.io/v1beta1",
-                "kind": "EndpointSlice",
-                "metadata": {"name": "a"},
-                "addressType": "IPv4",
-                "endpoints": [{
-                    "addresses": ["10.0.0.1"],
-                    "topology": {"kubernetes.io/hostname": "n1", "topology.kubernetes.io/zone": "z1"},
-                    "nodeName": "n1"
-                }, {"addresses": ["10.0.0.2"]}]
-            })
-        );
-        let mut back = v1;
-        back["endpoints"][0]
-            .as_object_mut()
-            .unwrap()
-            .remove("hints");
-        assert_eq!(v1beta1_to_v1(beta), back);
-    }
-
-    #[test]
-    fn reads_v1beta1_from_a_1_20_server() {
-        // What 1.20 returns after a drain: serving/terminating dropped.
-        let beta = json!({
-            "apiVersion": "discovery.k8s.io/v1beta1",
-            "kind": "EndpointSlice",
-            "metadata": {"name": "p", "resourceVersion": "7"},
-            "addressType": "IPv4",
-            "endpoints": [
-                {"addresses": ["127.0.0.5"], "conditions": {"ready": true}},
-                {"addresses": ["127.0.0.6"], "conditions": {"ready": false}},
-                {"addresses": ["127.0.0.7"], "conditions": {}},
-                {"addresses": ["127.0.0.8"], "conditions": {"ready": true, "terminating": true}}
-            ],
-            "ports": [
-                {"name": "backend", "port": 2, "protocol": "TCP"},
-                {"name": "frontend", "port": 1, "protocol": "TCP"}
-            ]
-        });
-        let s = from_json(beta).unwrap();
-        let hosts: Vec<String> = ready_proxies(&s).into_iter().map(|p| p.host).collect();
-        assert_eq!(hosts, ["127.0.0.5", "127.0.0.7"]);
-        assert_eq!(ready_proxies(&s)[0].backend_port, Some(2));
-        assert_eq!(ready_proxies(&s)[0].publisher_port, None);
     }
 
     #[test]

@@ -6,11 +6,9 @@
 //! - Proxies: each proxy pod server-side-applies one EndpointSlice of its
 //!   own, named after the pod and owned by it (so Kubernetes deletes it with
 //!   the pod), labelled with the ZmqProxy's headless Service and our
-//!   `managed-by`. `drain_proxy` marks its endpoint not ready and
-//!   terminating; `unregister_proxy` deletes it. The slice API version
-//!   (`v1`, or `v1beta1` on clusters older than 1.21) is chosen by API
-//!   discovery on first use. The TTL is not used: the owner reference does
-//!   what a TTL does elsewhere.
+//!   `managed-by`. `drain_proxy` marks its endpoint not ready, still serving
+//!   and terminating; `unregister_proxy` deletes it. The TTL is not used:
+//!   the owner reference does what a TTL does elsewhere.
 //! - Discovery: one watcher per process over those slices keeps the list of
 //!   ready proxies behind a `tokio::sync::watch` receiver: changes arrive as
 //!   watch events (no polling), the watcher re-lists with backoff after
@@ -52,7 +50,7 @@ use kube::{Api, Client};
 use tokio::sync::{watch, OnceCell};
 use tokio::task::AbortHandle;
 
-use self::endpoint_slice::{EndpointState, SliceVersion};
+use self::endpoint_slice::EndpointState;
 use self::server_lease::ServerRecord;
 use super::{BoxFuture, Matchmaker, MatchmakerError, ProxyAddresses, Result, Target};
 
@@ -134,7 +132,6 @@ pub struct KubernetesMatchmaker {
     /// and cannot fail on missing credentials at start).
     conn: OnceCell<Conn>,
     config: KubernetesConfig,
-    slice_version: OnceCell<SliceVersion>,
     /// What our endpoint says; `Terminating` from `drain_proxy` until
     /// `unregister_proxy`, so that a late refresh cannot mark a draining
     /// proxy ready again.
@@ -280,7 +277,6 @@ impl KubernetesMatchmaker {
         KubernetesMatchmaker {
             conn,
             config,
-            slice_version: OnceCell::new(),
             proxy_state: Mutex::new(EndpointState::Ready),
             proxy_watch: Mutex::new(None),
             server_watch: Mutex::new(None),
@@ -331,11 +327,6 @@ impl KubernetesMatchmaker {
             .await
     }
 
-    /// The EndpointSlice version in use, once discovered.
-    pub fn slice_version(&self) -> Option<SliceVersion> {
-        self.slice_version.get().copied()
-    }
-
     async fn timed<T>(
         &self,
         what: &str,
@@ -359,19 +350,9 @@ impl KubernetesMatchmaker {
         })
     }
 
-    /// The served EndpointSlice version, discovered once.
-    async fn discover_slice_version(&self) -> Result<SliceVersion> {
-        let conn = self.conn().await?;
-        self.slice_version
-            .get_or_try_init(|| discover_slice_version(&conn.client, self.config.request_timeout))
-            .await
-            .copied()
-    }
-
     async fn slice_api(&self) -> Result<Api<DynamicObject>> {
-        let version = self.discover_slice_version().await?;
         let conn = self.conn().await?;
-        Ok(slice_api(&conn.client, &conn.namespace, version))
+        Ok(slice_api(&conn.client, &conn.namespace))
     }
 
     async fn lease_api(&self) -> Result<Api<Lease>> {
@@ -397,13 +378,12 @@ impl KubernetesMatchmaker {
                 "endpoint address {ip:?} is not an IP (set POD_IP)"
             ))
         })?;
-        let version = self.discover_slice_version().await?;
         let conn = self.conn().await?;
         let slice =
             endpoint_slice::desired_slice(service, &conn.namespace, pod, address, proxy, state);
-        let body = endpoint_slice::to_json(&slice, version)
-            .map_err(|e| MatchmakerError::Backend(Box::new(e)))?;
-        let api = slice_api(&conn.client, &conn.namespace, version);
+        let body =
+            endpoint_slice::to_json(&slice).map_err(|e| MatchmakerError::Backend(Box::new(e)))?;
+        let api = slice_api(&conn.client, &conn.namespace);
         let params = PatchParams::apply(FIELD_MANAGER).force();
         self.timed(
             "apply EndpointSlice",
@@ -420,9 +400,6 @@ impl KubernetesMatchmaker {
             return Ok(h);
         }
         let selector = endpoint_slice::selector(self.service_name()?);
-        // Discovery first, so that a cluster without EndpointSlices is an
-        // error here rather than a watch retrying forever.
-        let version = self.discover_slice_version().await?;
         let conn = self.conn().await?;
         let mut guard = lock(&self.proxy_watch);
         if let Some(h) = guard.clone() {
@@ -430,7 +407,7 @@ impl KubernetesMatchmaker {
         }
         let tx = Arc::new(watch::channel(Vec::new()).0);
         let (synced_tx, synced) = watch::channel(false);
-        let api = slice_api(&conn.client, &conn.namespace, version);
+        let api = slice_api(&conn.client, &conn.namespace);
         self.spawn(run_proxy_watch(api, selector, tx.clone(), synced_tx));
         let handle = WatchHandle { tx, synced };
         *guard = Some(handle.clone());
@@ -496,42 +473,21 @@ impl KubernetesMatchmaker {
     }
 }
 
-async fn discover_slice_version(client: &Client, timeout: Duration) -> Result<SliceVersion> {
-    let groups = tokio::time::timeout(timeout, client.list_api_groups())
-        .await
-        .map_err(|_| MatchmakerError::Unavailable("API discovery timed out".into()))?
-        .map_err(|e| api_error("API discovery", e))?;
-    let served: Vec<&str> = groups
-        .groups
-        .iter()
-        .filter(|g| g.name == SliceVersion::GROUP)
-        .flat_map(|g| g.versions.iter().map(|v| v.version.as_str()))
-        .collect();
-    let version = SliceVersion::choose(served.iter().copied()).ok_or_else(|| {
-        MatchmakerError::InvalidConfig(format!(
-            "the cluster serves no discovery.k8s.io v1 or v1beta1 (served: {served:?})"
-        ))
-    })?;
-    tracing::info!(
-        version = version.version(),
-        "EndpointSlice API version chosen"
-    );
-    Ok(version)
-}
-
-fn slice_api(client: &Client, namespace: &str, version: SliceVersion) -> Api<DynamicObject> {
+/// EndpointSlices as JSON objects rather than typed ones, so that one
+/// malformed slice (written by anybody with the rights) is skipped by
+/// [`proxies_of`] instead of failing the watch's whole list.
+fn slice_api(client: &Client, namespace: &str) -> Api<DynamicObject> {
     let resource = ApiResource {
-        group: SliceVersion::GROUP.into(),
-        version: version.version().into(),
-        api_version: version.api_version(),
+        group: "discovery.k8s.io".into(),
+        version: "v1".into(),
+        api_version: endpoint_slice::API_VERSION.into(),
         kind: "EndpointSlice".into(),
         plural: "endpointslices".into(),
     };
     Api::namespaced_with(client.clone(), namespace, &resource)
 }
 
-/// Ready proxies of one slice object (of either version); malformed
-/// objects list none.
+/// Ready proxies of one slice object; malformed objects list none.
 fn proxies_of(object: &DynamicObject) -> Vec<ProxyAddresses> {
     serde_json::to_value(object)
         .and_then(endpoint_slice::from_json)

@@ -106,7 +106,7 @@ prometheus)
         echo
         echo "require github.com/prometheus/prometheus $version"
     } >go.mod
-    printf '//go:build tools\npackage tools\nimport _ "github.com/prometheus/prometheus/cmd/prometheus"\n' >tools.go
+    printf '//go:build tools\npackage tools\nimport (\n_ "github.com/prometheus/prometheus/cmd/prometheus"\n_ "github.com/prometheus/prometheus/cmd/promtool"\n)\n' >tools.go
     go mod tidy
     mkdir -p bin
     # Only the service discovery the tests use (kubernetes_sd_configs);
@@ -117,7 +117,8 @@ prometheus)
     pv=github.com/prometheus/common/version
     go build -trimpath -tags "remove_all_sd,enable_kubernetes_sd" \
         -ldflags "-s -w -X $pv.Version=$release -X $pv.Branch=HEAD -X $pv.Revision=$version" \
-        -o bin/prometheus github.com/prometheus/prometheus/cmd/prometheus
+        -o bin/ github.com/prometheus/prometheus/cmd/prometheus \
+        github.com/prometheus/prometheus/cmd/promtool
     ;;
 *)
     echo "go-build.sh: unknown target $what" >&2

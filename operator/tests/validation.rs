@@ -95,28 +95,28 @@ async fn validation(client: &kube::Client, ns: &str) -> Result<()> {
         (
             "refresh-after-expiry",
             json!({ "matchmaker": { "targetExpireSeconds": 60, "targetUpdateSeconds": 120 } }),
-            "matchmaker.targetUpdateSeconds (120) must be below targetExpireSeconds (60)",
+            "matchmaker.targetUpdateSeconds must be below targetExpireSeconds",
         ),
         (
             // The defaulted update interval (180 s) against a shorter expiry.
             "default-refresh-after-expiry",
             json!({ "matchmaker": { "targetExpireSeconds": 100 } }),
-            "matchmaker.targetUpdateSeconds (180) must be below targetExpireSeconds (100)",
+            "matchmaker.targetUpdateSeconds must be below targetExpireSeconds",
         ),
         (
             "frontend-is-metrics",
             json!({ "ports": { "frontend": 9090 } }),
-            "ports must differ: 9090 is used twice (frontend, metrics)",
+            "ports.frontend and ports.metrics must differ",
         ),
         (
             "backend-is-frontend",
             json!({ "ports": { "backend": 50001 } }),
-            "ports must differ: 50001 is used twice (backend)",
+            "ports.backend must differ from ports.frontend and ports.metrics in DoubleRouter mode",
         ),
         (
             "publisher-is-backend",
             json!({ "pubSub": { "enabled": true }, "ports": { "publisher": 50002 } }),
-            "ports must differ: 50002 is used twice (publisher)",
+            "ports.publisher must differ from the other ports in use when pubSub is enabled",
         ),
     ];
     for (name, spec, message) in &cel {

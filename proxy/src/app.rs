@@ -22,6 +22,9 @@ use crate::shutdown::Shutdown;
 use crate::sockets::{bind, new_socket, proxy_identity, ProxySocket, SocketError};
 use crate::telemetry::{serve_http, Health, Metrics, PeerMonitor, TelemetryError};
 
+/// Time the deregistration gets even when the grace period is over.
+const DEREGISTER_AT_LEAST: Duration = Duration::from_secs(2);
+
 /// Errors that stop the proxy.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -270,22 +273,35 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
     if let Some(task) = registration_task {
         let _ = task.await;
     }
+    // Clients stop choosing the proxy first (EndpointSlice: ready=false,
+    // serving=true, terminating=true, as for a terminating pod; Redis: the
+    // registration goes), while it still forwards what is in flight; the
+    // registration itself goes once traffic is quiet.
     if let Some(proxy) = &registration {
         let remaining = shutdown.remaining().unwrap_or_default();
-        let deregister = async {
-            if let Err(error) = matchmaker.drain_proxy(proxy).await {
-                tracing::warn!(%error, "cannot mark the proxy as draining");
-            }
-            if let Err(error) = matchmaker.unregister_proxy(proxy).await {
-                tracing::warn!(%error, "cannot deregister the proxy");
-            }
-        };
-        if tokio::time::timeout(remaining, deregister).await.is_err() {
-            tracing::warn!("deregistration did not finish within the grace period");
+        match tokio::time::timeout(remaining, matchmaker.drain_proxy(proxy)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "cannot mark the proxy as draining"),
+            Err(_) => tracing::warn!(
+                "marking the proxy as draining did not finish within the grace period"
+            ),
         }
     }
     if outcome.is_ok() {
         wait_until_quiet(&activity, settings.drain_quiet, &shutdown).await;
+    }
+    if let Some(proxy) = &registration {
+        // Past the grace period too, if need be: the pod's termination grace
+        // has a margin for this (operator: TERMINATION_MARGIN_SECONDS).
+        let budget = shutdown
+            .remaining()
+            .unwrap_or_default()
+            .max(DEREGISTER_AT_LEAST);
+        match tokio::time::timeout(budget, matchmaker.unregister_proxy(proxy)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "cannot deregister the proxy"),
+            Err(_) => tracing::warn!(?budget, "deregistration did not finish in time"),
+        }
     }
     shutdown.stop();
     // Closing sockets ends in zmq_ctx_term, which waits for libzmq to let

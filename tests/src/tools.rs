@@ -125,6 +125,11 @@ pub fn prometheus() -> Result<PathBuf, ToolError> {
     in_dirs("prometheus", &[prometheus_bin_dir()])
 }
 
+/// promtool of the same Prometheus release (rule checks and rule unit tests).
+pub fn promtool() -> Result<PathBuf, ToolError> {
+    in_dirs("promtool", &[prometheus_bin_dir()])
+}
+
 /// Directory of the workspace's built binaries: `$ZMQ_PROXY_BIN_DIR`, else
 /// the profile directory of the running test executable
 /// (target/<profile>/deps/<test> -> target/<profile>), else target/debug.

@@ -67,12 +67,15 @@ impl Drop for ValuesFile {
     }
 }
 
-/// Runs `helm template` with `values`; Ok(stdout) or Err(stderr).
+/// Runs `helm template` with `values` for the Kubernetes the suites run
+/// on (helm's offline default is older than the chart's `kubeVersion`);
+/// Ok(stdout) or Err(stderr).
 fn template(values: &Value, extra: &[&str]) -> Result<String, String> {
     let file = ValuesFile::new(values);
     let out = Command::new(helm_bin())
         .args(["template", RELEASE])
         .arg(chart())
+        .args(["--kube-version", harness::tools::K8S_VERSION])
         .args(["--namespace", NAMESPACE, "--include-crds", "-f"])
         .arg(&file.0)
         .args(extra)
@@ -406,6 +409,10 @@ fn pdb_is_policy_v1_and_no_template_needs_a_beta_api() {
     // Every supported Kubernetes serves policy/v1 (since 1.21); the
     // v1beta1 fallbacks of the 1.20 days are gone.
     let r = render(json!({}));
+    // Older clusters are refused by name: the CRD's rules are CEL.
+    let old = template(&json!({}), &["--kube-version", "1.33.9"])
+        .expect_err("rendered for Kubernetes 1.33");
+    assert!(old.contains("kubeVersion: >=1.34.0-0"), "{old}");
     assert_eq!(r.one("PodDisruptionBudget")["apiVersion"], "policy/v1");
     for entry in std::fs::read_dir(chart().join("templates")).unwrap() {
         let path = entry.unwrap().path();
@@ -655,11 +662,7 @@ fn monitoring_renders_monitors_alerts_and_dashboard() {
 /// `promtool check rules` on a PrometheusRule spec ({groups: [...]}).
 fn promtool_check_rules(spec: &Value) {
     let file = ValuesFile::new(spec);
-    let promtool = ["/usr/bin/promtool", "/usr/local/bin/promtool"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .expect("promtool (Debian's prometheus package; run `bash tests/install.sh`)");
+    let promtool = harness::tools::promtool().expect("promtool (run `bash tests/install.sh`)");
     let out = Command::new(promtool)
         .args(["check", "rules"])
         .arg(&file.0)
@@ -1653,12 +1656,13 @@ fn alerts_fire_on_the_conditions_they_describe_and_stay_quiet_otherwise() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("rules.json"), spec.to_string()).unwrap();
     std::fs::write(dir.join("test.json"), test.to_string()).unwrap();
-    let out = Command::new("promtool")
+    let promtool = harness::tools::promtool().expect("promtool (run `bash tests/install.sh`)");
+    let out = Command::new(promtool)
         .args(["test", "rules", "test.json"])
         .current_dir(&dir)
         .output();
     let _ = std::fs::remove_dir_all(&dir);
-    let out = out.expect("promtool (run `bash tests/install.sh`)");
+    let out = out.expect("run promtool");
     assert!(
         out.status.success(),
         "promtool test rules:\n{}{}",

@@ -774,6 +774,8 @@ async fn start_prometheus(
             "template",
             RELEASE,
             chart().to_str().context("chart")?,
+            "--kube-version",
+            harness::tools::K8S_VERSION,
             "--namespace",
             release_ns,
             "--set",

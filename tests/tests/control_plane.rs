@@ -95,8 +95,17 @@ async fn a_plane_whose_ports_are_taken_starts_on_others() -> Result<()> {
     // port and was retried.
     assert!(!taken.contains(&port), "API server on a taken port {port}");
     let ns = cp.namespace("ports").await?;
+    // The plane serves: a write reads back.
     let cms: Api<ConfigMap> = Api::namespaced(cp.client()?, &ns);
-    assert!(cms.list(&ListParams::default()).await?.items.is_empty());
+    let cm: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "probe" }, "data": { "k": "v" }
+    }))?;
+    cms.create(&PostParams::default(), &cm).await?;
+    let back = cms.get("probe").await?;
+    assert_eq!(
+        back.data.and_then(|d| d.get("k").cloned()).as_deref(),
+        Some("v")
+    );
     drop(squatters);
     Ok(())
 }

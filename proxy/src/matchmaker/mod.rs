@@ -186,16 +186,17 @@ pub trait Matchmaker: Send + Sync + 'static {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<()>>;
 
-    /// First step of a clean shutdown: the proxy stays listed but is marked
-    /// as going away (e.g. EndpointSlice conditions ready=false,
-    /// terminating=true), so clients stop choosing it. Backends without such a
-    /// state do nothing.
+    /// First step of a clean shutdown, so clients stop choosing the proxy
+    /// while it still forwards what is in flight: backends with a draining
+    /// state keep it listed as going away (EndpointSlice conditions
+    /// ready=false, serving=true, terminating=true); the others remove the
+    /// registration here already.
     fn drain_proxy<'a>(&'a self, proxy: &'a ProxyAddresses) -> BoxFuture<'a, Result<()>> {
-        let _ = proxy;
-        Box::pin(async { Ok(()) })
+        self.unregister_proxy(proxy)
     }
 
-    /// Removes this proxy's registration.
+    /// Removes this proxy's registration (idempotent: after
+    /// [`Matchmaker::drain_proxy`] removed it already, nothing happens).
     fn unregister_proxy<'a>(&'a self, proxy: &'a ProxyAddresses) -> BoxFuture<'a, Result<()>>;
 
     /// The live, ready proxies, sorted.

@@ -3,9 +3,10 @@
 //! ZMTP 3.1 peers send SUBSCRIBE and CANCEL commands; ZMTP 3.0 peers (and
 //! libzmq towards a 3.0 peer) send an ordinary one-frame message whose first
 //! byte is 1 (subscribe) or 0 (cancel), followed by the prefix. A PUB side
-//! must accept both from any peer, since libzmq 4.3 picks the form from the
-//! version the other side announced; a SUB side must send the form its
-//! publisher's version expects.
+//! must accept both from any peer: recent libzmq (its `v3_1_encoder`) sends
+//! commands to 3.1 peers and messages to 3.0 peers, and older 4.x releases
+//! send the message form whatever the peer's version. A SUB side sends the
+//! form its publisher's version expects.
 
 use crate::command::Command;
 use crate::frame::{encode_header, Flags};

@@ -113,10 +113,11 @@ pub struct Header {
 }
 
 impl Header {
-    /// Header plus body. Cannot overflow: the body is at most the decoder's
-    /// limit, which [`Decoder::new`] keeps below `usize::MAX - 9`.
+    /// Header plus body. For a header from [`Decoder::header`] this is
+    /// exact (the limit keeps it below `usize::MAX`); it saturates for a
+    /// hand-built one rather than overflow.
     pub fn frame_len(&self) -> usize {
-        self.header_len + self.body_len
+        self.header_len.saturating_add(self.body_len)
     }
 }
 

@@ -137,7 +137,11 @@ fn check_frames(stream: &[u8], chunk: usize) -> Vec<(u8, Vec<u8>)> {
                     .expect("a decoded short frame fits the short form");
                 assert_eq!(header.as_bytes(), &stream[pos..frame.body.start]);
                 assert_eq!(frame.body.end, pos + used);
-                frames.push((frame.flags.bits() & !0x02, body.to_vec(), frame.flags.long()));
+                frames.push((
+                    frame.flags.bits() & !0x02,
+                    body.to_vec(),
+                    frame.flags.long(),
+                ));
                 pos += used;
             }
             Ok(None) => break,
@@ -148,7 +152,11 @@ fn check_frames(stream: &[u8], chunk: usize) -> Vec<(u8, Vec<u8>)> {
         }
     }
     assert_eq!(frames, model, "decoder and model disagree on frames");
-    assert_eq!((pos, failed), (model_pos, model_err), "decoder and model stop differently");
+    assert_eq!(
+        (pos, failed),
+        (model_pos, model_err),
+        "decoder and model stop differently"
+    );
 
     // The same bytes in chunks, through a compacting buffer.
     let mut buf = Vec::new();
@@ -180,7 +188,10 @@ fn check_frames(stream: &[u8], chunk: usize) -> Vec<(u8, Vec<u8>)> {
     assert_eq!(chunked, model, "chunked decode differs");
     assert_eq!(chunk_failed, model_err, "chunked decode fails differently");
 
-    frames.into_iter().map(|(flags, body, _)| (flags, body)).collect()
+    frames
+        .into_iter()
+        .map(|(flags, body, _)| (flags, body))
+        .collect()
 }
 
 fn check_command(body: &[u8]) {
@@ -242,13 +253,19 @@ fn check_messages(frames: &[(u8, Vec<u8>)]) {
             Push::Partial => assert!(more),
             Push::Complete => {
                 assert!(!more && !over);
-                let got: Vec<(usize, usize)> =
-                    assembler.frames().iter().map(|r| (r.start, r.end)).collect();
+                let got: Vec<(usize, usize)> = assembler
+                    .frames()
+                    .iter()
+                    .map(|r| (r.start, r.end))
+                    .collect();
                 assert_eq!(got, current);
             }
             Push::Dropped(dropped) => {
                 assert!(!more && over);
-                assert_eq!((dropped.frames, dropped.bytes), (current.len(), current_bytes));
+                assert_eq!(
+                    (dropped.frames, dropped.bytes),
+                    (current.len(), current_bytes)
+                );
             }
             Push::Command => panic!("a message frame was taken for a command"),
         }

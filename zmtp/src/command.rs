@@ -7,10 +7,13 @@
 //! from the frame body; encoding appends a whole command frame (header and
 //! body) to an output buffer, since commands are small and rare.
 //!
-//! Lenient where libzmq is lenient, so that anything libzmq accepts we
-//! accept too: unknown commands are returned as [`Command::Other`] for the
-//! engine to ignore, and a PING context longer than RFC 37's 16 bytes is kept
-//! (the PONG echoes at most 16 bytes, as libzmq's does).
+//! Command contents are read as leniently as libzmq reads them, so that
+//! whatever a libzmq peer accepts we accept too: unknown commands are
+//! returned as [`Command::Other`] for the engine to ignore, property names
+//! are not checked against RFC 37's character set, a READY without
+//! `Socket-Type` passes [`Metadata::check_peer`], and a PING context longer
+//! than RFC 37's 16 bytes is kept (the PONG echoes at most 16 bytes, as
+//! libzmq's does).
 
 use thiserror::Error;
 
@@ -275,22 +278,27 @@ impl<'a> Metadata<'a> {
         &self.properties
     }
 
-    /// Checks a peer's READY against our socket type: the `Socket-Type`
-    /// must be present, known and compatible with `ours`, and an identity
-    /// at most 255 bytes. On success, the peer's type and its identity
-    /// (`None` when absent or empty: the ROUTER then generates one).
+    /// Checks a peer's READY against our socket type: a `Socket-Type`, if
+    /// sent, must be known and compatible with `ours`, and an identity at
+    /// most 255 bytes. On success, the peer's type and its identity (`None`
+    /// when absent or empty: the ROUTER then generates one).
+    ///
+    /// A READY without `Socket-Type` is accepted, as libzmq accepts it (RFC
+    /// 37 says a sender SHOULD send one; every libzmq and pyzmq peer does).
     pub fn check_peer(&self, ours: SocketType) -> Result<Peer<'a>, PeerError> {
-        let name = self.socket_type().ok_or(PeerError::MissingSocketType)?;
-        let socket_type =
-            SocketType::from_name(name).ok_or_else(|| PeerError::UnknownSocketType {
-                name: String::from_utf8_lossy(name).into_owned(),
-            })?;
-        if !ours.accepts(socket_type) {
-            return Err(PeerError::Incompatible {
-                ours,
-                peer: socket_type,
-            });
-        }
+        let socket_type = match self.socket_type() {
+            None => None,
+            Some(name) => {
+                let peer =
+                    SocketType::from_name(name).ok_or_else(|| PeerError::UnknownSocketType {
+                        name: String::from_utf8_lossy(name).into_owned(),
+                    })?;
+                if !ours.accepts(peer) {
+                    return Err(PeerError::Incompatible { ours, peer });
+                }
+                Some(peer)
+            }
+        };
         let identity = self.identity().filter(|id| !id.is_empty());
         if let Some(id) = identity {
             if id.len() > MAX_IDENTITY {
@@ -311,8 +319,8 @@ impl<'a> Metadata<'a> {
 /// What a valid peer READY told us.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Peer<'a> {
-    /// The peer's socket type.
-    pub socket_type: SocketType,
+    /// The peer's socket type; `None` if it did not say.
+    pub socket_type: Option<SocketType>,
     /// The peer's identity; `None` if it sent none or an empty one.
     pub identity: Option<&'a [u8]>,
 }
@@ -321,9 +329,6 @@ pub struct Peer<'a> {
 /// command (see [`PeerError::reason`]) and close.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum PeerError {
-    /// No `Socket-Type` property.
-    #[error("peer READY has no Socket-Type property")]
-    MissingSocketType,
     /// A `Socket-Type` this crate does not know.
     #[error("peer Socket-Type {name:?} is not a known socket type")]
     UnknownSocketType {
@@ -350,9 +355,7 @@ impl PeerError {
     /// The reason to put in the ERROR command sent before closing.
     pub fn reason(&self) -> &'static [u8] {
         match self {
-            PeerError::MissingSocketType | PeerError::UnknownSocketType { .. } => {
-                b"invalid socket type"
-            }
+            PeerError::UnknownSocketType { .. } => b"invalid socket type",
             PeerError::Incompatible { .. } => b"incompatible socket type",
             PeerError::IdentityTooLong { .. } => b"invalid identity",
         }
@@ -560,7 +563,7 @@ mod tests {
         assert_eq!(
             metadata.check_peer(SocketType::Router),
             Ok(Peer {
-                socket_type: SocketType::Dealer,
+                socket_type: Some(SocketType::Dealer),
                 identity: Some(b"host/1234")
             })
         );
@@ -606,10 +609,14 @@ mod tests {
             check(b"BANANA", SocketType::Router),
             Err(PeerError::UnknownSocketType { .. })
         ));
+        // No Socket-Type at all is accepted, as libzmq accepts it.
         let missing = Metadata::parse(b"").expect("empty metadata is valid");
         assert_eq!(
             missing.check_peer(SocketType::Router),
-            Err(PeerError::MissingSocketType)
+            Ok(Peer {
+                socket_type: None,
+                identity: None
+            })
         );
         let err = check(b"SUB", SocketType::Router).unwrap_err();
         assert_eq!(

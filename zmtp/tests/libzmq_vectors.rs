@@ -120,7 +120,7 @@ fn libzmq_ready_commands_parse_and_pass_the_peer_check() {
             DEALER_READY,
             SocketType::Router,
             Peer {
-                socket_type: SocketType::Dealer,
+                socket_type: Some(SocketType::Dealer),
                 identity: Some(b"client-1"),
             },
         ),
@@ -128,7 +128,7 @@ fn libzmq_ready_commands_parse_and_pass_the_peer_check() {
             ROUTER_READY,
             SocketType::Dealer,
             Peer {
-                socket_type: SocketType::Router,
+                socket_type: Some(SocketType::Router),
                 identity: None,
             },
         ),
@@ -136,7 +136,7 @@ fn libzmq_ready_commands_parse_and_pass_the_peer_check() {
             SUB_READY,
             SocketType::Pub,
             Peer {
-                socket_type: SocketType::Sub,
+                socket_type: Some(SocketType::Sub),
                 identity: None,
             },
         ),

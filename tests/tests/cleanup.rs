@@ -36,8 +36,8 @@ async fn plane_dies_with_its_parent(flag: &str) -> Result<()> {
         .filter_map(|l| l.trim().parse().ok())
         .collect();
     ensure!(
-        pids.len() == 3,
-        "expected etcd, API server and controller manager PIDs, got {pids:?}"
+        pids.len() == 4,
+        "expected etcd, API server, controller manager and scheduler PIDs, got {pids:?}"
     );
     until(
         "every control plane process to be gone",

@@ -654,6 +654,10 @@ impl PodWorker {
                 self.status_dirty = false;
             }
             Err(kube::Error::Api(e)) if e.code == 404 => self.status_dirty = false,
+            // A status the API server refuses is a bug of the agent: say so.
+            Err(kube::Error::Api(e)) if e.code == 422 => {
+                tracing::warn!(pod = %self.key(), "status refused: {}", e.message)
+            }
             // Retried on the next tick (e.g. during an API server outage).
             Err(e) => tracing::debug!(pod = %self.key(), "status update failed: {e}"),
         }

@@ -99,7 +99,8 @@ pub fn pod_status(
             ip: pod_ip.to_string(),
         }]),
         start_time: Some(start_time.clone()),
-        qos_class: Some("BestEffort".to_string()),
+        // No qosClass: the API server derives it from the resources when
+        // the pod is created and refuses any other value since 1.32.
         container_statuses: Some(containers),
         ..Default::default()
     }

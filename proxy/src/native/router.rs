@@ -667,8 +667,8 @@ impl Engine {
             }
         };
         let msg_type = decision.msg_type();
-        self.received[self.tally_index(from)].add(msg_type, bytes);
         if let Decision::Publish(_) = decision {
+            self.received[self.tally_index(from)].add(msg_type, bytes);
             if let Some((client, msg_id)) = self.publish(&frames, msg_type) {
                 let ack: [Vec<u8>; 6] = proxy_ack(client, &self.config.frontend_identity, &msg_id);
                 let ack: Vec<&[u8]> = ack.iter().map(Vec::as_slice).collect();
@@ -680,85 +680,92 @@ impl Engine {
             }
             return Forwarded::Done;
         }
-        rewrite_for_route(&mut frames);
-        let to = self.dest_side(from);
-        let t = to.index();
-        let key = frames[0];
-        if self.held[t].holds(key) {
-            self.hold(to, &frames, msg_type, bytes);
-            return Forwarded::Done;
-        }
-        let Some(dest) = self.peers[t].get(key) else {
-            if self.config.unroutable_wait.is_zero() {
-                self.counters(to).dropped(DropReason::Unroutable);
-            } else {
+        let routed = 'route: {
+            rewrite_for_route(&mut frames);
+            let to = self.dest_side(from);
+            let t = to.index();
+            let key = frames[0];
+            if self.held[t].holds(key) {
                 self.hold(to, &frames, msg_type, bytes);
+                break 'route Forwarded::Done;
             }
-            return Forwarded::Done;
-        };
-        let limit = self.config.out_limit;
-        let (outbox, stream) = if dest == idx {
-            (&mut conn.outbox, &conn.stream)
-        } else {
-            match self.conns.get_mut(dest).and_then(Option::as_mut) {
-                Some(d) => (&mut d.outbox, &d.stream),
-                None => return Forwarded::Done,
+            let Some(dest) = self.peers[t].get(key) else {
+                if self.config.unroutable_wait.is_zero() {
+                    self.counters(to).dropped(DropReason::Unroutable);
+                } else {
+                    self.hold(to, &frames, msg_type, bytes);
+                }
+                break 'route Forwarded::Done;
+            };
+            let limit = self.config.out_limit;
+            let (outbox, stream) = if dest == idx {
+                (&mut conn.outbox, &conn.stream)
+            } else {
+                match self.conns.get_mut(dest).and_then(Option::as_mut) {
+                    Some(d) => (&mut d.outbox, &d.stream),
+                    None => break 'route Forwarded::Done,
+                }
+            };
+            if !outbox.is_empty() && outbox.len() >= limit {
+                let congested = self.is_congested(t, key);
+                if self.config.send_timeout.is_zero() || congested {
+                    self.counters(to).dropped(DropReason::HighWaterMark);
+                    break 'route Forwarded::Done;
+                }
+                break 'route Forwarded::Blocked(key.to_vec());
             }
-        };
-        if !outbox.is_empty() && outbox.len() >= limit {
-            let congested = self.is_congested(t, key);
-            if self.config.send_timeout.is_zero() || congested {
-                self.counters(to).dropped(DropReason::HighWaterMark);
-                return Forwarded::Done;
-            }
-            return Forwarded::Blocked(key.to_vec());
-        }
-        let wire_len: usize = frames[1..]
-            .iter()
-            .map(|f| {
-                encode_header(Flags::message(false), f.len())
-                    .as_bytes()
-                    .len()
-                    + f.len()
-            })
-            .sum();
-        let mut failed = false;
-        if outbox.is_empty() && wire_len >= DIRECT_WRITE_MIN {
-            let headers: Vec<_> = frames[1..]
+            let wire_len: usize = frames[1..]
                 .iter()
-                .enumerate()
-                .map(|(i, f)| encode_header(Flags::message(i + 2 < frames.len()), f.len()))
-                .collect();
-            let mut parts: Vec<&[u8]> = Vec::with_capacity(2 * headers.len());
-            for (h, f) in headers.iter().zip(&frames[1..]) {
-                parts.push(h.as_bytes());
-                parts.push(f);
+                .map(|f| {
+                    encode_header(Flags::message(false), f.len())
+                        .as_bytes()
+                        .len()
+                        + f.len()
+                })
+                .sum();
+            let mut failed = false;
+            if outbox.is_empty() && wire_len >= DIRECT_WRITE_MIN {
+                let headers: Vec<_> = frames[1..]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| encode_header(Flags::message(i + 2 < frames.len()), f.len()))
+                    .collect();
+                let mut parts: Vec<&[u8]> = Vec::with_capacity(2 * headers.len());
+                for (h, f) in headers.iter().zip(&frames[1..]) {
+                    parts.push(h.as_bytes());
+                    parts.push(f);
+                }
+                let mut out = stream;
+                match write_parts(&mut out, &parts) {
+                    Ok(n) => outbox.push_rest(&parts, n),
+                    Err(error) => {
+                        tracing::debug!(%error, "direct write failed");
+                        failed = true;
+                    }
+                }
+            } else {
+                encode_into(outbox, &frames[1..]);
             }
-            let mut out = stream;
-            match write_parts(&mut out, &parts) {
-                Ok(n) => outbox.push_rest(&parts, n),
-                Err(error) => {
-                    tracing::debug!(%error, "direct write failed");
-                    failed = true;
+            let pending = !outbox.is_empty();
+            if failed {
+                self.counters(to).dropped(DropReason::SendFailed);
+                break 'route Forwarded::Done;
+            }
+            if pending {
+                if dest == idx {
+                    mark_dirty(&mut self.dirty, idx, conn);
+                } else if let Some(d) = self.conns.get_mut(dest).and_then(Option::as_mut) {
+                    mark_dirty(&mut self.dirty, dest, d);
                 }
             }
-        } else {
-            encode_into(outbox, &frames[1..]);
+            self.sent[self.tally_index(to)].add(msg_type, bytes);
+            Forwarded::Done
+        };
+        if let Forwarded::Done = routed {
+            // Counted once: a blocked message is processed again later.
+            self.received[self.tally_index(from)].add(msg_type, bytes);
         }
-        let pending = !outbox.is_empty();
-        if failed {
-            self.counters(to).dropped(DropReason::SendFailed);
-            return Forwarded::Done;
-        }
-        if pending {
-            if dest == idx {
-                mark_dirty(&mut self.dirty, idx, conn);
-            } else if let Some(d) = self.conns.get_mut(dest).and_then(Option::as_mut) {
-                mark_dirty(&mut self.dirty, dest, d);
-            }
-        }
-        self.sent[self.tally_index(to)].add(msg_type, bytes);
-        Forwarded::Done
+        routed
     }
 
     fn tally_index(&self, side: Side) -> usize {

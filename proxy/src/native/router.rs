@@ -338,7 +338,7 @@ const LISTENERS: usize = 2;
 
 impl Engine {
     fn timeout(&self, now: Instant) -> Duration {
-        if !self.again.is_empty() {
+        if !self.again.is_empty() || !self.to_service.is_empty() {
             return Duration::ZERO;
         }
         let mut at = now + POLL_TIMEOUT;
@@ -384,7 +384,9 @@ impl Engine {
     }
 
     fn turn(&mut self, events: &Events) {
-        std::mem::swap(&mut self.to_service, &mut self.again);
+        // Left over from the last turn: read budget used up, or woken
+        // after the reads (a waiting duplicate promoted at a close).
+        self.to_service.append(&mut self.again);
         for event in events {
             let token = event.token().0;
             if token < LISTENERS {
@@ -413,12 +415,16 @@ impl Engine {
             self.service(idx);
         }
         list.clear();
+        list.append(&mut self.to_service);
         self.to_service = list;
         if self.next_hold_retry.is_some_and(|at| Instant::now() >= at) {
             self.retry_held();
         }
         self.flush_dirty();
         self.close_pending();
+        // Flushing made room: the senders waiting for it go on next turn,
+        // which then polls without waiting.
+        self.wake_blocked(Instant::now());
         for side in [Side::Frontend, Side::Backend] {
             if side == Side::Backend && !self.double {
                 continue;
@@ -989,7 +995,6 @@ impl Engine {
                 if let Some(waiter) = self.conns.get_mut(next).and_then(Option::as_mut) {
                     waiter.phase = Phase::Active;
                     self.to_service.push(next);
-                    self.again.push(next);
                 }
             }
         }

@@ -17,8 +17,13 @@ use zmtp::{Assembler, Limits};
 use super::handshake::Handshake;
 use super::outbox::Outbox;
 
-/// Bytes asked of the socket per read (and the initial buffer size).
+/// Most bytes asked of the socket per read, for a busy connection.
 pub const READ_CHUNK: usize = 64 * 1024;
+
+/// Bytes asked per read at first: an idle or quiet peer costs this much
+/// buffer (libzmq's is 8 KiB too); a read that fills it doubles it, up to
+/// [`READ_CHUNK`].
+pub const FIRST_CHUNK: usize = 8 * 1024;
 
 /// Which of the proxy's ROUTERs a connection came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +98,8 @@ pub struct Connection {
     pub closing: bool,
     /// Queued for a flush at the end of the turn.
     pub dirty: bool,
+    /// Bytes to ask per read: grows while reads come back full.
+    chunk: usize,
     /// The message at `msg_start` waits for room at its receiver.
     pub blocked: Option<Blocked>,
 }
@@ -115,6 +122,7 @@ impl Connection {
             eof: false,
             closing: false,
             dirty: false,
+            chunk: FIRST_CHUNK,
             blocked: None,
         }
     }
@@ -133,6 +141,10 @@ impl Connection {
                     return Ok(0);
                 }
                 Ok(n) => {
+                    if self.filled + n == self.buf.len() {
+                        // More was waiting, probably: read more at once.
+                        self.chunk = (self.chunk * 2).min(READ_CHUNK);
+                    }
                     self.filled += n;
                     return Ok(n);
                 }
@@ -158,7 +170,7 @@ impl Connection {
     fn make_room(&mut self, need: usize) {
         let kept = self.filled - self.msg_start;
         let missing = need.saturating_sub(kept);
-        if self.buf.len() - self.filled >= missing.max(READ_CHUNK / 4) {
+        if self.buf.len() - self.filled >= missing.max(self.chunk / 4) {
             return;
         }
         if self.msg_start > 0 {
@@ -169,16 +181,79 @@ impl Connection {
             self.filled -= by;
             self.msg_start = 0;
         }
-        let want = kept + missing.max(READ_CHUNK);
+        let want = kept + missing.max(self.chunk);
         if self.buf.len() < want {
             self.buf.resize(want.next_power_of_two(), 0);
         } else if kept == 0 && self.buf.len() > 4 * READ_CHUNK {
-            self.buf = vec![0; READ_CHUNK];
+            self.buf = vec![0; self.chunk];
         }
     }
 
     /// Undecoded bytes.
     pub fn unread(&self) -> &[u8] {
         &self.buf[self.decoded..self.filled]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::time::Duration;
+
+    /// A connection over loopback and the peer's end.
+    fn pair() -> (Connection, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let peer = std::net::TcpStream::connect(addr).expect("connect");
+        let (accepted, _) = listener.accept().expect("accept");
+        accepted.set_nonblocking(true).expect("nonblocking");
+        let limits = Limits {
+            max_frames: 16,
+            max_bytes: 1 << 20,
+        };
+        let conn = Connection::new(TcpStream::from_std(accepted), Side::Frontend, limits);
+        (conn, peer)
+    }
+
+    /// Reads until `len` bytes are buffered from `msg_start` on.
+    fn read_until(conn: &mut Connection, len: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while conn.filled - conn.msg_start < len {
+            assert!(Instant::now() < deadline, "bytes never arrived");
+            conn.read_some(len).expect("read");
+            assert!(!conn.eof, "peer closed early");
+        }
+    }
+
+    #[test]
+    fn a_large_message_in_progress_survives_growth_and_compaction() {
+        let (mut conn, mut peer) = pair();
+        let first: Vec<u8> = (0..1000u32).map(|i| (i % 7) as u8).collect();
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let writer = std::thread::spawn({
+            let (first, big) = (first.clone(), big.clone());
+            move || {
+                peer.write_all(&first).expect("write");
+                peer.write_all(&big).expect("write");
+                peer
+            }
+        });
+        read_until(&mut conn, first.len());
+        assert_eq!(
+            conn.buf.len(),
+            FIRST_CHUNK,
+            "a quiet peer costs a small buffer"
+        );
+        // The first 1000 bytes are handled; the rest is one message in progress.
+        conn.msg_start = first.len();
+        conn.decoded = first.len();
+        read_until(&mut conn, big.len());
+        assert_eq!(
+            &conn.buf[conn.msg_start..conn.msg_start + big.len()],
+            &big[..]
+        );
+        assert_eq!(conn.msg_start, 0, "handled bytes were dropped to make room");
+        let _peer = writer.join().expect("writer");
     }
 }

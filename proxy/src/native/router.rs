@@ -547,6 +547,8 @@ impl Engine {
                                 let mut out = Vec::new();
                                 Command::Error { reason }.encode(&mut out);
                                 conn.outbox.push(&out);
+                                // Best effort: the connection closes
+                                // whether the peer gets the reason or not.
                                 let _ = conn.outbox.flush(&mut &conn.stream);
                             }
                             if self.may_log() {

@@ -425,14 +425,10 @@ impl Engine {
         // Flushing made room: the senders waiting for it go on next turn,
         // which then polls without waiting.
         self.wake_blocked(Instant::now());
-        for side in [Side::Frontend, Side::Backend] {
-            if side == Side::Backend && !self.double {
-                continue;
-            }
-            let i = side.index();
-            let counters = self.counters(side).clone();
-            self.received[i].flush_received(&counters);
-            self.sent[i].flush_sent(&counters);
+        // Tallies are indexed like the listeners (one in single-router mode).
+        for (i, listener) in self.listeners.iter().enumerate() {
+            self.received[i].flush_received(&listener.counters);
+            self.sent[i].flush_sent(&listener.counters);
         }
     }
 

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use zmq_proxy::config::SocketOptions;
 use zmq_proxy::native::router::{out_limit_for_hwm, DEFAULT_MAX_MESSAGE};
-use zmq_proxy::native::{Duplicates, Listener, NativeConfig, NativeRouter};
+use zmq_proxy::native::{Duplicates, Keepalive, Listener, NativeConfig, NativeRouter};
 use zmq_proxy::router::{RouterConfig, RouterLoop};
 use zmq_proxy::shutdown::Shutdown;
 use zmq_proxy::sockets::{bind, new_socket, ProxySocket, MIN_CLOSE_LINGER_MS};
@@ -184,6 +184,7 @@ fn native() -> Setup {
             max_message: DEFAULT_MAX_MESSAGE,
             duplicates: Duplicates::Handover,
             linger_ms: 0,
+            keepalive: Keepalive::default(),
         },
         shutdown.clone(),
         Arc::new(AtomicU64::new(0)),

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crate::config::{Engine, RouterMode, Settings};
 use crate::matchmaker::{self, Matchmaker, ProxyAddresses};
 use crate::native::router::{out_limit_for_hwm, DEFAULT_MAX_MESSAGE};
-use crate::native::{Duplicates, Listener, NativeConfig, NativeRouter};
+use crate::native::{Duplicates, Keepalive, Listener, NativeConfig, NativeRouter};
 use crate::publisher::LocalPublisher;
 use crate::router::{RouterConfig, RouterLoop};
 use crate::shutdown::Shutdown;
@@ -194,6 +194,12 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
                 // connection.
                 duplicates: Duplicates::Handover,
                 linger_ms: opts.linger_ms,
+                keepalive: Keepalive {
+                    mode: opts.tcp_keepalive,
+                    idle: opts.tcp_keepalive_idle,
+                    interval: opts.tcp_keepalive_intvl,
+                    count: opts.tcp_keepalive_cnt,
+                },
             },
             shutdown.clone(),
             Arc::clone(&activity),

@@ -11,6 +11,7 @@
 //! Modules, one concept each:
 //! - [`handshake`]: greeting and READY of an accepted connection (pure);
 //! - [`identity`]: routing identities, generated ones and duplicates (pure);
+//! - [`keepalive`]: TCP keepalive with libzmq's option semantics;
 //! - [`outbox`]: a connection's bounded output and vectored writes;
 //! - [`connection`]: one peer's socket, buffers and handshake state;
 //! - [`router`]: the event loop of the double- and single-router proxy.
@@ -22,8 +23,10 @@
 pub mod connection;
 pub mod handshake;
 pub mod identity;
+pub mod keepalive;
 pub mod outbox;
 pub mod router;
 
 pub use identity::Duplicates;
+pub use keepalive::Keepalive;
 pub use router::{Listener, NativeConfig, NativeRouter};

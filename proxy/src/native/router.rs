@@ -32,6 +32,7 @@ use zmtp::{encode_header, Command, Decoder, DropReason as CutReason, Flags, Limi
 use super::connection::{Blocked, Connection, Phase, Side};
 use super::handshake::{opening, Step};
 use super::identity::{Claim, Duplicates, Generated, PeerTable};
+use super::keepalive::Keepalive;
 use super::outbox::{write_parts, Outbox};
 use crate::frame::Frame;
 use crate::hold::HoldQueue;
@@ -98,6 +99,8 @@ pub struct NativeConfig {
     pub duplicates: Duplicates,
     /// Linger at close in ms (-1: until the drain deadline).
     pub linger_ms: i32,
+    /// TCP keepalive of accepted connections.
+    pub keepalive: Keepalive,
 }
 
 /// A bound listener of the native engine and the metrics of its ROUTER.
@@ -452,6 +455,9 @@ impl Engine {
             // messages must not wait for Nagle.
             if let Err(error) = stream.set_nodelay(true) {
                 tracing::debug!(%error, "cannot set TCP_NODELAY");
+            }
+            if let Err(error) = self.config.keepalive.apply(&stream) {
+                tracing::debug!(%error, "cannot set TCP keepalive");
             }
             let idx = match self.free.pop() {
                 Some(i) => i,

@@ -334,3 +334,51 @@ fn the_wrong_socket_type_gets_an_error_and_is_closed() {
     let mut rest = Vec::new();
     assert_eq!(raw.stream.read_to_end(&mut rest).ok(), Some(0));
 }
+
+/// Peak resident memory of process `pid` in KiB (VmHWM).
+fn peak_rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_flood_for_a_receiver_that_never_reads_keeps_memory_bounded() {
+    // 64 KiB of output per receiver; 64 MiB of messages for one that
+    // never reads.
+    let proxy = Proxy::start_on(Engine::Native, &["--hwm", "64", "--send-timeout-ms", "100"]);
+    let ctx = zmq::Context::new();
+    let client = dealer(&ctx, CLIENT, proxy.frontend());
+    let stuck = ctx.socket(zmq::DEALER).unwrap();
+    stuck.set_identity(SERVER.as_bytes()).unwrap();
+    stuck.set_rcvhwm(1).unwrap();
+    stuck.set_rcvbuf(4096).unwrap();
+    stuck.set_linger(0).unwrap();
+    stuck.connect(proxy.backend()).unwrap();
+    wait_routable(&client, SERVER, &stuck);
+    let before = peak_rss_kib(proxy.pid());
+    let payload = vec![3u8; 64 * 1024];
+    let sent = 1000;
+    for i in 0..sent {
+        send(
+            &client,
+            &request("2", SERVER, &format!("flood-{i}"), &[&payload]),
+        );
+    }
+    let in_sample = r#"zmq_proxy_messages_total{direction="in",socket="frontend",type="cast"}"#;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while proxy.metric(in_sample) < f64::from(sent) {
+        assert!(Instant::now() < deadline, "the flood was never read whole");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let peak = peak_rss_kib(proxy.pid());
+    eprintln!("proxy peak RSS: {before} KiB before the flood, {peak} KiB after");
+    assert!(
+        peak < before + 32 * 1024,
+        "peak RSS grew from {before} to {peak} KiB for a 64 MiB flood"
+    );
+    assert!(proxy.metric(r#"zmq_proxy_dropped_total{reason="hwm",socket="backend"}"#) > 0.0);
+}

@@ -1,16 +1,17 @@
 //! Throughput benchmark (a benchmark: it prints figures, it asserts nothing).
 //!
-//! On one load, three ways: through this proxy (double router, in-process
-//! thread, its own context), through libzmq's own `zmq_proxy` (ROUTER
-//! frontend, DEALER backend) and direct client -> server:
+//! On one load, four ways: through this proxy (double router, in-process
+//! thread) with its libzmq engine and with its native engine, through
+//! libzmq's own `zmq_proxy` (ROUTER frontend, DEALER backend) and direct
+//! client -> server:
 //! - protocol-1.0 RPC round trips per second, with p50/p99 latency;
 //! - one-way casts per second;
 //! - and publisher fan-out to 1, 4, 16 subscribers through this proxy.
 //!
 //! Load: 8 DEALER clients, 64 requests in flight each; payloads 16 B, 256 B,
 //! 4 KiB. Clients run on one thread (polling all 8 sockets), the server on
-//! another, the proxy on a third, so the three setups use the same threads.
-//! Each case runs `ZMQ_PROXY_BENCH_ROUNDS` times (default 3), the three
+//! another, the proxy on a third, so all setups use the same threads.
+//! Each case runs `ZMQ_PROXY_BENCH_ROUNDS` times (default 3), all
 //! setups interleaved, and the median is printed; `ZMQ_PROXY_BENCH_SECS` sets
 //! the measured time per run (default 0.5). Longer runs:
 //! `ZMQ_PROXY_BENCH_SECS=3 ZMQ_PROXY_BENCH_ROUNDS=5`.
@@ -20,6 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use zmq_proxy::config::SocketOptions;
+use zmq_proxy::native::router::{out_limit_for_hwm, DEFAULT_MAX_MESSAGE};
+use zmq_proxy::native::{Duplicates, Keepalive, Listener, NativeConfig, NativeRouter};
 use zmq_proxy::router::{RouterConfig, RouterLoop};
 use zmq_proxy::shutdown::Shutdown;
 use zmq_proxy::sockets::{bind, new_socket, ProxySocket, MIN_CLOSE_LINGER_MS};
@@ -34,6 +37,7 @@ const WARMUP: Duration = Duration::from_millis(200);
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Via {
     Ours,
+    Native,
     Libzmq,
     Direct,
 }
@@ -42,9 +46,17 @@ impl Via {
     fn name(self) -> &'static str {
         match self {
             Via::Ours => "zmq-proxy",
+            Via::Native => "zmq-proxy native",
             Via::Libzmq => "libzmq zmq_proxy",
             Via::Direct => "direct",
         }
+    }
+}
+
+impl Via {
+    /// This proxy with either engine (protocol-1.0 envelopes on the server).
+    fn is_zmq_proxy(self) -> bool {
+        matches!(self, Via::Ours | Via::Native)
     }
 }
 
@@ -146,6 +158,62 @@ fn ours(pubsub: bool) -> Setup {
     }
 }
 
+/// This proxy's router with the native engine (`--engine native`).
+fn native() -> Setup {
+    let metrics = Metrics::new().expect("metrics");
+    let (fe, fe_ep, _) =
+        Listener::bind("127.0.0.1", 0, "frontend", metrics.socket("frontend")).expect("bind");
+    let (be, be_ep, _) =
+        Listener::bind("127.0.0.1", 0, "backend", metrics.socket("backend")).expect("bind");
+    let shutdown = Shutdown::new();
+    let router = NativeRouter::new(
+        fe,
+        Some(be),
+        None,
+        NativeConfig {
+            pubsub: false,
+            ack_pub_sub: false,
+            frontend_identity: b"bench/zmq-proxy/fe".to_vec(),
+            backend_identity: b"bench/zmq-proxy/be".to_vec(),
+            send_timeout: Duration::from_millis(env_or("ZMQ_PROXY_BENCH_SEND_TIMEOUT_MS", 1000)),
+            unroutable_wait: Duration::from_secs(2),
+            out_limit: out_limit_for_hwm(env_or(
+                "ZMQ_PROXY_BENCH_HWM",
+                SocketOptions::default().hwm,
+            )),
+            max_message: DEFAULT_MAX_MESSAGE,
+            duplicates: Duplicates::Handover,
+            linger_ms: 0,
+            keepalive: Keepalive::default(),
+        },
+        shutdown.clone(),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let thread = spawn_named("bench-native", move || {
+        if let Err(error) = router.run() {
+            eprintln!("native router failed: {error}");
+        }
+    });
+    Setup {
+        client_endpoint: fe_ep,
+        server_endpoint: be_ep,
+        publisher_endpoint: None,
+        stop: Box::new(move || {
+            shutdown.stop();
+            if std::env::var_os("ZMQ_PROXY_BENCH_DEBUG").is_some() {
+                for line in metrics
+                    .render()
+                    .lines()
+                    .filter(|l| l.starts_with("zmq_proxy_") && !l.ends_with(" 0"))
+                {
+                    eprintln!("    {line}");
+                }
+            }
+        }),
+        thread: Some(thread),
+    }
+}
+
 fn libzmq() -> Setup {
     let (tx, rx) = std::sync::mpsc::channel();
     let control_ep = format!("inproc://bench-control-{}", uuid::Uuid::new_v4());
@@ -230,7 +298,7 @@ fn secs() -> Duration {
     Duration::from_secs_f64(env_or("ZMQ_PROXY_BENCH_SECS", 0.5))
 }
 
-/// Rounds per case: the three setups run interleaved this many times and
+/// Rounds per case: all setups run interleaved this many times and
 /// the median is printed, which tames load from other processes.
 fn rounds() -> usize {
     env_or("ZMQ_PROXY_BENCH_ROUNDS", 3usize).max(1)
@@ -272,7 +340,7 @@ fn server(
 ) {
     let ctx = zmq::Context::new();
     let s = match via {
-        Via::Ours => {
+        Via::Ours | Via::Native => {
             let s = ctx.socket(zmq::DEALER).expect("dealer");
             s.set_identity(SERVER_ID).expect("identity");
             s.connect(server_endpoint).expect("connect");
@@ -321,7 +389,7 @@ fn server(
             let Some(d) = frames.iter().position(|f| f.is_empty()) else {
                 continue;
             };
-            let type_at = if via == Via::Ours { d + 3 } else { d + 2 };
+            let type_at = if via.is_zmq_proxy() { d + 3 } else { d + 2 };
             n += 1;
             if frames.get(type_at).map(|f| &f[..]) == Some(b"2") {
                 casts.fetch_add(1, Ordering::Relaxed);
@@ -331,7 +399,7 @@ fn server(
                 continue;
             }
             // REPLY: ours ["", "1.0", "5", client, id, p]; router ["", "1.0", server, "5", id, p].
-            if via == Via::Ours {
+            if via.is_zmq_proxy() {
                 frames.swap(d + 2, d + 3);
                 frames[d + 2] = zmq::Message::from(&reply_type[..]);
             } else {
@@ -405,6 +473,7 @@ struct Running {
 fn start(via: Via) -> Running {
     let setup = match via {
         Via::Ours => ours(false),
+        Via::Native => native(),
         Via::Libzmq => libzmq(),
         Via::Direct => direct(),
     };
@@ -722,6 +791,27 @@ fn size(n: usize) -> String {
     }
 }
 
+/// Prints the ratios of one case; `rates` in the order of `vias` in `main`:
+/// libzmq engine, native engine, libzmq's zmq_proxy, direct.
+fn ratios(len: usize, rates: &[f64]) {
+    let [ours, native, zmq_proxy, direct] = rates else {
+        return;
+    };
+    println!(
+        "  {:>6}  ratio ours/zmq_proxy {:.2}x  ours/direct {:.2}x",
+        size(len),
+        ours / zmq_proxy,
+        ours / direct
+    );
+    println!(
+        "  {:>6}  ratio native/zmq_proxy {:.2}x  native/direct {:.2}x  native/libzmq-engine {:.2}x",
+        size(len),
+        native / zmq_proxy,
+        native / direct,
+        native / ours
+    );
+}
+
 fn main() {
     // `cargo bench` passes --bench; a filter argument picks sections (rpc, cast, fanout).
     let filter: Vec<String> = std::env::args()
@@ -737,7 +827,7 @@ fn main() {
         secs().as_secs_f64(),
         batch()
     );
-    let vias = [Via::Ours, Via::Libzmq, Via::Direct];
+    let vias = [Via::Ours, Via::Native, Via::Libzmq, Via::Direct];
     // Profiling aid: ZMQ_PROXY_BENCH_ONLY=ours|libzmq|direct runs one setup
     // once per size (no ratios), for the sections asked for.
     if let Ok(only) = std::env::var("ZMQ_PROXY_BENCH_ONLY") {
@@ -745,7 +835,9 @@ fn main() {
             .iter()
             .find(|v| format!("{v:?}").eq_ignore_ascii_case(&only))
         else {
-            eprintln!("ZMQ_PROXY_BENCH_ONLY: expected ours, libzmq or direct, got {only:?}");
+            eprintln!(
+                "ZMQ_PROXY_BENCH_ONLY: expected ours, native, libzmq or direct, got {only:?}"
+            );
             std::process::exit(2);
         };
         for len in payloads() {
@@ -779,12 +871,7 @@ fn main() {
                     r.p99_us
                 );
             }
-            println!(
-                "  {:>6}  ratio ours/libzmq {:.2}x  ours/direct {:.2}x",
-                size(len),
-                results[0].per_sec / results[1].per_sec,
-                results[0].per_sec / results[2].per_sec
-            );
+            ratios(len, &results.iter().map(|r| r.per_sec).collect::<Vec<_>>());
         }
     }
     if wanted("cast") {
@@ -794,12 +881,7 @@ fn main() {
             for (v, r) in vias.iter().zip(&results) {
                 println!("  {:>6}  {:<17} {:>10.0}/s", size(len), v.name(), r);
             }
-            println!(
-                "  {:>6}  ratio ours/libzmq {:.2}x  ours/direct {:.2}x",
-                size(len),
-                results[0] / results[1],
-                results[0] / results[2]
-            );
+            ratios(len, &results);
         }
     }
     if wanted("fanout") {

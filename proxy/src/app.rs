@@ -14,8 +14,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{RouterMode, Settings};
+use crate::config::{Engine, RouterMode, Settings};
 use crate::matchmaker::{self, Matchmaker, ProxyAddresses};
+use crate::native::router::{out_limit_for_hwm, DEFAULT_MAX_MESSAGE};
+use crate::native::{Duplicates, Keepalive, Listener, NativeConfig, NativeRouter};
 use crate::publisher::LocalPublisher;
 use crate::router::{RouterConfig, RouterLoop};
 use crate::shutdown::Shutdown;
@@ -144,6 +146,66 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
         threads.push(lp.spawn(health.loop_guard()).map_err(spawn_err)?);
         health.registered.store(true, Ordering::SeqCst);
         ((None, None, Some(pub_ep)), None)
+    } else if settings.engine == Engine::Native {
+        let io_err = |what| move |source| AppError::Io { what, source };
+        let fe_id = proxy_identity(&settings.host);
+        let be_id = proxy_identity(&settings.host);
+        let (front, fe_ep, fe_port) = Listener::bind(
+            addr,
+            settings.frontend_port,
+            "frontend",
+            metrics.socket("frontend"),
+        )
+        .map_err(io_err("bind the frontend"))?;
+        let (back, be_ep) = if settings.mode == RouterMode::DoubleRouter {
+            let (back, ep, port) = Listener::bind(
+                addr,
+                settings.backend_port,
+                "backend",
+                metrics.socket("backend"),
+            )
+            .map_err(io_err("bind the backend"))?;
+            (Some(back), Some((ep, port)))
+        } else {
+            (None, None)
+        };
+        let (publ, pub_ep) = central_publisher(&ctx, &settings, &metrics, &mut monitor)?;
+        let proxy = ProxyAddresses {
+            host: settings.host.clone(),
+            frontend_port: fe_port,
+            backend_port: port_of(&be_ep),
+            publisher_port: port_of(&pub_ep),
+        };
+        let router = NativeRouter::new(
+            front,
+            back,
+            publ,
+            NativeConfig {
+                pubsub: settings.pubsub,
+                ack_pub_sub: settings.ack_pub_sub && settings.pubsub,
+                frontend_identity: fe_id,
+                backend_identity: be_id,
+                send_timeout: settings.send_timeout,
+                unroutable_wait: settings.unroutable_wait,
+                out_limit: out_limit_for_hwm(opts.hwm),
+                max_message: DEFAULT_MAX_MESSAGE,
+                // As the libzmq engine, whose ROUTERs set ROUTER_HANDOVER
+                // (sockets.rs): a reconnecting peer replaces its stale
+                // connection.
+                duplicates: Duplicates::Handover,
+                linger_ms: opts.linger_ms,
+                keepalive: Keepalive {
+                    mode: opts.tcp_keepalive,
+                    idle: opts.tcp_keepalive_idle,
+                    interval: opts.tcp_keepalive_intvl,
+                    count: opts.tcp_keepalive_cnt,
+                },
+            },
+            shutdown.clone(),
+            Arc::clone(&activity),
+        );
+        threads.push(router.spawn(health.loop_guard()).map_err(spawn_err)?);
+        ((Some((fe_ep, fe_port)), be_ep, pub_ep), Some(proxy))
     } else {
         let fe_id = proxy_identity(&settings.host);
         let front = new_socket(&ctx, zmq::ROUTER, opts, Some(&fe_id))?;
@@ -170,26 +232,7 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
         } else {
             (None, None)
         };
-        let (publ, pub_ep) = if settings.pubsub {
-            let publ = new_socket(&ctx, zmq::PUB, opts, None)?;
-            monitor.watch(
-                &ctx,
-                &publ,
-                "publisher",
-                metrics.socket("publisher").connected,
-            )?;
-            let ep = bind(&publ, addr, settings.publisher_port)?;
-            (
-                Some(ProxySocket::new(
-                    publ,
-                    "publisher",
-                    metrics.socket("publisher"),
-                )),
-                Some(ep),
-            )
-        } else {
-            (None, None)
-        };
+        let (publ, pub_ep) = central_publisher(&ctx, &settings, &metrics, &mut monitor)?;
         let proxy = ProxyAddresses {
             host: settings.host.clone(),
             frontend_port: fe_ep.1,
@@ -326,6 +369,38 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
     let _ = http.await;
     tracing::info!(drained_in = ?started.elapsed(), forwarded = activity.load(Ordering::Relaxed), "stopped");
     outcome
+}
+
+/// A bound endpoint and its port.
+type Endpoint = (String, u16);
+
+/// The central PUB (a libzmq socket with either engine), bound and
+/// monitored, when pub/sub is on.
+fn central_publisher(
+    ctx: &zmq::Context,
+    settings: &Settings,
+    metrics: &Metrics,
+    monitor: &mut PeerMonitor,
+) -> Result<(Option<ProxySocket>, Option<Endpoint>), AppError> {
+    if !settings.pubsub {
+        return Ok((None, None));
+    }
+    let publ = new_socket(ctx, zmq::PUB, &settings.sockets, None)?;
+    monitor.watch(
+        ctx,
+        &publ,
+        "publisher",
+        metrics.socket("publisher").connected,
+    )?;
+    let ep = bind(&publ, &settings.bind_address, settings.publisher_port)?;
+    Ok((
+        Some(ProxySocket::new(
+            publ,
+            "publisher",
+            metrics.socket("publisher"),
+        )),
+        Some(ep),
+    ))
 }
 
 /// Waits for SIGTERM or SIGINT (Ok) or for a forwarding loop to die (Err).

@@ -53,6 +53,15 @@ pub enum RouterMode {
     SingleRouter,
 }
 
+/// Which forwarding engine runs the router proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Engine {
+    /// libzmq's ROUTER sockets (default).
+    Libzmq,
+    /// ZMTP spoken by the proxy itself (issue 13); router proxy only.
+    Native,
+}
+
 /// Which matchmaker backend to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum MatchmakerKind {
@@ -134,6 +143,8 @@ pub struct Settings {
     pub publisher_port: u16,
     /// Router topology.
     pub mode: RouterMode,
+    /// Forwarding engine of the router proxy.
+    pub engine: Engine,
     /// Run as a local publisher (SUB on every central PUB, re-published) instead of routing.
     pub local_publisher: bool,
     /// Publish fanout and notify on PUB instead of routing them.
@@ -206,6 +217,11 @@ pub struct Cli {
     /// Router topology.
     #[arg(long, value_enum, env = "ZMQ_PROXY_MODE")]
     pub mode: Option<RouterMode>,
+    /// Forwarding engine of the router proxy: libzmq (default) or native
+    /// (ZMTP spoken by the proxy itself, --hwm counted as KiB per receiver).
+    /// The central PUB and the local publisher stay on libzmq either way.
+    #[arg(long, value_enum, env = "ZMQ_PROXY_ENGINE")]
+    pub engine: Option<Engine>,
     /// Publish fanout/notify on PUB (oslo use_pub_sub).
     #[arg(long, env = "ZMQ_PROXY_PUBSUB", num_args = 0..=1, default_missing_value = "true",
           value_parser = BoolishValueParser::new())]
@@ -575,6 +591,7 @@ impl Settings {
                 .or(ini_parse(ini, PROXY_SECTION, "publisher_port")?)
                 .unwrap_or(50003),
             mode: cli.mode.or(ini_mode).unwrap_or(RouterMode::DoubleRouter),
+            engine: cli.engine.unwrap_or(Engine::Libzmq),
             local_publisher: cli
                 .local_publisher
                 .or(ini_bool(ini, PROXY_SECTION, "local_publisher")?)
@@ -682,6 +699,7 @@ mod tests {
             (50001, 50002, 50003)
         );
         assert_eq!(s.mode, RouterMode::DoubleRouter);
+        assert_eq!(s.engine, Engine::Libzmq);
         assert!(!s.pubsub && !s.ack_pub_sub && !s.local_publisher);
         assert_eq!(s.matchmaker, MatchmakerKind::Static);
         assert_eq!(s.metrics_address, "0.0.0.0:9090".parse().unwrap());
@@ -784,6 +802,22 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.connect_publishers, vec!["tcp://c:3"]);
+    }
+
+    #[test]
+    fn the_engine_comes_from_the_flag_or_the_environment() {
+        let s = settings(&["--engine", "native"], &[], "").unwrap();
+        assert_eq!(s.engine, Engine::Native);
+        let s = settings(&[], &[("ZMQ_PROXY_ENGINE", "native")], "").unwrap();
+        assert_eq!(s.engine, Engine::Native);
+        let s = settings(
+            &["--engine", "libzmq"],
+            &[("ZMQ_PROXY_ENGINE", "native")],
+            "",
+        )
+        .unwrap();
+        assert_eq!(s.engine, Engine::Libzmq);
+        assert!(settings(&["--engine", "turbo"], &[], "").is_err());
     }
 
     #[test]

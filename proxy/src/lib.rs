@@ -7,6 +7,7 @@
 //! - [`sockets`]: socket options, binding, whole-message receive and send;
 //! - [`router`]: the double- and single-router forwarding loops;
 //! - [`hold`]: messages held for a receiver that is not connected yet (pure);
+//! - [`native`]: the native ZMTP engine of the router proxy (`--engine native`);
 //! - [`publisher`]: the central PUB path and the local-publisher relay;
 //! - [`matchmaker`]: service discovery trait and its backends;
 //! - [`telemetry`]: metrics, health endpoints, socket monitor;
@@ -19,6 +20,7 @@ pub mod config;
 pub mod frame;
 pub mod hold;
 pub mod matchmaker;
+pub mod native;
 pub mod protocol;
 pub mod publisher;
 pub mod router;

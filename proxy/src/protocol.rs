@@ -141,11 +141,16 @@ pub enum DropReason {
     HighWaterMark,
     /// Any other send failure (e.g. the context is terminating).
     SendFailed,
+    /// The sender's connection ended in the middle of the message (native
+    /// engine: libzmq discards such a message without telling).
+    Truncated,
+    /// The message is larger than the native engine accepts.
+    TooLarge,
 }
 
 impl DropReason {
     /// Every reason, in label order.
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::TooFewFrames,
         DropReason::MissingDelimiter,
         DropReason::UnknownVersion,
@@ -154,6 +159,8 @@ impl DropReason {
         DropReason::Unroutable,
         DropReason::HighWaterMark,
         DropReason::SendFailed,
+        DropReason::Truncated,
+        DropReason::TooLarge,
     ];
 
     /// Metrics label and log field.
@@ -167,6 +174,8 @@ impl DropReason {
             DropReason::Unroutable => "unroutable",
             DropReason::HighWaterMark => "hwm",
             DropReason::SendFailed => "send_failed",
+            DropReason::Truncated => "truncated",
+            DropReason::TooLarge => "too_large",
         }
     }
 
@@ -234,6 +243,43 @@ impl Envelope<'_> {
             return Err(DropReason::EmptyRoutingKey);
         }
         Ok(msg_type)
+    }
+}
+
+/// What a proxy ROUTER does with a message it received: the routing
+/// decision both engines (libzmq's [`crate::router`] and
+/// [`crate::native`]) take, so they cannot disagree on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Rewrite with [`rewrite_for_route`] and send to the routing key.
+    Route(MessageType),
+    /// Publish on the central PUB with [`rewrite_for_publish`].
+    Publish(MessageType),
+}
+
+impl Decision {
+    /// The message type, whatever is done with it.
+    pub fn msg_type(self) -> MessageType {
+        match self {
+            Decision::Route(t) | Decision::Publish(t) => t,
+        }
+    }
+}
+
+/// Validates an envelope received on a proxy ROUTER and decides its fate:
+/// fanout and notify from clients (`from_frontend`) are published when the
+/// proxy publishes (`publishing`: pub/sub on and a PUB socket present);
+/// everything else is routed. Never panics, whatever the input.
+pub fn decide<T: Deref<Target = [u8]>>(
+    frames: &[T],
+    from_frontend: bool,
+    publishing: bool,
+) -> Result<Decision, DropReason> {
+    let msg_type = Envelope::check(frames)?;
+    if from_frontend && publishing && msg_type.is_pub_sub() {
+        Ok(Decision::Publish(msg_type))
+    } else {
+        Ok(Decision::Route(msg_type))
     }
 }
 

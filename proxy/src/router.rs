@@ -4,7 +4,8 @@
 //! A loop owns its sockets on one dedicated thread (ZeroMQ sockets are not
 //! thread-safe). Per poll wake-up it drains up to `batch` messages from each
 //! readable socket; each message is received whole into reusable
-//! [`Frame`]s, validated ([`Envelope::check`]), rewritten by permuting
+//! [`Frame`]s, validated and routed ([`crate::protocol::decide`], shared
+//! with the native engine), rewritten by permuting
 //! the frames ([`rewrite_for_route`]) and sent on without copying a byte.
 //! Invalid, unroutable and high-water-mark messages are dropped whole and
 //! counted. With pub/sub on, fanout and notify from clients go to the PUB
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::frame::Frame;
 use crate::hold::HoldQueue;
-use crate::protocol::{rewrite_for_route, DropReason, Envelope, MessageType};
+use crate::protocol::{decide, rewrite_for_route, Decision, DropReason, MessageType};
 use crate::shutdown::Shutdown;
 use crate::sockets::{message_bytes, recv_message, send_message, set_close_linger, ProxySocket};
 use crate::telemetry::{LogLimiter, Tally};
@@ -388,8 +389,9 @@ impl Forwarder<'_> {
 
     #[inline]
     fn handle(&mut self, from: &ProxySocket, to: &ProxySocket, from_frontend: bool, bytes: usize) {
-        let msg_type = match Envelope::check(&self.frames) {
-            Ok(msg_type) => msg_type,
+        let publishing = self.config.pubsub && self.publisher.is_some();
+        let decision = match decide(&self.frames, from_frontend, publishing) {
+            Ok(decision) => decision,
             Err(reason) => {
                 from.counters.dropped(reason);
                 self.log_invalid(from.name, reason);
@@ -397,12 +399,11 @@ impl Forwarder<'_> {
                 return;
             }
         };
+        let msg_type = decision.msg_type();
         self.received.add(msg_type, bytes);
-        if from_frontend && self.config.pubsub && msg_type.is_pub_sub() {
-            if let Some(publisher) = self.publisher {
-                self.publish(from, publisher, msg_type);
-                return;
-            }
+        if let (Decision::Publish(_), Some(publisher)) = (decision, self.publisher) {
+            self.publish(from, publisher, msg_type);
+            return;
         }
         rewrite_for_route(&mut self.frames);
         let held = &self.held[direction(from_frontend)];

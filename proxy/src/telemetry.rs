@@ -63,7 +63,7 @@ pub struct SocketCounters {
     in_bytes: [IntCounter; 6],
     out_messages: [IntCounter; 6],
     out_bytes: [IntCounter; 6],
-    dropped: [IntCounter; 8],
+    dropped: [IntCounter; 10],
     /// Connected peers, kept by the socket monitor.
     pub connected: IntGauge,
     /// Messages held for a receiver on this socket that is not connected yet.

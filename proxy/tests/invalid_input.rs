@@ -10,9 +10,8 @@ use common::*;
 const CLIENT: &str = "127.0.0.1/client-invalid";
 const SERVER: &str = "127.0.0.1/compute/server-invalid";
 
-#[test]
-fn each_invalid_message_is_dropped_counted_and_the_stream_continues() {
-    let proxy = Proxy::start(&[]);
+fn invalid_messages(engine: Engine) {
+    let proxy = Proxy::start_on(engine, &[]);
     let ctx = zmq::Context::new();
     let client = dealer(&ctx, CLIENT, proxy.frontend());
     let server = dealer(&ctx, SERVER, proxy.backend());
@@ -97,10 +96,13 @@ fn each_invalid_message_is_dropped_counted_and_the_stream_continues() {
     assert!(proxy.log_text().contains("invalid message dropped"));
     assert_eq!(proxy.get("/healthz").map(|r| r.0), Some(200));
 }
+per_engine!(
+    each_invalid_message_is_dropped_counted_and_the_stream_continues,
+    super::invalid_messages
+);
 
-#[test]
-fn a_message_for_an_unknown_identity_is_held_then_counted_as_unroutable() {
-    let proxy = Proxy::start(&["--unroutable-wait-ms", "300"]);
+fn unknown_identity(engine: Engine) {
+    let proxy = Proxy::start_on(engine, &["--unroutable-wait-ms", "300"]);
     let ctx = zmq::Context::new();
     let client = dealer(&ctx, CLIENT, proxy.frontend());
     let server = dealer(&ctx, SERVER, proxy.backend());
@@ -130,13 +132,16 @@ fn a_message_for_an_unknown_identity_is_held_then_counted_as_unroutable() {
     );
     assert!(proxy.log_text().contains("did not connect in time"));
 }
+per_engine!(
+    a_message_for_an_unknown_identity_is_held_then_counted_as_unroutable,
+    super::unknown_identity
+);
 
-#[test]
-fn messages_for_a_receiver_that_connects_late_are_held_and_delivered_in_order() {
+fn late_receiver(engine: Engine) {
     // A proxy just scaled up is found by clients before the servers behind
     // it have connected. (A wait longer than the default 2 s, so a slow
     // machine cannot expire the messages between the steps below.)
-    let proxy = Proxy::start(&["--unroutable-wait-ms", "8000"]);
+    let proxy = Proxy::start_on(engine, &["--unroutable-wait-ms", "8000"]);
     let ctx = zmq::Context::new();
     let client = dealer(&ctx, CLIENT, proxy.frontend());
     let early = dealer(&ctx, "127.0.0.1/compute/early", proxy.backend());
@@ -168,10 +173,13 @@ fn messages_for_a_receiver_that_connects_late_are_held_and_delivered_in_order() 
         assert_eq!(proxy.metric(&sample), 0.0, "{sample}");
     }
 }
+per_engine!(
+    messages_for_a_receiver_that_connects_late_are_held_and_delivered_in_order,
+    super::late_receiver
+);
 
-#[test]
-fn drops_at_the_high_water_mark_are_counted_and_never_split_a_message() {
-    let proxy = Proxy::start(&["--hwm", "4", "--send-timeout-ms", "100"]);
+fn hwm_drops(engine: Engine) {
+    let proxy = Proxy::start_on(engine, &["--hwm", "4", "--send-timeout-ms", "100"]);
     let ctx = zmq::Context::new();
     let client = dealer(&ctx, CLIENT, proxy.frontend());
     let slow = ctx.socket(zmq::DEALER).unwrap();
@@ -226,12 +234,19 @@ fn drops_at_the_high_water_mark_are_counted_and_never_split_a_message() {
     send(&client, &request("2", SERVER, "after-flood", &[b"x"]));
     assert_eq!(expect(&slow), delivery(CLIENT, "2", "after-flood", &[b"x"]));
 }
+per_engine!(
+    drops_at_the_high_water_mark_are_counted_and_never_split_a_message,
+    super::hwm_drops
+);
 
 /// Floods a server that starts reading 500 ms late through a proxy with
 /// `--hwm 4` and the given send timeout; returns (in-order messages
 /// received, messages dropped at the HWM).
-fn late_reader_flood(send_timeout_ms: &str) -> (usize, f64) {
-    let proxy = Proxy::start(&["--hwm", "4", "--send-timeout-ms", send_timeout_ms]);
+fn late_reader_flood(engine: Engine, send_timeout_ms: &str) -> (usize, f64) {
+    let proxy = Proxy::start_on(
+        engine,
+        &["--hwm", "4", "--send-timeout-ms", send_timeout_ms],
+    );
     let ctx = zmq::Context::new();
     let client = dealer(&ctx, CLIENT, proxy.frontend());
     let server = ctx.socket(zmq::DEALER).unwrap();
@@ -284,13 +299,16 @@ fn late_reader_flood(send_timeout_ms: &str) -> (usize, f64) {
     (received, dropped)
 }
 
-#[test]
-fn a_receiver_at_its_high_water_mark_pushes_back_instead_of_losing_messages() {
+fn push_back(engine: Engine) {
     // Without waiting (timeout 0) the late reader loses messages at the HWM...
-    let (_, dropped) = late_reader_flood("0");
+    let (_, dropped) = late_reader_flood(engine, "0");
     assert!(dropped > 0.0, "the flood does reach the high-water mark");
     // ...with a wait longer than the reader's delay, the proxy holds the
     // refused message and stops reading the frontend: nothing is lost.
-    let (received, dropped) = late_reader_flood("5000");
+    let (received, dropped) = late_reader_flood(engine, "5000");
     assert_eq!((received, dropped), (400, 0.0));
 }
+per_engine!(
+    a_receiver_at_its_high_water_mark_pushes_back_instead_of_losing_messages,
+    super::push_back
+);

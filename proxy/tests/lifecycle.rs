@@ -11,9 +11,8 @@ use common::*;
 const CLIENT: &str = "127.0.0.1/client-lifecycle";
 const SERVER: &str = "127.0.0.1/compute/server-lifecycle";
 
-#[test]
-fn peers_reconnect_by_themselves_when_the_proxy_restarts_on_the_same_ports() {
-    let mut first = Proxy::start(&[]);
+fn restart(engine: Engine) {
+    let mut first = Proxy::start_on(engine, &[]);
     let (fe_port, be_port) = (Proxy::port(first.frontend()), Proxy::port(first.backend()));
     let ctx = zmq::Context::new();
     let client = dealer(&ctx, CLIENT, first.frontend());
@@ -26,7 +25,7 @@ fn peers_reconnect_by_themselves_when_the_proxy_restarts_on_the_same_ports() {
     let status = first.wait_exit(WAIT).expect("first proxy exits");
     assert!(status.success(), "{status:?}");
 
-    let second = Proxy::start(&["-f", &fe_port, "-b", &be_port]);
+    let second = Proxy::start_on(engine, &["-f", &fe_port, "-b", &be_port]);
     assert_eq!(second.frontend(), format!("tcp://127.0.0.1:{fe_port}"));
     // Same peer sockets, no reconnect by the test: libzmq reconnects them.
     wait_routable(&client, SERVER, &server);
@@ -36,16 +35,22 @@ fn peers_reconnect_by_themselves_when_the_proxy_restarts_on_the_same_ports() {
     send(&server, &request("5", CLIENT, "after", &[b"r"]));
     assert_eq!(expect(&client), delivery(SERVER, "5", "after", &[b"r"]));
 }
+per_engine!(
+    peers_reconnect_by_themselves_when_the_proxy_restarts_on_the_same_ports,
+    super::restart
+);
 
-#[test]
-fn sigterm_while_traffic_flows_turns_not_ready_first_delivers_everything_and_exits_zero() {
+fn sigterm_drain(engine: Engine) {
     let grace = 8;
-    let mut proxy = Proxy::start(&[
-        "--grace-period",
-        &grace.to_string(),
-        "--drain-quiet-ms",
-        "500",
-    ]);
+    let mut proxy = Proxy::start_on(
+        engine,
+        &[
+            "--grace-period",
+            &grace.to_string(),
+            "--drain-quiet-ms",
+            "500",
+        ],
+    );
     let ctx = zmq::Context::new();
     let client = dealer(&ctx, CLIENT, proxy.frontend());
     let server = dealer(&ctx, SERVER, proxy.backend());
@@ -142,3 +147,7 @@ fn sigterm_while_traffic_flows_turns_not_ready_first_delivers_everything_and_exi
     );
     drop(client);
 }
+per_engine!(
+    sigterm_while_traffic_flows_turns_not_ready_first_delivers_everything_and_exits_zero,
+    super::sigterm_drain
+);

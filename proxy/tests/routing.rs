@@ -84,17 +84,23 @@ fn every_routed_type(proxy: &Proxy) {
     );
 }
 
-#[test]
-fn double_router_carries_every_message_type() {
-    every_routed_type(&Proxy::start(&[]));
+fn double_router(engine: Engine) {
+    every_routed_type(&Proxy::start_on(engine, &[]));
 }
+per_engine!(
+    double_router_carries_every_message_type,
+    super::double_router
+);
 
-#[test]
-fn single_router_carries_every_message_type() {
-    let proxy = Proxy::start(&["--mode", "single-router"]);
+fn single_router(engine: Engine) {
+    let proxy = Proxy::start_on(engine, &["--mode", "single-router"]);
     assert!(proxy.backend.is_none());
     every_routed_type(&proxy);
 }
+per_engine!(
+    single_router_carries_every_message_type,
+    super::single_router
+);
 
 /// Fanout and notify published on PUB, prefix matching, no ack unless asked.
 fn pubsub(proxy: &Proxy, acks: bool) {
@@ -170,32 +176,39 @@ fn pubsub(proxy: &Proxy, acks: bool) {
     );
 }
 
-#[test]
-fn pubsub_publishes_fanout_and_notify_by_topic_prefix() {
-    pubsub(&Proxy::start(&["--pubsub"]), false);
+fn pubsub_double(engine: Engine) {
+    pubsub(&Proxy::start_on(engine, &["--pubsub"]), false);
 }
+per_engine!(
+    pubsub_publishes_fanout_and_notify_by_topic_prefix,
+    super::pubsub_double
+);
 
-#[test]
-fn pubsub_in_single_router_mode() {
+fn pubsub_single(engine: Engine) {
     pubsub(
-        &Proxy::start(&["--pubsub", "--mode", "single-router"]),
+        &Proxy::start_on(engine, &["--pubsub", "--mode", "single-router"]),
         false,
     );
 }
+per_engine!(pubsub_in_single_router_mode, super::pubsub_single);
 
-#[test]
-fn ack_pub_sub_acknowledges_with_the_proxy_frontend_identity() {
-    let proxy = Proxy::start(&["--pubsub", "-a"]);
+fn ack_pub_sub(engine: Engine) {
+    let proxy = Proxy::start_on(engine, &["--pubsub", "-a"]);
     pubsub(&proxy, true);
     assert!(
         proxy.metric(r#"zmq_proxy_messages_total{direction="out",socket="frontend",type="ack"}"#)
             >= 3.0
     );
 }
+per_engine!(
+    ack_pub_sub_acknowledges_with_the_proxy_frontend_identity,
+    super::ack_pub_sub
+);
 
-#[test]
-fn local_publisher_relays_a_central_publisher_unchanged() {
-    let central = Proxy::start(&["--pubsub"]);
+/// The local publisher is libzmq with either engine; the central proxy's
+/// router is not.
+fn local_publisher(engine: Engine) {
+    let central = Proxy::start_on(engine, &["--pubsub"]);
     let local = Proxy::start(&["-lp", "--connect-publisher", central.publisher()]);
     assert!(local.frontend.is_none() && local.backend.is_none());
     let ctx = zmq::Context::new();
@@ -223,10 +236,13 @@ fn local_publisher_relays_a_central_publisher_unchanged() {
         ) >= 1.0
     );
 }
+per_engine!(
+    local_publisher_relays_a_central_publisher_unchanged,
+    super::local_publisher
+);
 
-#[test]
-fn connected_peers_follow_the_socket_monitor() {
-    let proxy = Proxy::start(&[]);
+fn connected_peers(engine: Engine) {
+    let proxy = Proxy::start_on(engine, &[]);
     let ctx = zmq::Context::new();
     let a = dealer(&ctx, "a", proxy.frontend());
     let b = dealer(&ctx, "b", proxy.frontend());
@@ -238,3 +254,7 @@ fn connected_peers_follow_the_socket_monitor() {
     assert_eq!(proxy.get("/healthz").map(|r| r.0), Some(200));
     assert_eq!(proxy.get("/readyz").map(|r| r.0), Some(200));
 }
+per_engine!(
+    connected_peers_follow_the_socket_monitor,
+    super::connected_peers
+);

@@ -12,6 +12,43 @@ use std::time::{Duration, Instant};
 /// Default wait for anything that should happen promptly.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// The proxy's forwarding engines, for tests that run against each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Libzmq,
+    Native,
+}
+
+impl Engine {
+    /// The `--engine` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Libzmq => "libzmq",
+            Engine::Native => "native",
+        }
+    }
+}
+
+/// Runs a test body once per engine: `per_engine!(name, body_fn);` defines
+/// the tests `name::libzmq` and `name::native`, each calling
+/// `body_fn(Engine)` (filter with `native` to run one engine).
+#[macro_export]
+macro_rules! per_engine {
+    ($name:ident, $body:path) => {
+        mod $name {
+            #[test]
+            fn libzmq() {
+                $body($crate::common::Engine::Libzmq)
+            }
+
+            #[test]
+            fn native() {
+                $body($crate::common::Engine::Native)
+            }
+        }
+    };
+}
+
 /// A running proxy, stopped (SIGKILL) when dropped.
 pub struct Proxy {
     child: Child,
@@ -23,6 +60,13 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// Starts the proxy with `engine`, as [`Proxy::start`] otherwise.
+    pub fn start_on(engine: Engine, args: &[&str]) -> Proxy {
+        let mut all = vec!["--engine", engine.name()];
+        all.extend(args);
+        Proxy::start(&all)
+    }
+
     /// Starts the proxy on 127.0.0.1 with random ports (unless `args` sets them).
     pub fn start(args: &[&str]) -> Proxy {
         let log = std::env::temp_dir().join(format!(

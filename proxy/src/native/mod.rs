@@ -1,0 +1,32 @@
+//! The native engine (issue 13): the proxy's ROUTER sockets spoken in ZMTP
+//! directly, without libzmq, on one mio event-loop thread.
+//!
+//! libzmq costs the proxy a `zmq_msg_t`, a pipe hand-off between threads and
+//! a map lookup per frame; here a message is read in large chunks into the
+//! sender's buffer, decoded in place ([`zmtp`]), validated and routed by the
+//! same pure decision as the libzmq engine ([`crate::protocol::decide`]),
+//! and written to its receiver with the envelope frames rewritten and the
+//! payload untouched.
+//!
+//! Modules, one concept each:
+//! - [`handshake`]: greeting and READY of an accepted connection (pure);
+//! - [`identity`]: routing identities, generated ones and duplicates (pure);
+//! - [`keepalive`]: TCP keepalive with libzmq's option semantics;
+//! - [`outbox`]: a connection's bounded output and vectored writes;
+//! - [`connection`]: one peer's socket, buffers and handshake state;
+//! - [`router`]: the event loop of the double- and single-router proxy.
+//!
+//! Only the router proxy runs here so far; the central PUB (pub/sub on) is
+//! still a libzmq socket owned by this loop, and the local publisher stays
+//! on libzmq.
+
+pub mod connection;
+pub mod handshake;
+pub mod identity;
+pub mod keepalive;
+pub mod outbox;
+pub mod router;
+
+pub use identity::Duplicates;
+pub use keepalive::Keepalive;
+pub use router::{Listener, NativeConfig, NativeRouter};

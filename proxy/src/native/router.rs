@@ -1,0 +1,1101 @@
+//! The native router loop: the double router (frontend ROUTER for clients,
+//! backend ROUTER for servers) or the single router, on one mio thread.
+//!
+//! One turn of the loop: poll; accept; flush outputs that became writable;
+//! wake senders whose receiver has room again; read every readable
+//! connection in chunks of [`super::connection::READ_CHUNK`] (a few per turn, for fairness) and
+//! forward each complete message; retry held messages; flush every output
+//! that got data. Forwarding copies small messages into the receiver's
+//! [`Outbox`] (one write per receiver per turn) and writes large ones
+//! straight from the sender's buffer with a vectored write.
+//!
+//! The promises are the libzmq engine's ([`crate::router`]), with the
+//! high-water mark in bytes: a receiver whose output holds
+//! [`NativeConfig::out_limit`] bytes or more is full; the sender's
+//! connection is then not read (only that connection: libzmq's loop stops
+//! the whole socket) for up to `send_timeout`, after which the message is
+//! dropped and counted and the receiver counts as congested for as long
+//! again. Messages for a receiver that is not connected are held for
+//! `unroutable_wait` ([`HoldQueue`]).
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token};
+use zmtp::{encode_header, Command, Decoder, DropReason as CutReason, Flags, Limits, Push};
+
+use super::connection::{Blocked, Connection, Phase, Side};
+use super::handshake::{opening, Step};
+use super::identity::{Claim, Duplicates, Generated, PeerTable};
+use super::keepalive::Keepalive;
+use super::outbox::{write_parts, Outbox};
+use crate::frame::Frame;
+use crate::hold::HoldQueue;
+use crate::protocol::{decide, proxy_ack, rewrite_for_route, Decision, DropReason, MessageType};
+use crate::shutdown::Shutdown;
+use crate::sockets::{set_close_linger, ProxySocket};
+use crate::telemetry::{LogLimiter, SocketCounters, Tally};
+
+/// Longest poll; the shutdown phase is re-checked this often.
+const POLL_TIMEOUT: Duration = Duration::from_millis(100);
+/// How often held messages are retried (and expired).
+const HOLD_RETRY: Duration = Duration::from_millis(10);
+/// Most messages held per direction (as the libzmq engine).
+const HOLD_LIMIT: usize = 10_000;
+/// Reads per connection per turn before others get theirs.
+const READS_PER_TURN: usize = 8;
+/// Messages at least this large are written straight from the sender's
+/// buffer when the receiver has nothing queued; smaller ones are copied and
+/// leave with the others in one write.
+const DIRECT_WRITE_MIN: usize = 16 * 1024;
+/// Most frames in one message.
+const MAX_FRAMES: usize = 4096;
+
+/// Output bytes per receiver that one message of the `--hwm` setting
+/// stands for: libzmq's high-water mark counts messages, the native engine
+/// bounds bytes, and oslo's RPC messages are mostly well under 1 KiB.
+pub const HWM_BYTES_PER_MESSAGE: usize = 1024;
+
+/// Largest message the native engine accepts by default (libzmq's is
+/// unlimited; a bound keeps one peer from making the proxy buffer anything).
+pub const DEFAULT_MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// The per-receiver output bound for a `--hwm` of `hwm` messages (0:
+/// unlimited, as in libzmq).
+pub fn out_limit_for_hwm(hwm: i32) -> usize {
+    match usize::try_from(hwm) {
+        Ok(0) | Err(_) => usize::MAX,
+        Ok(n) => n.saturating_mul(HWM_BYTES_PER_MESSAGE),
+    }
+}
+
+/// Behaviour of the native router loop.
+#[derive(Debug, Clone)]
+pub struct NativeConfig {
+    /// Publish fanout/notify from clients on the central PUB.
+    pub pubsub: bool,
+    /// Acknowledge published fanout/notify to their sender.
+    pub ack_pub_sub: bool,
+    /// Identity of the frontend ROUTER (sent in READY; sender of the
+    /// proxy's own acks).
+    pub frontend_identity: Vec<u8>,
+    /// Identity of the backend ROUTER (sent in READY).
+    pub backend_identity: Vec<u8>,
+    /// How long a sender waits for room at a full receiver before its
+    /// message is dropped (0: dropped at once).
+    pub send_timeout: Duration,
+    /// How long a message for a receiver that is not connected is held.
+    pub unroutable_wait: Duration,
+    /// Output bytes per receiver at which it counts as full (the HWM).
+    pub out_limit: usize,
+    /// Largest message accepted (all frames); larger ones are dropped whole.
+    pub max_message: usize,
+    /// What a second connection with a held identity gets.
+    pub duplicates: Duplicates,
+    /// Linger at close in ms (-1: until the drain deadline).
+    pub linger_ms: i32,
+    /// TCP keepalive of accepted connections.
+    pub keepalive: Keepalive,
+}
+
+/// A bound listener of the native engine and the metrics of its ROUTER.
+pub struct Listener {
+    listener: TcpListener,
+    name: &'static str,
+    counters: SocketCounters,
+}
+
+impl Listener {
+    /// Binds `address:port` (port 0: any free port). Returns the listener
+    /// and its endpoint as libzmq prints it (`tcp://ip:port`).
+    pub fn bind(
+        address: &str,
+        port: u16,
+        name: &'static str,
+        counters: SocketCounters,
+    ) -> io::Result<(Listener, String, u16)> {
+        let addr: SocketAddr = (address, port)
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address"))?;
+        let listener = TcpListener::bind(addr)?;
+        let bound = listener.local_addr()?;
+        Ok((
+            Listener {
+                listener,
+                name,
+                counters,
+            },
+            format!("tcp://{bound}"),
+            bound.port(),
+        ))
+    }
+}
+
+/// The native router loop and what it owns.
+pub struct NativeRouter {
+    frontend: Listener,
+    backend: Option<Listener>,
+    publisher: Option<ProxySocket>,
+    config: NativeConfig,
+    shutdown: Shutdown,
+    activity: Arc<AtomicU64>,
+}
+
+impl NativeRouter {
+    /// A loop over bound listeners: `backend` is `None` in single-router
+    /// mode; `publisher` is the central PUB (libzmq) when pub/sub is on.
+    /// `activity` counts handled messages, for the drain.
+    pub fn new(
+        frontend: Listener,
+        backend: Option<Listener>,
+        publisher: Option<ProxySocket>,
+        config: NativeConfig,
+        shutdown: Shutdown,
+        activity: Arc<AtomicU64>,
+    ) -> NativeRouter {
+        NativeRouter {
+            frontend,
+            backend,
+            publisher,
+            config,
+            shutdown,
+            activity,
+        }
+    }
+
+    /// Starts the loop on its own thread.
+    pub fn spawn(
+        self,
+        guard: crate::telemetry::LoopGuard,
+    ) -> io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("native-router".into())
+            .spawn(move || {
+                let _guard = guard;
+                if let Err(error) = self.run() {
+                    tracing::error!(%error, "native router loop failed");
+                }
+            })
+    }
+
+    /// Forwards until the shutdown phase reaches `Stopping`, then gives the
+    /// outputs the linger to drain.
+    pub fn run(self) -> io::Result<()> {
+        let NativeRouter {
+            frontend,
+            backend,
+            publisher,
+            config,
+            shutdown,
+            activity,
+        } = self;
+        let poll = Poll::new()?;
+        let double = backend.is_some();
+        let mut listeners = vec![frontend];
+        listeners.extend(backend);
+        for (i, l) in listeners.iter_mut().enumerate() {
+            poll.registry()
+                .register(&mut l.listener, Token(i), Interest::READABLE)?;
+        }
+        let limits = Limits {
+            max_frames: MAX_FRAMES,
+            max_bytes: config.max_message,
+        };
+        let seed = uuid::Uuid::new_v4().as_u128() as u32;
+        let openings = [
+            opening(&config.frontend_identity),
+            opening(&config.backend_identity),
+        ];
+        let mut engine = Engine {
+            poll,
+            double,
+            decoder: Decoder::new(config.max_message),
+            limits,
+            peers: [
+                PeerTable::new(config.duplicates),
+                PeerTable::new(config.duplicates),
+            ],
+            generated: Generated::new(seed),
+            openings,
+            config,
+            listeners,
+            conns: Vec::new(),
+            free: Vec::new(),
+            held: [HoldQueue::new(HOLD_LIMIT), HoldQueue::new(HOLD_LIMIT)],
+            next_hold_retry: None,
+            congested: HashMap::new(),
+            to_service: Vec::new(),
+            again: Vec::new(),
+            dirty: Vec::new(),
+            blocked: Vec::new(),
+            closing: Vec::new(),
+            publisher,
+            limiter: LogLimiter::new(20, Duration::from_secs(10)),
+            received: [Tally::default(), Tally::default()],
+            sent: [Tally::default(), Tally::default()],
+            handled: 0,
+        };
+        tracing::info!(
+            mode = if double {
+                "double-router"
+            } else {
+                "single-router"
+            },
+            engine = "native",
+            "router loop started"
+        );
+        let mut events = Events::with_capacity(1024);
+        while !shutdown.is_stopping() {
+            let timeout = engine.timeout(Instant::now());
+            if let Err(error) = engine.poll.poll(&mut events, Some(timeout)) {
+                if error.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(error);
+            }
+            engine.turn(&events);
+            if engine.handled > 0 {
+                activity.fetch_add(engine.handled, Ordering::Relaxed);
+                engine.handled = 0;
+            }
+        }
+        engine.stop(&shutdown);
+        if let Some(publisher) = &engine.publisher {
+            set_close_linger(publisher.socket(), engine.config.linger_ms, &shutdown);
+        }
+        tracing::info!(engine = "native", "router loop stopped");
+        Ok(())
+    }
+}
+
+/// A message held for a receiver that is not connected yet, as bytes ready
+/// for the wire.
+struct Held {
+    receiver: Vec<u8>,
+    wire: Vec<u8>,
+    msg_type: MessageType,
+    bytes: usize,
+}
+
+/// What processing a connection's buffered bytes ended with.
+enum Outcome {
+    /// Everything complete was handled; the next frame needs this many
+    /// bytes from the message start (0: unknown, any read helps).
+    Need(usize),
+    /// Stop: blocked, parked or closing.
+    Stop,
+}
+
+/// What happened to a routed message.
+enum Forwarded {
+    /// Sent, queued, held or dropped: done with it.
+    Done,
+    /// The receiver (identity) is full: wait.
+    Blocked(Vec<u8>),
+}
+
+/// The loop's state.
+struct Engine {
+    poll: Poll,
+    double: bool,
+    decoder: Decoder,
+    limits: Limits,
+    /// Routing tables per side ([`Side::index`]).
+    peers: [PeerTable; 2],
+    generated: Generated,
+    /// Greeting and READY per side.
+    openings: [Vec<u8>; 2],
+    config: NativeConfig,
+    /// Frontend, then the backend in double-router mode; token = index.
+    listeners: Vec<Listener>,
+    /// Connections; token = index + 2.
+    conns: Vec<Option<Connection>>,
+    free: Vec<usize>,
+    /// Held messages per receiving side.
+    held: [HoldQueue<Held>; 2],
+    next_hold_retry: Option<Instant>,
+    /// Receivers (side index, identity) whose wait timed out, until when.
+    congested: HashMap<(usize, Vec<u8>), Instant>,
+    /// Connections to read or process this turn, and those left for the next.
+    to_service: Vec<usize>,
+    again: Vec<usize>,
+    /// Connections whose outbox got data this turn.
+    dirty: Vec<usize>,
+    /// Connections whose message waits for room.
+    blocked: Vec<usize>,
+    closing: Vec<usize>,
+    publisher: Option<ProxySocket>,
+    limiter: LogLimiter,
+    received: [Tally; 2],
+    sent: [Tally; 2],
+    handled: u64,
+}
+
+const LISTENERS: usize = 2;
+
+impl Engine {
+    fn timeout(&self, now: Instant) -> Duration {
+        if !self.again.is_empty() || !self.to_service.is_empty() {
+            return Duration::ZERO;
+        }
+        let mut at = now + POLL_TIMEOUT;
+        if let Some(retry) = self.next_hold_retry {
+            at = at.min(retry);
+        }
+        for &idx in &self.blocked {
+            if let Some(b) = self
+                .conns
+                .get(idx)
+                .and_then(|c| c.as_ref()?.blocked.as_ref())
+            {
+                at = at.min(b.since + self.config.send_timeout);
+            }
+        }
+        at.saturating_duration_since(now)
+    }
+
+    fn side_of_listener(&self, token: usize) -> Side {
+        if token == 0 {
+            Side::Frontend
+        } else {
+            Side::Backend
+        }
+    }
+
+    /// The side a message from `from` is routed to.
+    fn dest_side(&self, from: Side) -> Side {
+        match (self.double, from) {
+            (true, Side::Frontend) => Side::Backend,
+            _ => Side::Frontend,
+        }
+    }
+
+    fn counters(&self, side: Side) -> &SocketCounters {
+        let i = if self.double { side.index() } else { 0 };
+        &self.listeners[i].counters
+    }
+
+    fn name(&self, side: Side) -> &'static str {
+        let i = if self.double { side.index() } else { 0 };
+        self.listeners[i].name
+    }
+
+    fn turn(&mut self, events: &Events) {
+        // Left over from the last turn: read budget used up, or woken
+        // after the reads (a waiting duplicate promoted at a close).
+        self.to_service.append(&mut self.again);
+        for event in events {
+            let token = event.token().0;
+            if token < LISTENERS {
+                self.accept(token);
+                continue;
+            }
+            let idx = token - LISTENERS;
+            let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
+                continue;
+            };
+            if event.is_writable() {
+                mark_dirty(&mut self.dirty, idx, conn);
+            }
+            let readable = event.is_readable() || event.is_read_closed() || event.is_error();
+            if readable && !conn.readable {
+                conn.readable = true;
+                self.to_service.push(idx);
+            }
+        }
+        self.flush_dirty();
+        self.wake_blocked(Instant::now());
+        let mut list = std::mem::take(&mut self.to_service);
+        list.sort_unstable();
+        list.dedup();
+        for &idx in &list {
+            self.service(idx);
+        }
+        list.clear();
+        list.append(&mut self.to_service);
+        self.to_service = list;
+        if self.next_hold_retry.is_some_and(|at| Instant::now() >= at) {
+            self.retry_held();
+        }
+        self.flush_dirty();
+        self.close_pending();
+        // Flushing made room: the senders waiting for it go on next turn,
+        // which then polls without waiting.
+        self.wake_blocked(Instant::now());
+        // Tallies are indexed like the listeners (one in single-router mode).
+        for (i, listener) in self.listeners.iter().enumerate() {
+            self.received[i].flush_received(&listener.counters);
+            self.sent[i].flush_sent(&listener.counters);
+        }
+    }
+
+    fn accept(&mut self, token: usize) {
+        let side = self.side_of_listener(token);
+        loop {
+            let (mut stream, _) = match self.listeners[token].listener.accept() {
+                Ok(s) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => {
+                    // Out of descriptors, typically: the listener stays
+                    // readable, so the next turn tries again.
+                    if self.may_log() {
+                        tracing::warn!(%error, "accept failed");
+                    }
+                    return;
+                }
+            };
+            // libzmq sets TCP_NODELAY on every connection; small RPC
+            // messages must not wait for Nagle.
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY");
+            }
+            if let Err(error) = self.config.keepalive.apply(&stream) {
+                tracing::debug!(%error, "cannot set TCP keepalive");
+            }
+            let idx = match self.free.pop() {
+                Some(i) => i,
+                None => {
+                    self.conns.push(None);
+                    self.conns.len() - 1
+                }
+            };
+            if let Err(error) = self.poll.registry().register(
+                &mut stream,
+                Token(idx + LISTENERS),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                tracing::warn!(%error, "cannot register a connection");
+                self.free.push(idx);
+                continue;
+            }
+            let mut conn = Connection::new(stream, side, self.limits);
+            conn.outbox.push(&self.openings[side.index()]);
+            self.counters(side).connected.inc();
+            self.conns[idx] = Some(conn);
+            if let Some(conn) = self.conns[idx].as_mut() {
+                mark_dirty(&mut self.dirty, idx, conn);
+            }
+            self.to_service.push(idx);
+        }
+    }
+
+    /// Reads and processes one connection, a few chunks at most.
+    fn service(&mut self, idx: usize) {
+        let Some(mut conn) = self.conns.get_mut(idx).and_then(Option::take) else {
+            return;
+        };
+        let mut reads = 0;
+        loop {
+            let need = match self.process(idx, &mut conn) {
+                Outcome::Stop => break,
+                Outcome::Need(n) => n,
+            };
+            if conn.eof {
+                conn.closing = true;
+                break;
+            }
+            if !conn.readable {
+                break;
+            }
+            if reads == READS_PER_TURN {
+                self.again.push(idx);
+                break;
+            }
+            reads += 1;
+            if let Err(error) = conn.read_some(need) {
+                tracing::debug!(%error, "connection read failed");
+            }
+        }
+        if conn.closing {
+            self.closing.push(idx);
+        }
+        self.conns[idx] = Some(conn);
+    }
+
+    /// Handles every complete frame buffered on `conn` (taken out of the
+    /// table while it is processed: index `idx`).
+    fn process(&mut self, idx: usize, conn: &mut Connection) -> Outcome {
+        loop {
+            if conn.closing || conn.blocked.is_some() {
+                return Outcome::Stop;
+            }
+            match conn.phase {
+                Phase::Parked => return Outcome::Stop,
+                Phase::Handshaking(mut handshake) => {
+                    match handshake.advance(conn.unread(), &self.decoder) {
+                        Ok(Step::NeedMore { consumed }) => {
+                            conn.decoded += consumed;
+                            conn.msg_start = conn.decoded;
+                            conn.phase = Phase::Handshaking(handshake);
+                            return Outcome::Need(0);
+                        }
+                        Ok(Step::Done {
+                            consumed, identity, ..
+                        }) => {
+                            conn.decoded += consumed;
+                            conn.msg_start = conn.decoded;
+                            self.register(idx, conn, identity);
+                            continue;
+                        }
+                        Err(error) => {
+                            if let Some(reason) = error.error_reason() {
+                                let mut out = Vec::new();
+                                Command::Error { reason }.encode(&mut out);
+                                conn.outbox.push(&out);
+                                // Best effort: the connection closes
+                                // whether the peer gets the reason or not.
+                                let _ = conn.outbox.flush(&mut &conn.stream);
+                            }
+                            if self.may_log() {
+                                tracing::warn!(socket = self.name(conn.side), %error, "handshake refused");
+                            }
+                            conn.closing = true;
+                            return Outcome::Stop;
+                        }
+                    }
+                }
+                Phase::Active => {}
+            }
+            let header = match self.decoder.header(conn.unread()) {
+                Ok(Some(header)) => header,
+                Ok(None) => return Outcome::Need(0),
+                Err(error) => {
+                    if self.may_log() {
+                        tracing::warn!(socket = self.name(conn.side), %error, "bad frame; connection closed");
+                    }
+                    conn.closing = true;
+                    return Outcome::Stop;
+                }
+            };
+            if conn.filled - conn.decoded < header.frame_len() {
+                return Outcome::Need(conn.decoded - conn.msg_start + header.frame_len());
+            }
+            let frame = match self.decoder.decode(conn.unread()) {
+                Ok(Some((frame, used))) => {
+                    let frame = frame.offset(conn.decoded);
+                    conn.decoded += used;
+                    frame
+                }
+                // The header said the whole frame is there.
+                _ => return Outcome::Need(0),
+            };
+            match conn.assembler.push(&frame) {
+                Push::Partial => {}
+                Push::Command => {
+                    self.command(idx, conn, frame.body);
+                    if !conn.assembler.in_progress() {
+                        conn.msg_start = conn.decoded;
+                    }
+                }
+                Push::Dropped(_) => {
+                    self.counters(conn.side).dropped(DropReason::TooLarge);
+                    conn.msg_start = conn.decoded;
+                }
+                Push::Complete => match self.forward(idx, conn) {
+                    Forwarded::Done => {
+                        self.handled += 1;
+                        conn.msg_start = conn.decoded;
+                    }
+                    Forwarded::Blocked(receiver) => {
+                        // Decoded again from its start once there is room.
+                        conn.decoded = conn.msg_start;
+                        conn.assembler.clear();
+                        conn.blocked = Some(Blocked {
+                            receiver,
+                            since: Instant::now(),
+                        });
+                        self.blocked.push(idx);
+                        return Outcome::Stop;
+                    }
+                },
+            }
+        }
+    }
+
+    /// The handshake is done: the connection gets its identity.
+    fn register(&mut self, idx: usize, conn: &mut Connection, identity: Option<Vec<u8>>) {
+        let side = conn.side.index();
+        let side = if self.double { side } else { 0 };
+        conn.identity = match identity {
+            Some(id) => id,
+            None => self.generated.next(&self.peers[side]).to_vec(),
+        };
+        conn.phase = match self.peers[side].claim(&conn.identity, idx) {
+            Claim::Holder | Claim::TookOver { .. } => Phase::Active,
+            Claim::Waiting => {
+                if self.may_log() {
+                    tracing::warn!(socket = self.name(conn.side), identity = %String::from_utf8_lossy(&conn.identity), "duplicate identity: the new connection waits until the old one leaves");
+                }
+                Phase::Parked
+            }
+        };
+        if !self.held[side].is_empty() {
+            // The newcomer may be what held messages wait for.
+            self.next_hold_retry = Some(Instant::now());
+        }
+    }
+
+    fn command(&mut self, idx: usize, conn: &mut Connection, body: std::ops::Range<usize>) {
+        let Some(body) = conn.buf.get(body) else {
+            return;
+        };
+        if let Ok(Command::Ping { context, .. }) = Command::parse(body) {
+            let mut pong = Vec::with_capacity(8 + context.len());
+            Command::pong_for(context).encode(&mut pong);
+            conn.outbox.push(&pong);
+            mark_dirty(&mut self.dirty, idx, conn);
+        }
+        // PONG, SUBSCRIBE and unknown commands mean nothing to a ROUTER.
+    }
+
+    /// Validates, routes or publishes the complete message on `conn`.
+    fn forward(&mut self, idx: usize, conn: &mut Connection) -> Forwarded {
+        let from = conn.side;
+        let mut frames: Vec<&[u8]> = Vec::with_capacity(conn.assembler.frames().len() + 1);
+        frames.push(&conn.identity);
+        for range in conn.assembler.frames() {
+            frames.push(conn.buf.get(range.clone()).unwrap_or_default());
+        }
+        let bytes: usize = frames.iter().map(|f| f.len()).sum();
+        let publishing = self.config.pubsub && self.publisher.is_some();
+        let decision = match decide(&frames, from == Side::Frontend, publishing) {
+            Ok(decision) => decision,
+            Err(reason) => {
+                self.counters(from).dropped(reason);
+                if self.may_log() {
+                    let sender = String::from_utf8_lossy(&conn.identity).into_owned();
+                    tracing::warn!(socket = self.name(from), %reason, frames = frames.len(), ?sender, "invalid message dropped");
+                }
+                return Forwarded::Done;
+            }
+        };
+        let msg_type = decision.msg_type();
+        if let Decision::Publish(_) = decision {
+            self.received[self.tally_index(from)].add(msg_type, bytes);
+            if let Some((client, msg_id)) = self.publish(&frames, msg_type) {
+                let ack: [Vec<u8>; 6] = proxy_ack(client, &self.config.frontend_identity, &msg_id);
+                let ack: Vec<&[u8]> = ack.iter().map(Vec::as_slice).collect();
+                let ack_bytes = ack.iter().map(|f| f.len()).sum();
+                // The client is the sender: its outbox is on `conn`.
+                encode_into(&mut conn.outbox, &ack[1..]);
+                mark_dirty(&mut self.dirty, idx, conn);
+                self.sent[self.tally_index(Side::Frontend)].add(MessageType::Ack, ack_bytes);
+            }
+            return Forwarded::Done;
+        }
+        let routed = 'route: {
+            rewrite_for_route(&mut frames);
+            let to = self.dest_side(from);
+            let t = to.index();
+            let key = frames[0];
+            if self.held[t].holds(key) {
+                self.hold(to, &frames, msg_type, bytes);
+                break 'route Forwarded::Done;
+            }
+            let Some(dest) = self.peers[t].get(key) else {
+                if self.config.unroutable_wait.is_zero() {
+                    self.counters(to).dropped(DropReason::Unroutable);
+                } else {
+                    self.hold(to, &frames, msg_type, bytes);
+                }
+                break 'route Forwarded::Done;
+            };
+            let limit = self.config.out_limit;
+            let (outbox, stream) = if dest == idx {
+                (&mut conn.outbox, &conn.stream)
+            } else {
+                match self.conns.get_mut(dest).and_then(Option::as_mut) {
+                    Some(d) => (&mut d.outbox, &d.stream),
+                    None => break 'route Forwarded::Done,
+                }
+            };
+            if !outbox.is_empty() && outbox.len() >= limit {
+                let congested = self.is_congested(t, key);
+                if self.config.send_timeout.is_zero() || congested {
+                    self.counters(to).dropped(DropReason::HighWaterMark);
+                    break 'route Forwarded::Done;
+                }
+                break 'route Forwarded::Blocked(key.to_vec());
+            }
+            let wire_len: usize = frames[1..]
+                .iter()
+                .map(|f| {
+                    encode_header(Flags::message(false), f.len())
+                        .as_bytes()
+                        .len()
+                        + f.len()
+                })
+                .sum();
+            let mut failed = false;
+            if outbox.is_empty() && wire_len >= DIRECT_WRITE_MIN {
+                let headers: Vec<_> = frames[1..]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| encode_header(Flags::message(i + 2 < frames.len()), f.len()))
+                    .collect();
+                let mut parts: Vec<&[u8]> = Vec::with_capacity(2 * headers.len());
+                for (h, f) in headers.iter().zip(&frames[1..]) {
+                    parts.push(h.as_bytes());
+                    parts.push(f);
+                }
+                let mut out = stream;
+                match write_parts(&mut out, &parts) {
+                    Ok(n) => outbox.push_rest(&parts, n),
+                    Err(error) => {
+                        tracing::debug!(%error, "direct write failed");
+                        failed = true;
+                    }
+                }
+            } else {
+                encode_into(outbox, &frames[1..]);
+            }
+            let pending = !outbox.is_empty();
+            if failed {
+                self.counters(to).dropped(DropReason::SendFailed);
+                break 'route Forwarded::Done;
+            }
+            if pending {
+                if dest == idx {
+                    mark_dirty(&mut self.dirty, idx, conn);
+                } else if let Some(d) = self.conns.get_mut(dest).and_then(Option::as_mut) {
+                    mark_dirty(&mut self.dirty, dest, d);
+                }
+            }
+            self.sent[self.tally_index(to)].add(msg_type, bytes);
+            Forwarded::Done
+        };
+        if let Forwarded::Done = routed {
+            // Counted once: a blocked message is processed again later.
+            self.received[self.tally_index(from)].add(msg_type, bytes);
+        }
+        routed
+    }
+
+    fn tally_index(&self, side: Side) -> usize {
+        if self.double {
+            side.index()
+        } else {
+            0
+        }
+    }
+
+    /// Publishes on the central PUB (a libzmq socket: frames are copied into
+    /// libzmq messages). Returns the ack's receiver and message id, if acks
+    /// are on.
+    fn publish(&mut self, frames: &[&[u8]], msg_type: MessageType) -> Option<(Vec<u8>, Vec<u8>)> {
+        let publisher = self.publisher.as_ref()?;
+        let mut zframes: Vec<Frame> = frames.iter().map(|f| Frame::from_slice(f)).collect();
+        crate::publisher::publish(publisher, &mut zframes, msg_type, self.config.ack_pub_sub)
+            .map(|(client, msg_id)| (client.to_vec(), msg_id))
+    }
+
+    /// Holds a routed message (`frames[0]` is the receiver) for `to`, or
+    /// drops it as unroutable when too many are held.
+    fn hold(&mut self, to: Side, frames: &[&[u8]], msg_type: MessageType, bytes: usize) {
+        let mut wire = Outbox::default();
+        encode_into(&mut wire, &frames[1..]);
+        let mut bytes_out = Vec::with_capacity(wire.len());
+        // An in-memory write cannot fail or block.
+        let _ = wire.flush(&mut bytes_out);
+        let held = Held {
+            receiver: frames[0].to_vec(),
+            wire: bytes_out,
+            msg_type,
+            bytes,
+        };
+        let t = to.index();
+        let deadline = Instant::now() + self.config.unroutable_wait;
+        let receiver = held.receiver.clone();
+        match self.held[t].push(&receiver, deadline, held) {
+            Ok(()) => {
+                self.counters(to).held.set(self.held[t].len() as i64);
+                if self.next_hold_retry.is_none() {
+                    self.next_hold_retry = Some(Instant::now() + HOLD_RETRY);
+                }
+            }
+            Err(_) => {
+                self.counters(to).dropped(DropReason::Unroutable);
+                if self.may_log() {
+                    tracing::warn!(
+                        socket = self.name(to),
+                        limit = HOLD_LIMIT,
+                        "message for an absent receiver dropped: too many held"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Sends held messages whose receivers are there (and have room), and
+    /// drops those past their deadline.
+    fn retry_held(&mut self) {
+        let now = Instant::now();
+        let mut expired = 0u64;
+        for side in [Side::Frontend, Side::Backend] {
+            let t = side.index();
+            if self.held[t].is_empty() {
+                continue;
+            }
+            let counters = self.counters(side).clone();
+            let Engine {
+                held,
+                peers,
+                conns,
+                dirty,
+                sent,
+                config,
+                double,
+                ..
+            } = self;
+            let tally = &mut sent[if *double { t } else { 0 }];
+            let peers = &peers[t];
+            held[t].retry(
+                now,
+                |m| {
+                    let dest = peers.get(&m.receiver).ok_or(DropReason::Unroutable)?;
+                    let conn = conns
+                        .get_mut(dest)
+                        .and_then(Option::as_mut)
+                        .ok_or(DropReason::Unroutable)?;
+                    if !conn.outbox.is_empty() && conn.outbox.len() >= config.out_limit {
+                        return Err(DropReason::HighWaterMark);
+                    }
+                    conn.outbox.push(&m.wire);
+                    mark_dirty(dirty, dest, conn);
+                    tally.add(m.msg_type, m.bytes);
+                    Ok(())
+                },
+                |_, reason| {
+                    counters.dropped(reason);
+                    expired += 1;
+                },
+            );
+            counters.held.set(held[t].len() as i64);
+        }
+        if expired > 0 && self.may_log() {
+            tracing::warn!(
+                expired,
+                wait_ms = self.config.unroutable_wait.as_millis() as u64,
+                "held messages dropped: their receivers did not connect in time"
+            );
+        }
+        self.next_hold_retry = if self.held.iter().all(HoldQueue::is_empty) {
+            None
+        } else {
+            Some(now + HOLD_RETRY)
+        };
+    }
+
+    fn is_congested(&mut self, side: usize, key: &[u8]) -> bool {
+        if self.congested.is_empty() {
+            return false;
+        }
+        let now = Instant::now();
+        self.congested.retain(|_, until| *until > now);
+        self.congested.contains_key(&(side, key.to_vec()))
+    }
+
+    /// Lets blocked senders go on once their receiver has room, has left,
+    /// or their wait timed out (the receiver is then congested).
+    fn wake_blocked(&mut self, now: Instant) {
+        if self.blocked.is_empty() {
+            return;
+        }
+        let blocked = std::mem::take(&mut self.blocked);
+        for idx in blocked {
+            let Some(conn) = self.conns.get(idx).and_then(Option::as_ref) else {
+                continue;
+            };
+            let Some(b) = &conn.blocked else {
+                continue;
+            };
+            let to = self.dest_side(conn.side).index();
+            let room = match self.peers[to].get(&b.receiver) {
+                None => true,
+                Some(dest) => self
+                    .conns
+                    .get(dest)
+                    .and_then(Option::as_ref)
+                    .is_none_or(|d| d.outbox.len() < self.config.out_limit),
+            };
+            let timed_out = now >= b.since + self.config.send_timeout;
+            if !room && !timed_out {
+                self.blocked.push(idx);
+                continue;
+            }
+            if !room {
+                self.congested
+                    .insert((to, b.receiver.clone()), now + self.config.send_timeout);
+            }
+            if let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) {
+                conn.blocked = None;
+            }
+            self.to_service.push(idx);
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &idx in &dirty {
+            let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
+                continue;
+            };
+            conn.dirty = false;
+            if conn.outbox.is_empty() {
+                continue;
+            }
+            if let Err(error) = conn.outbox.flush(&mut &conn.stream) {
+                tracing::debug!(%error, "connection write failed");
+                if !conn.closing {
+                    conn.closing = true;
+                    self.closing.push(idx);
+                }
+            }
+        }
+        let mut dirty = dirty;
+        dirty.clear();
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+    }
+
+    fn close_pending(&mut self) {
+        let closing = std::mem::take(&mut self.closing);
+        for idx in closing {
+            if self
+                .conns
+                .get(idx)
+                .and_then(Option::as_ref)
+                .is_some_and(|c| c.closing)
+            {
+                self.close(idx);
+            }
+        }
+    }
+
+    fn close(&mut self, idx: usize) {
+        let Some(mut conn) = self.conns.get_mut(idx).and_then(Option::take) else {
+            return;
+        };
+        if let Err(error) = self.poll.registry().deregister(&mut conn.stream) {
+            tracing::debug!(%error, "cannot deregister a connection");
+        }
+        self.free.push(idx);
+        self.counters(conn.side).connected.dec();
+        if let Some(cut) = conn.assembler.cut() {
+            debug_assert_eq!(cut.reason, CutReason::Cut);
+            self.counters(conn.side).dropped(DropReason::Truncated);
+        }
+        if matches!(conn.phase, Phase::Active | Phase::Parked) {
+            let side = if self.double { conn.side.index() } else { 0 };
+            if let Some(next) = self.peers[side].release(&conn.identity, idx) {
+                if let Some(waiter) = self.conns.get_mut(next).and_then(Option::as_mut) {
+                    waiter.phase = Phase::Active;
+                    self.to_service.push(next);
+                }
+            }
+        }
+    }
+
+    /// At shutdown: counts what can no longer be delivered, then gives the
+    /// outputs until the linger ends to drain.
+    fn stop(&mut self, shutdown: &Shutdown) {
+        for side in [Side::Frontend, Side::Backend] {
+            let t = side.index();
+            let counters = self.counters(side).clone();
+            self.held[t].drop_all(|_| counters.dropped(DropReason::Unroutable));
+            counters.held.set(0);
+        }
+        for idx in std::mem::take(&mut self.blocked) {
+            if let Some(conn) = self.conns.get(idx).and_then(Option::as_ref) {
+                if conn.blocked.is_some() {
+                    let to = self.dest_side(conn.side);
+                    self.counters(to).dropped(DropReason::HighWaterMark);
+                }
+            }
+        }
+        let linger = if self.config.linger_ms >= 0 {
+            Duration::from_millis(self.config.linger_ms as u64)
+        } else {
+            shutdown.remaining().unwrap_or_default()
+        };
+        let deadline = Instant::now() + linger.max(Duration::from_millis(100));
+        let mut events = Events::with_capacity(256);
+        loop {
+            let waiting = self
+                .conns
+                .iter_mut()
+                .flatten()
+                .filter(|c| !c.closing && !c.outbox.is_empty())
+                .map(|c| c.outbox.flush(&mut &c.stream).is_ok_and(|done| !done))
+                .filter(|&left| left)
+                .count();
+            let now = Instant::now();
+            if waiting == 0 || now >= deadline {
+                return;
+            }
+            let _ = self
+                .poll
+                .poll(&mut events, Some((deadline - now).min(POLL_TIMEOUT)));
+        }
+    }
+
+    fn may_log(&mut self) -> bool {
+        let (allowed, suppressed) = self.limiter.check(Instant::now());
+        if suppressed > 0 {
+            tracing::warn!(suppressed, "log lines about dropped messages suppressed");
+        }
+        allowed
+    }
+}
+
+/// Queues `conn` (index `idx`) for a flush at the end of the turn.
+fn mark_dirty(dirty: &mut Vec<usize>, idx: usize, conn: &mut Connection) {
+    if !conn.dirty {
+        conn.dirty = true;
+        dirty.push(idx);
+    }
+}
+
+/// Appends `frames` (what a DEALER receives: the routing key already
+/// stripped) as ZMTP frames.
+fn encode_into(outbox: &mut Outbox, frames: &[&[u8]]) {
+    let last = frames.len().saturating_sub(1);
+    for (i, f) in frames.iter().enumerate() {
+        outbox.push(encode_header(Flags::message(i < last), f.len()).as_bytes());
+        outbox.push(f);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hwm_maps_to_bytes_and_zero_means_unlimited() {
+        assert_eq!(out_limit_for_hwm(1000), 1000 * 1024);
+        assert_eq!(out_limit_for_hwm(0), usize::MAX);
+        assert_eq!(out_limit_for_hwm(-1), usize::MAX);
+    }
+
+    #[test]
+    fn frames_are_encoded_with_more_on_all_but_the_last() {
+        let mut outbox = Outbox::default();
+        let big = vec![9u8; 256];
+        encode_into(&mut outbox, &[b"", b"1.0", &big]);
+        let mut wire = Vec::new();
+        assert!(outbox.flush(&mut wire).expect("in memory"));
+        let mut expected = vec![1, 0, 1, 3];
+        expected.extend_from_slice(b"1.0");
+        expected.extend_from_slice(&[2, 0, 0, 0, 0, 0, 0, 1, 0]);
+        expected.extend_from_slice(&big);
+        assert_eq!(wire, expected);
+    }
+}

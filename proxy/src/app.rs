@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crate::config::{Engine, RouterMode, Settings};
 use crate::matchmaker::{self, Matchmaker, ProxyAddresses};
 use crate::native::router::{out_limit_for_hwm, DEFAULT_MAX_MESSAGE};
-use crate::native::{Duplicates, Keepalive, Listener, NativeConfig, NativeRouter};
+use crate::native::{Duplicates, Heartbeat, Keepalive, Listener, NativeConfig, NativeRouter};
 use crate::publisher::LocalPublisher;
 use crate::router::{RouterConfig, RouterLoop};
 use crate::shutdown::Shutdown;
@@ -200,6 +200,11 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
                     interval: opts.tcp_keepalive_intvl,
                     count: opts.tcp_keepalive_cnt,
                 },
+                heartbeat: Heartbeat::from_millis(opts.heartbeat_ivl_ms, opts.heartbeat_timeout_ms),
+                handshake_timeout: u64::try_from(opts.handshake_ivl_ms)
+                    .ok()
+                    .filter(|&ms| ms > 0)
+                    .map(Duration::from_millis),
             },
             shutdown.clone(),
             Arc::clone(&activity),

@@ -280,6 +280,75 @@ per_engine!(
     super::long_form_and_ping
 );
 
+/// Waits until the proxy closes `raw`'s connection (FIN or reset).
+fn wait_closed(raw: &mut RawPeer) {
+    let mut rest = Vec::new();
+    match raw.stream.read_to_end(&mut rest) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("the proxy never closed the connection: {e}"),
+    }
+}
+
+fn dead_peers(engine: Engine) {
+    let proxy = Proxy::start_on(
+        engine,
+        &[
+            "--heartbeat-ivl-ms",
+            "100",
+            "--heartbeat-timeout-ms",
+            "300",
+            "--handshake-ivl-ms",
+            "300",
+        ],
+    );
+    let ctx = zmq::Context::new();
+    let (client, server) = pair(&ctx, &proxy);
+    let frontend = r#"zmq_proxy_connected_peers{socket="frontend"}"#;
+    // A peer that finishes its handshake, then never answers: PINGed,
+    // then closed.
+    let mut silent = RawPeer::connect(proxy.frontend(), SocketType::Dealer, b"raw-silent");
+    proxy.wait_metric(frontend, 2.0);
+    let ping = silent.read_command();
+    assert!(
+        matches!(Command::parse(&ping), Ok(Command::Ping { .. })),
+        "expected a PING, got {ping:?}"
+    );
+    wait_closed(&mut silent);
+    // A connection that never even sends a greeting: closed at the
+    // handshake deadline.
+    let mut mute = TcpStream::connect(proxy.frontend().trim_start_matches("tcp://")).unwrap();
+    mute.set_read_timeout(Some(WAIT)).unwrap();
+    let mut greeting = [0u8; 10];
+    mute.read_exact(&mut greeting).unwrap();
+    let mut mute = RawPeer { stream: mute };
+    wait_closed(&mut mute);
+    proxy.wait_metric(frontend, 1.0);
+    // The libzmq peers answered every PING: after many intervals of
+    // silence they are connected and routable.
+    std::thread::sleep(Duration::from_millis(1000));
+    send(&client, &request("2", SERVER, "after-pings", &[b"p"]));
+    assert_eq!(
+        expect(&server),
+        delivery(CLIENT, "2", "after-pings", &[b"p"])
+    );
+    assert_eq!(proxy.metric(frontend), 1.0);
+    assert_eq!(
+        proxy.metric(r#"zmq_proxy_connected_peers{socket="backend"}"#),
+        1.0
+    );
+    if engine == Engine::Native {
+        assert_eq!(
+            proxy.metric(r#"zmq_proxy_peers_timed_out_total{socket="frontend"}"#),
+            2.0
+        );
+    }
+}
+per_engine!(
+    a_silent_peer_is_pinged_and_closed_and_live_ones_stay,
+    super::dead_peers
+);
+
 #[test]
 fn a_connection_reset_mid_message_desynchronises_no_one_and_is_counted() {
     let proxy = Proxy::start_on(Engine::Native, &[]);

@@ -1,43 +1,48 @@
 //! Throughput benchmark (a benchmark: it prints figures, it asserts nothing).
 //!
-//! On one load, four ways: through this proxy (double router, in-process
-//! thread) with its libzmq engine and with its native engine, through
-//! libzmq's own `zmq_proxy` (ROUTER frontend, DEALER backend) and direct
-//! client -> server:
+//! On one load, four ways: through this proxy (the `zmq-proxy` binary,
+//! double router) with its native engine and with its libzmq engine,
+//! through libzmq's own `zmq_proxy` (ROUTER frontend, DEALER backend; this
+//! bench binary re-run as a child) and direct client -> server:
 //! - protocol-1.0 RPC round trips per second, with p50/p99 latency;
 //! - one-way casts per second;
 //! - and publisher fan-out to 1, 4, 16 subscribers through this proxy.
 //!
-//! Load: 8 DEALER clients, 64 requests in flight each; payloads 16 B, 256 B,
-//! 4 KiB. Clients run on one thread (polling all 8 sockets), the server on
-//! another, the proxy on a third, so all setups use the same threads.
-//! Each case runs `ZMQ_PROXY_BENCH_ROUNDS` times (default 3), all
-//! setups interleaved, and the median is printed; `ZMQ_PROXY_BENCH_SECS` sets
-//! the measured time per run (default 0.5). Longer runs:
-//! `ZMQ_PROXY_BENCH_SECS=3 ZMQ_PROXY_BENCH_ROUNDS=5`.
+//! Every forwarder is its own process, as in production, so the figures
+//! include its CPU time per round trip (or per cast) during the measured
+//! window, summed over its threads from `/proc/PID/task/*/schedstat` (user
+//! plus system, in ns), its peak RSS (`VmHWM`) and the messages lost.
+//!
+//! Load: 8 DEALER clients, 64 requests in flight each; payloads 16 B,
+//! 256 B, 4 KiB, 64 KiB. Clients run on one thread (polling all 8 sockets),
+//! the server on another. Each case runs `ZMQ_PROXY_BENCH_ROUNDS` times
+//! (default 3), all setups interleaved, and the median is printed;
+//! `ZMQ_PROXY_BENCH_SECS` sets the measured time per run (default 0.5).
+//! Longer runs: `ZMQ_PROXY_BENCH_SECS=3 ZMQ_PROXY_BENCH_ROUNDS=5`.
 
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use zmq_proxy::config::SocketOptions;
-use zmq_proxy::native::router::{out_limit_for_hwm, DEFAULT_MAX_MESSAGE};
-use zmq_proxy::native::{Duplicates, Keepalive, Listener, NativeConfig, NativeRouter};
-use zmq_proxy::router::{RouterConfig, RouterLoop};
-use zmq_proxy::shutdown::Shutdown;
-use zmq_proxy::sockets::{bind, new_socket, ProxySocket, MIN_CLOSE_LINGER_MS};
-use zmq_proxy::telemetry::Metrics;
+use zmq_proxy::sockets::MIN_CLOSE_LINGER_MS;
 
 const CLIENTS: usize = 8;
 const IN_FLIGHT: usize = 64;
-const PAYLOADS: [usize; 3] = [16, 256, 4096];
+const PAYLOADS: [usize; 4] = [16, 256, 4096, 65536];
 const SERVER_ID: &[u8] = b"bench/compute/00000000-0000-4000-8000-000000000000";
 const WARMUP: Duration = Duration::from_millis(200);
+/// How long the end of a run waits for messages still on their way.
+const DRAIN: Duration = Duration::from_secs(5);
+/// Set in the child that runs libzmq's `zmq_proxy`.
+const CHILD_ENV: &str = "ZMQ_PROXY_BENCH_CHILD";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Via {
-    Ours,
     Native,
+    Ours,
     Libzmq,
     Direct,
 }
@@ -45,211 +50,156 @@ enum Via {
 impl Via {
     fn name(self) -> &'static str {
         match self {
-            Via::Ours => "zmq-proxy",
             Via::Native => "zmq-proxy native",
+            Via::Ours => "zmq-proxy libzmq",
             Via::Libzmq => "libzmq zmq_proxy",
             Via::Direct => "direct",
         }
     }
-}
 
-impl Via {
     /// This proxy with either engine (protocol-1.0 envelopes on the server).
     fn is_zmq_proxy(self) -> bool {
         matches!(self, Via::Ours | Via::Native)
     }
 }
 
-/// A running forwarder (or none, for direct): where clients and servers connect.
+/// A running forwarder process (or none, for direct): where clients and
+/// servers connect.
 struct Setup {
     client_endpoint: String,
     server_endpoint: String,
     publisher_endpoint: Option<String>,
-    stop: Box<dyn FnOnce()>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    child: Option<Child>,
 }
 
 impl Setup {
-    fn finish(mut self) {
-        (self.stop)();
-        if let Some(t) = self.thread.take() {
-            // libzmq's context termination occasionally hangs on close
-            // (seen with PUB and 4 KiB messages); do not let one stuck
-            // close stall the whole benchmark.
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                let _ = t.join();
-                let _ = tx.send(());
-            });
-            if rx.recv_timeout(Duration::from_secs(2)).is_err() {
-                eprintln!("warning: forwarder thread did not finish closing; left behind");
-            }
-        }
+    /// CPU time the forwarder has used so far (zero for direct).
+    fn cpu(&self) -> Duration {
+        self.child
+            .as_ref()
+            .map_or(Duration::ZERO, |c| process_cpu(c.id()))
+    }
+
+    /// Stops the forwarder; returns its peak RSS in KiB (0 for direct).
+    fn finish(mut self) -> u64 {
+        let Some(mut child) = self.child.take() else {
+            return 0;
+        };
+        let rss = peak_rss_kib(child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        rss
     }
 }
 
-fn ours(pubsub: bool) -> Setup {
-    let ctx = zmq::Context::new();
-    let io_threads = env_or("ZMQ_PROXY_BENCH_IO_THREADS", 1);
-    ctx.set_io_threads(io_threads).expect("io threads");
-    let opts = SocketOptions {
-        linger_ms: 0,
-        hwm: env_or("ZMQ_PROXY_BENCH_HWM", SocketOptions::default().hwm),
-        ..SocketOptions::default()
+/// CPU time (user + system) of every live thread of process `pid`.
+fn process_cpu(pid: u32) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Duration::ZERO;
     };
-    let metrics = Metrics::new().expect("metrics");
-    let fe = new_socket(&ctx, zmq::ROUTER, &opts, Some(b"bench/zmq-proxy/fe")).expect("frontend");
-    let be = new_socket(&ctx, zmq::ROUTER, &opts, Some(b"bench/zmq-proxy/be")).expect("backend");
-    if std::env::var_os("ZMQ_PROXY_BENCH_AFFINITY").is_some() {
-        fe.set_affinity(1).expect("affinity");
-        be.set_affinity(2).expect("affinity");
-    }
-    let (fe_ep, _) = bind(&fe, "127.0.0.1", 0).expect("bind");
-    let (be_ep, _) = bind(&be, "127.0.0.1", 0).expect("bind");
-    let (publisher, pub_ep) = if pubsub {
-        let p = new_socket(&ctx, zmq::PUB, &opts, None).expect("pub");
-        let (ep, _) = bind(&p, "127.0.0.1", 0).expect("bind");
-        (
-            Some(ProxySocket::new(
-                p,
-                "publisher",
-                metrics.socket("publisher"),
-            )),
-            Some(ep),
-        )
-    } else {
-        (None, None)
-    };
-    let shutdown = Shutdown::new();
-    let router = RouterLoop::new(
-        ProxySocket::new(fe, "frontend", metrics.socket("frontend")),
-        Some(ProxySocket::new(be, "backend", metrics.socket("backend"))),
-        publisher,
-        RouterConfig {
-            pubsub,
-            ack_pub_sub: false,
-            batch: batch(),
-            frontend_identity: b"bench/zmq-proxy/fe".to_vec(),
-            linger_ms: 0,
-            send_timeout: Duration::from_millis(env_or("ZMQ_PROXY_BENCH_SEND_TIMEOUT_MS", 1000)),
-            unroutable_wait: Duration::from_secs(2),
-        },
-        shutdown.clone(),
-        Arc::new(AtomicU64::new(0)),
-    );
-    let thread = spawn_named("bench-ours", move || router.run());
-    Setup {
-        client_endpoint: fe_ep,
-        server_endpoint: be_ep,
-        publisher_endpoint: pub_ep,
-        stop: Box::new(move || {
-            shutdown.stop();
-            if std::env::var_os("ZMQ_PROXY_BENCH_DEBUG").is_some() {
-                for line in metrics
-                    .render()
-                    .lines()
-                    .filter(|l| l.starts_with("zmq_proxy_") && !l.ends_with(" 0"))
-                {
-                    eprintln!("    {line}");
-                }
-            }
-        }),
-        thread: Some(thread),
-    }
+    let ns: u64 = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(ns)
 }
 
-/// This proxy's router with the native engine (`--engine native`).
-fn native() -> Setup {
-    let metrics = Metrics::new().expect("metrics");
-    let (fe, fe_ep, _) =
-        Listener::bind("127.0.0.1", 0, "frontend", metrics.socket("frontend")).expect("bind");
-    let (be, be_ep, _) =
-        Listener::bind("127.0.0.1", 0, "backend", metrics.socket("backend")).expect("bind");
-    let shutdown = Shutdown::new();
-    let router = NativeRouter::new(
-        fe,
-        Some(be),
-        None,
-        NativeConfig {
-            pubsub: false,
-            ack_pub_sub: false,
-            frontend_identity: b"bench/zmq-proxy/fe".to_vec(),
-            backend_identity: b"bench/zmq-proxy/be".to_vec(),
-            send_timeout: Duration::from_millis(env_or("ZMQ_PROXY_BENCH_SEND_TIMEOUT_MS", 1000)),
-            unroutable_wait: Duration::from_secs(2),
-            out_limit: out_limit_for_hwm(env_or(
-                "ZMQ_PROXY_BENCH_HWM",
-                SocketOptions::default().hwm,
-            )),
-            max_message: DEFAULT_MAX_MESSAGE,
-            duplicates: Duplicates::Handover,
-            linger_ms: 0,
-            keepalive: Keepalive::default(),
-            heartbeat: None,
-            handshake_timeout: None,
-        },
-        shutdown.clone(),
-        Arc::new(AtomicU64::new(0)),
-    );
-    let thread = spawn_named("bench-native", move || {
-        if let Err(error) = router.run() {
-            eprintln!("native router failed: {error}");
-        }
-    });
-    Setup {
-        client_endpoint: fe_ep,
-        server_endpoint: be_ep,
-        publisher_endpoint: None,
-        stop: Box::new(move || {
-            shutdown.stop();
-            if std::env::var_os("ZMQ_PROXY_BENCH_DEBUG").is_some() {
-                for line in metrics
-                    .render()
-                    .lines()
-                    .filter(|l| l.starts_with("zmq_proxy_") && !l.ends_with(" 0"))
-                {
-                    eprintln!("    {line}");
-                }
-            }
-        }),
-        thread: Some(thread),
-    }
+/// Peak resident memory of process `pid` in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
-fn libzmq() -> Setup {
+/// Starts `command` and reads its `zmq-proxy listening key=endpoint...`
+/// line.
+fn spawn_forwarder(mut command: Command) -> Setup {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn forwarder");
+    let stdout = child.stdout.take().expect("stdout");
     let (tx, rx) = std::sync::mpsc::channel();
-    let control_ep = format!("inproc://bench-control-{}", uuid::Uuid::new_v4());
-    let ctx = zmq::Context::new();
-    let thread = spawn_named("bench-libzmq", {
-        let ctx = ctx.clone();
-        let control_ep = control_ep.clone();
-        move || {
-            let mut fe = ctx.socket(zmq::ROUTER).expect("router");
-            let mut be = ctx.socket(zmq::DEALER).expect("dealer");
-            let mut control = ctx.socket(zmq::PAIR).expect("pair");
-            for s in [&fe, &be] {
-                s.set_linger(MIN_CLOSE_LINGER_MS).expect("linger");
-            }
-            fe.bind("tcp://127.0.0.1:*").expect("bind");
-            be.bind("tcp://127.0.0.1:*").expect("bind");
-            control.bind(&control_ep).expect("bind");
-            let ep = |s: &zmq::Socket| s.get_last_endpoint().expect("endpoint").expect("utf8");
-            tx.send((ep(&fe), ep(&be))).expect("send endpoints");
-            let _ = zmq::proxy_steerable(&mut fe, &mut be, &mut control);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
         }
     });
-    let (fe_ep, be_ep) = rx.recv().expect("endpoints");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.starts_with("zmq-proxy listening") => break line,
+            Ok(_) => {}
+            Err(_) => {
+                let _ = child.kill();
+                panic!("the forwarder never printed its listening line");
+            }
+        }
+    };
+    let endpoint = |key: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{key}=")))
+            .map(String::from)
+    };
     Setup {
-        client_endpoint: fe_ep,
-        server_endpoint: be_ep,
-        publisher_endpoint: None,
-        stop: Box::new(move || {
-            let c = ctx.socket(zmq::PAIR).expect("pair");
-            c.connect(&control_ep).expect("connect");
-            c.send("TERMINATE", 0).expect("terminate");
-        }),
-        thread: Some(thread),
+        client_endpoint: endpoint("frontend").expect("frontend endpoint"),
+        server_endpoint: endpoint("backend").expect("backend endpoint"),
+        publisher_endpoint: endpoint("publisher"),
+        child: Some(child),
     }
+}
+
+/// The `zmq-proxy` binary with `engine`, double router, pub/sub if asked.
+fn zmq_proxy(engine: &str, pubsub: bool) -> Setup {
+    let hwm = env_or("ZMQ_PROXY_BENCH_HWM", SocketOptions::default().hwm).to_string();
+    let send_timeout = env_or("ZMQ_PROXY_BENCH_SEND_TIMEOUT_MS", 1000u64).to_string();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_zmq-proxy"));
+    command
+        .args(["--engine", engine, "-H", "127.0.0.1"])
+        .args([
+            "--bind-address",
+            "127.0.0.1",
+            "--metrics-address",
+            "127.0.0.1:0",
+        ])
+        .args(["-f", "0", "-b", "0", "-p", "0", "--linger-ms", "100"])
+        .args(["--hwm", &hwm, "--send-timeout-ms", &send_timeout])
+        .env("RUST_LOG", "warn");
+    if pubsub {
+        command.arg("--pubsub");
+    }
+    spawn_forwarder(command)
+}
+
+/// libzmq's `zmq_proxy`, in a child running this bench binary.
+fn libzmq() -> Setup {
+    let mut command = Command::new(std::env::current_exe().expect("bench binary"));
+    command.env(CHILD_ENV, "zmq_proxy");
+    spawn_forwarder(command)
+}
+
+/// The child's side of [`libzmq`]: binds, prints where, forwards forever.
+fn run_zmq_proxy_child() {
+    let ctx = zmq::Context::new();
+    let fe = ctx.socket(zmq::ROUTER).expect("router");
+    let be = ctx.socket(zmq::DEALER).expect("dealer");
+    fe.bind("tcp://127.0.0.1:*").expect("bind");
+    be.bind("tcp://127.0.0.1:*").expect("bind");
+    let ep = |s: &zmq::Socket| s.get_last_endpoint().expect("endpoint").expect("utf8");
+    println!(
+        "zmq-proxy listening frontend={} backend={}",
+        ep(&fe),
+        ep(&be)
+    );
+    let _ = std::io::stdout().flush();
+    let _ = zmq::proxy(&fe, &be);
 }
 
 fn direct() -> Setup {
@@ -258,8 +208,7 @@ fn direct() -> Setup {
         client_endpoint: String::new(),
         server_endpoint: String::new(),
         publisher_endpoint: None,
-        stop: Box::new(|| {}),
-        thread: None,
+        child: None,
     }
 }
 
@@ -279,10 +228,6 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn batch() -> usize {
-    env_or("ZMQ_PROXY_BENCH_BATCH", 256)
 }
 
 /// Payload sizes: all of [`PAYLOADS`], or `ZMQ_PROXY_BENCH_SIZES` (e.g. "16,256").
@@ -458,10 +403,20 @@ fn send_all(s: &zmq::Socket, frames: [zmq::Message; 6]) {
     }
 }
 
-struct RpcResult {
+/// One run's figures.
+#[derive(Clone, Copy)]
+struct Run {
+    /// Round trips (RPC) or casts received per second.
     per_sec: f64,
+    /// RPC latency percentiles (0 for casts).
     p50_us: f64,
     p99_us: f64,
+    /// The forwarder's CPU time per round trip or cast, in µs.
+    cpu_us: f64,
+    /// The forwarder's peak RSS in KiB.
+    rss_kib: u64,
+    /// Calls without a reply, or casts not received, at the end.
+    lost: u64,
 }
 
 struct Running {
@@ -474,8 +429,8 @@ struct Running {
 
 fn start(via: Via) -> Running {
     let setup = match via {
-        Via::Ours => ours(false),
-        Via::Native => native(),
+        Via::Native => zmq_proxy("native", false),
+        Via::Ours => zmq_proxy("libzmq", false),
         Via::Libzmq => libzmq(),
         Via::Direct => direct(),
     };
@@ -503,12 +458,13 @@ fn start(via: Via) -> Running {
 }
 
 impl Running {
-    fn finish(self) {
-        // The forwarder first: libzmq's proxy may be blocked sending to the
-        // server, and only the running server lets it reach TERMINATE.
-        self.setup.finish();
+    /// Stops the forwarder, then the server; returns the forwarder's peak
+    /// RSS in KiB.
+    fn finish(self) -> u64 {
+        let rss = self.setup.finish();
         self.stop.store(true, Ordering::SeqCst);
         let _ = self.server.join();
+        rss
     }
 }
 
@@ -532,7 +488,7 @@ fn wait_ready(c: &Clients) {
     }
 }
 
-fn rpc(via: Via, payload_len: usize) -> RpcResult {
+fn rpc(via: Via, payload_len: usize) -> Run {
     let running = start(via);
     let c = clients(&running.client_endpoint);
     wait_ready(&c);
@@ -548,13 +504,17 @@ fn rpc(via: Via, payload_len: usize) -> RpcResult {
         }
     }
     let (mut window_start, mut window_count) = (None, 0u64);
+    let (mut cpu_start, mut cpu_end) = (None, None);
     let end = start + WARMUP + measure;
     let mut outstanding = CLIENTS * IN_FLIGHT;
     let mut frames: Vec<zmq::Message> = Vec::with_capacity(8);
     while outstanding > 0 {
         let now = Instant::now();
-        if now > end + Duration::from_secs(5) {
-            break;
+        if now > end {
+            cpu_end.get_or_insert_with(|| running.setup.cpu());
+            if now > end + DRAIN {
+                break;
+            }
         }
         let mut items: Vec<zmq::PollItem> = c
             .sockets
@@ -595,7 +555,10 @@ fn rpc(via: Via, payload_len: usize) -> RpcResult {
                 let now = Instant::now();
                 outstanding -= 1;
                 if now >= start + WARMUP && now < end {
-                    window_start.get_or_insert(now);
+                    if window_start.is_none() {
+                        window_start = Some(now);
+                        cpu_start = Some(running.setup.cpu());
+                    }
                     window_count += 1;
                     if let Some(t) = sent_at.get(seq) {
                         latencies_us.push(now.duration_since(*t).as_micros() as u32);
@@ -609,11 +572,12 @@ fn rpc(via: Via, payload_len: usize) -> RpcResult {
             }
         }
     }
+    let cpu_end = cpu_end.unwrap_or_else(|| running.setup.cpu());
     let elapsed = window_start
         .map(|w| end.min(Instant::now()).duration_since(w))
         .unwrap_or(measure);
     drop(c);
-    running.finish();
+    let rss_kib = running.finish();
     latencies_us.sort_unstable();
     let pct = |p: f64| {
         if latencies_us.is_empty() {
@@ -622,17 +586,20 @@ fn rpc(via: Via, payload_len: usize) -> RpcResult {
             latencies_us[((latencies_us.len() - 1) as f64 * p) as usize] as f64
         }
     };
-    RpcResult {
+    let cpu = cpu_end.saturating_sub(cpu_start.unwrap_or(cpu_end));
+    Run {
         per_sec: window_count as f64 / elapsed.as_secs_f64(),
         p50_us: pct(0.50),
         p99_us: pct(0.99),
+        cpu_us: cpu.as_secs_f64() * 1e6 / window_count.max(1) as f64,
+        rss_kib,
+        lost: outstanding as u64,
     }
 }
 
 /// Casts: the clients send as fast as they can (blocking at their HWM); the
 /// rate is what the server receives during the measured window.
-fn casts(via: Via, payload_len: usize) -> f64 {
-    eprintln!("casts via {via:?}, {payload_len} B");
+fn casts(via: Via, payload_len: usize) -> Run {
     let running = start(via);
     let c = clients(&running.client_endpoint);
     wait_ready(&c);
@@ -652,22 +619,34 @@ fn casts(via: Via, payload_len: usize) -> f64 {
                     seq += 1;
                 }
             }
-            c
+            (c, seq)
         }
     });
     std::thread::sleep(WARMUP);
-    let before = running.casts.load(Ordering::Relaxed);
+    let (before, cpu_before) = (running.casts.load(Ordering::Relaxed), running.setup.cpu());
     let t0 = Instant::now();
     std::thread::sleep(measure);
-    let after = running.casts.load(Ordering::Relaxed);
+    let (after, cpu_after) = (running.casts.load(Ordering::Relaxed), running.setup.cpu());
     let elapsed = t0.elapsed();
     stop.store(true, Ordering::SeqCst);
-    eprintln!("  stopping sender");
-    let c = sender.join().expect("sender");
+    let (c, sent) = sender.join().expect("sender");
+    // Whatever is on its way arrives, unless it was dropped.
+    let deadline = Instant::now() + DRAIN;
+    while running.casts.load(Ordering::Relaxed) < sent && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let received = running.casts.load(Ordering::Relaxed);
     drop(c);
-    eprintln!("  stopping server and forwarder");
-    running.finish();
-    (after - before) as f64 / elapsed.as_secs_f64()
+    let rss_kib = running.finish();
+    let casts = after - before;
+    Run {
+        per_sec: casts as f64 / elapsed.as_secs_f64(),
+        p50_us: 0.0,
+        p99_us: 0.0,
+        cpu_us: cpu_after.saturating_sub(cpu_before).as_secs_f64() * 1e6 / casts.max(1) as f64,
+        rss_kib,
+        lost: sent.saturating_sub(received),
+    }
 }
 
 fn fanout_request(seq: u64, payload: &[u8]) -> [zmq::Message; 6] {
@@ -675,9 +654,10 @@ fn fanout_request(seq: u64, payload: &[u8]) -> [zmq::Message; 6] {
     [d, v, t, zmq::Message::from(&b"bench"[..]), id, p]
 }
 
-/// Fan-out through this proxy's PUB (pub/sub on): returns (published/s, deliveries/s).
-fn fanout(subscribers: usize, payload_len: usize) -> (f64, f64) {
-    let setup = ours(true);
+/// Fan-out through this proxy's PUB (pub/sub on) with `engine`: returns
+/// (published/s, deliveries/s).
+fn fanout(engine: &str, subscribers: usize, payload_len: usize) -> (f64, f64) {
+    let setup = zmq_proxy(engine, true);
     let pub_ep = setup.publisher_endpoint.clone().expect("publisher");
     let ctx = zmq::Context::new();
     let subs: Vec<zmq::Socket> = (0..subscribers)
@@ -781,7 +761,7 @@ fn fanout(subscribers: usize, payload_len: usize) -> (f64, f64) {
     stop.store(true, Ordering::SeqCst);
     let _ = receiver.join();
     drop(c);
-    setup.finish();
+    let _ = setup.finish();
     ((p1 - p0) as f64 / elapsed, (d1 - d0) as f64 / elapsed)
 }
 
@@ -793,28 +773,53 @@ fn size(n: usize) -> String {
     }
 }
 
-/// Prints the ratios of one case; `rates` in the order of `vias` in `main`:
-/// libzmq engine, native engine, libzmq's zmq_proxy, direct.
-fn ratios(len: usize, rates: &[f64]) {
-    let [ours, native, zmq_proxy, direct] = rates else {
+/// Prints one case: a line per setup, then the ratios. `runs` are in the
+/// order of `VIAS`.
+fn report(len: usize, runs: &[Run], rpc: bool) {
+    for (v, r) in VIAS.iter().zip(runs) {
+        let latency = if rpc {
+            format!("  p50 {:>6.0} us  p99 {:>6.0} us", r.p50_us, r.p99_us)
+        } else {
+            String::new()
+        };
+        let forwarder = if *v == Via::Direct {
+            String::new()
+        } else {
+            format!(
+                "  cpu {:>5.2} us/op  peak rss {:>7} KiB",
+                r.cpu_us, r.rss_kib
+            )
+        };
+        println!(
+            "  {:>6}  {:<17} {:>10.0}/s{latency}{forwarder}  lost {}",
+            size(len),
+            v.name(),
+            r.per_sec,
+            r.lost
+        );
+    }
+    let [native, ours, zmq_proxy, direct] = runs else {
         return;
     };
     println!(
-        "  {:>6}  ratio ours/zmq_proxy {:.2}x  ours/direct {:.2}x",
+        "  {:>6}  native/zmq_proxy {:.2}x  native/direct {:.2}x  native/libzmq-engine {:.2}x  libzmq-engine/zmq_proxy {:.2}x  cpu native/zmq_proxy {:.2}",
         size(len),
-        ours / zmq_proxy,
-        ours / direct
-    );
-    println!(
-        "  {:>6}  ratio native/zmq_proxy {:.2}x  native/direct {:.2}x  native/libzmq-engine {:.2}x",
-        size(len),
-        native / zmq_proxy,
-        native / direct,
-        native / ours
+        native.per_sec / zmq_proxy.per_sec,
+        native.per_sec / direct.per_sec,
+        native.per_sec / ours.per_sec,
+        ours.per_sec / zmq_proxy.per_sec,
+        native.cpu_us / zmq_proxy.cpu_us,
     );
 }
 
+/// The setups, in the order figures are printed and ratios taken.
+const VIAS: [Via; 4] = [Via::Native, Via::Ours, Via::Libzmq, Via::Direct];
+
 fn main() {
+    if std::env::var(CHILD_ENV).as_deref() == Ok("zmq_proxy") {
+        run_zmq_proxy_child();
+        return;
+    }
     // `cargo bench` passes --bench; a filter argument picks sections (rpc, cast, fanout).
     let filter: Vec<String> = std::env::args()
         .skip(1)
@@ -824,21 +829,19 @@ fn main() {
         |section: &str| filter.is_empty() || filter.iter().any(|f| section.contains(f.as_str()));
     let (major, minor, patch) = zmq::version();
     println!(
-        "zmq-proxy throughput: libzmq {major}.{minor}.{patch}, {CLIENTS} DEALER clients x {IN_FLIGHT} in flight, median of {} interleaved runs of {:.1} s, batch {}",
+        "zmq-proxy throughput: libzmq {major}.{minor}.{patch}, {CLIENTS} DEALER clients x {IN_FLIGHT} in flight, median of {} interleaved runs of {:.1} s; forwarders are processes, cpu = their user+system time per op",
         rounds(),
         secs().as_secs_f64(),
-        batch()
     );
-    let vias = [Via::Ours, Via::Native, Via::Libzmq, Via::Direct];
-    // Profiling aid: ZMQ_PROXY_BENCH_ONLY=ours|libzmq|direct runs one setup
-    // once per size (no ratios), for the sections asked for.
+    // Profiling aid: ZMQ_PROXY_BENCH_ONLY=native|ours|libzmq|direct runs one
+    // setup once per size (no ratios), for the sections asked for.
     if let Ok(only) = std::env::var("ZMQ_PROXY_BENCH_ONLY") {
-        let Some(&via) = vias
+        let Some(&via) = VIAS
             .iter()
             .find(|v| format!("{v:?}").eq_ignore_ascii_case(&only))
         else {
             eprintln!(
-                "ZMQ_PROXY_BENCH_ONLY: expected ours, native, libzmq or direct, got {only:?}"
+                "ZMQ_PROXY_BENCH_ONLY: expected native, ours, libzmq or direct, got {only:?}"
             );
             std::process::exit(2);
         };
@@ -854,7 +857,12 @@ fn main() {
             }
             if wanted("cast") {
                 let r = casts(via, len);
-                println!("  {:>6}  {} casts {:>10.0}/s", size(len), via.name(), r);
+                println!(
+                    "  {:>6}  {} casts {:>10.0}/s",
+                    size(len),
+                    via.name(),
+                    r.per_sec
+                );
             }
         }
         return;
@@ -862,42 +870,34 @@ fn main() {
     if wanted("rpc") {
         println!("\nRPC round trips (CALL -> REPLY), per second, p50/p99 latency");
         for len in payloads() {
-            let results = interleaved(&vias, |v| rpc(v, len), |r: &RpcResult| r.per_sec);
-            for (v, r) in vias.iter().zip(&results) {
-                println!(
-                    "  {:>6}  {:<17} {:>10.0}/s  p50 {:>6.0} us  p99 {:>6.0} us",
-                    size(len),
-                    v.name(),
-                    r.per_sec,
-                    r.p50_us,
-                    r.p99_us
-                );
-            }
-            ratios(len, &results.iter().map(|r| r.per_sec).collect::<Vec<_>>());
+            let runs = interleaved(&VIAS, |v| rpc(v, len), |r: &Run| r.per_sec);
+            report(len, &runs, true);
         }
     }
     if wanted("cast") {
         println!("\nOne-way casts, received per second");
         for len in payloads() {
-            let results = interleaved(&vias, |v| casts(v, len), |r: &f64| *r);
-            for (v, r) in vias.iter().zip(&results) {
-                println!("  {:>6}  {:<17} {:>10.0}/s", size(len), v.name(), r);
-            }
-            ratios(len, &results);
+            let runs = interleaved(&VIAS, |v| casts(v, len), |r: &Run| r.per_sec);
+            report(len, &runs, false);
         }
     }
     if wanted("fanout") {
         println!("\nPublisher fan-out through zmq-proxy (pub/sub on): publications/s in, deliveries/s out");
         for len in payloads() {
             for subs in [1, 4, 16] {
-                let (p, d) = median_by((0..rounds()).map(|_| fanout(subs, len)).collect(), |r| r.1);
-                println!(
-                    "  {:>6}  {:>2} subscribers  {:>10.0} published/s  {:>10.0} delivered/s",
-                    size(len),
-                    subs,
-                    p,
-                    d
-                );
+                for engine in ["native", "libzmq"] {
+                    let (p, d) = median_by(
+                        (0..rounds()).map(|_| fanout(engine, subs, len)).collect(),
+                        |r| r.1,
+                    );
+                    println!(
+                        "  {:>6}  {engine:<6} {:>2} subscribers  {:>10.0} published/s  {:>10.0} delivered/s",
+                        size(len),
+                        subs,
+                        p,
+                        d
+                    );
+                }
             }
         }
     }

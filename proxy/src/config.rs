@@ -56,9 +56,10 @@ pub enum RouterMode {
 /// Which forwarding engine runs the router proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Engine {
-    /// libzmq's ROUTER sockets (default).
+    /// libzmq's sockets: the fallback, and the oracle of the differential
+    /// tests.
     Libzmq,
-    /// ZMTP spoken by the proxy itself (issue 13); router proxy only.
+    /// ZMTP spoken by the proxy itself on one event-loop thread (default).
     Native,
 }
 
@@ -234,9 +235,8 @@ pub struct Cli {
     /// Router topology.
     #[arg(long, value_enum, env = "ZMQ_PROXY_MODE")]
     pub mode: Option<RouterMode>,
-    /// Forwarding engine of the router proxy: libzmq (default) or native
-    /// (ZMTP spoken by the proxy itself, --hwm counted as KiB per receiver).
-    /// The central PUB and the local publisher stay on libzmq either way.
+    /// Forwarding engine: native (default; ZMTP spoken by the proxy itself,
+    /// --hwm counted as KiB per receiver) or libzmq (the fallback).
     #[arg(long, value_enum, env = "ZMQ_PROXY_ENGINE")]
     pub engine: Option<Engine>,
     /// Publish fanout/notify on PUB (oslo use_pub_sub).
@@ -642,7 +642,7 @@ impl Settings {
                 .or(ini_parse(ini, PROXY_SECTION, "publisher_port")?)
                 .unwrap_or(50003),
             mode: cli.mode.or(ini_mode).unwrap_or(RouterMode::DoubleRouter),
-            engine: cli.engine.unwrap_or(Engine::Libzmq),
+            engine: cli.engine.unwrap_or(Engine::Native),
             local_publisher: cli
                 .local_publisher
                 .or(ini_bool(ini, PROXY_SECTION, "local_publisher")?)
@@ -750,7 +750,7 @@ mod tests {
             (50001, 50002, 50003)
         );
         assert_eq!(s.mode, RouterMode::DoubleRouter);
-        assert_eq!(s.engine, Engine::Libzmq);
+        assert_eq!(s.engine, Engine::Native);
         assert!(!s.pubsub && !s.ack_pub_sub && !s.local_publisher);
         assert_eq!(s.matchmaker, MatchmakerKind::Static);
         assert_eq!(s.metrics_address, "0.0.0.0:9090".parse().unwrap());
@@ -883,15 +883,15 @@ mod tests {
     fn the_engine_comes_from_the_flag_or_the_environment() {
         let s = settings(&["--engine", "native"], &[], "").unwrap();
         assert_eq!(s.engine, Engine::Native);
-        let s = settings(&[], &[("ZMQ_PROXY_ENGINE", "native")], "").unwrap();
-        assert_eq!(s.engine, Engine::Native);
+        let s = settings(&[], &[("ZMQ_PROXY_ENGINE", "libzmq")], "").unwrap();
+        assert_eq!(s.engine, Engine::Libzmq);
         let s = settings(
-            &["--engine", "libzmq"],
-            &[("ZMQ_PROXY_ENGINE", "native")],
+            &["--engine", "native"],
+            &[("ZMQ_PROXY_ENGINE", "libzmq")],
             "",
         )
         .unwrap();
-        assert_eq!(s.engine, Engine::Libzmq);
+        assert_eq!(s.engine, Engine::Native);
         assert!(settings(&["--engine", "turbo"], &[], "").is_err());
     }
 

@@ -115,9 +115,8 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
         source,
     };
 
-    let (listening_sockets, registration) = if settings.local_publisher
-        && settings.engine == Engine::Native
-    {
+    let native = settings.engine == Engine::Native;
+    let (listening_sockets, registration) = if settings.local_publisher && native {
         let (publ, pub_ep, pub_port) = native_publisher(&settings, &metrics)?;
         let (tx, rx) = std::sync::mpsc::channel();
         let fixed: BTreeSet<String> = settings.connect_publishers.iter().cloned().collect();
@@ -169,7 +168,7 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
         threads.push(lp.spawn(health.loop_guard()).map_err(spawn_err)?);
         health.registered.store(true, Ordering::SeqCst);
         ((None, None, Some(pub_ep)), None)
-    } else if settings.engine == Engine::Native {
+    } else if native {
         let io_err = |what| move |source| AppError::Io { what, source };
         let fe_id = proxy_identity(&settings.host);
         let be_id = proxy_identity(&settings.host);

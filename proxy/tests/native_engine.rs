@@ -506,7 +506,10 @@ fn raw_subscribers_in_the_3_1_command_and_3_0_message_forms_get_only_their_prefi
         v31.read_message(),
         publication("compute", "id-4", &[b"p", b""])
     );
-    assert_eq!(v30.read_message(), publication("network", "id-2", &[b"p", b""]));
+    assert_eq!(
+        v30.read_message(),
+        publication("network", "id-2", &[b"p", b""])
+    );
     assert_eq!(
         v30.read_message(),
         publication("network.end", "id-5", &[b"p", b""])
@@ -644,7 +647,10 @@ fn fake_central_accept(listener: &std::net::TcpListener, minor: u8) -> RawPeer {
         match listener.accept() {
             Ok((s, _)) => break s,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                assert!(Instant::now() < deadline, "the local publisher never connected");
+                assert!(
+                    Instant::now() < deadline,
+                    "the local publisher never connected"
+                );
                 std::thread::sleep(Duration::from_millis(10));
             }
             Err(e) => panic!("accept: {e}"),
@@ -683,10 +689,7 @@ fn the_native_local_publisher_subscribes_in_each_versions_form_and_drops_cut_mes
     local.wait_metric(r#"zmq_proxy_connected_peers{socket="publisher"}"#, 1.0);
     for (round, minor) in [0u8, 1].into_iter().enumerate() {
         let mut central = fake_central_accept(&listener, minor);
-        local.wait_metric(
-            r#"zmq_proxy_connected_peers{socket="subscriber"}"#,
-            1.0,
-        );
+        local.wait_metric(r#"zmq_proxy_connected_peers{socket="subscriber"}"#, 1.0);
         let id = format!("whole-{minor}");
         let whole = publication("compute", &id, &[b"x", b""]);
         let refs: Vec<&[u8]> = whole.iter().map(Vec::as_slice).collect();
@@ -703,17 +706,17 @@ fn the_native_local_publisher_subscribes_in_each_versions_form_and_drops_cut_mes
         assert_eq!(got, whole);
         while recv(&sub, Duration::from_millis(100)).is_some() {}
         // Half a message, then the connection ends.
-        let cut = RawPeer::message(&[b"compute", b"1.0", b"3", b"cut", b"payload"], SizeForm::Short);
+        let cut = RawPeer::message(
+            &[b"compute", b"1.0", b"3", b"cut", b"payload"],
+            SizeForm::Short,
+        );
         central.send(&cut[..cut.len() - 4]);
         drop(central);
         local.wait_metric(
             r#"zmq_proxy_dropped_total{reason="truncated",socket="subscriber"}"#,
             (round + 1) as f64,
         );
-        local.wait_metric(
-            r#"zmq_proxy_connected_peers{socket="subscriber"}"#,
-            0.0,
-        );
+        local.wait_metric(r#"zmq_proxy_connected_peers{socket="subscriber"}"#, 0.0);
         assert!(recv(&sub, Duration::from_millis(100)).is_none());
     }
 }

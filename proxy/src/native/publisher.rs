@@ -516,7 +516,12 @@ pub fn encode(frames: &[&[u8]]) -> Chunk {
     let last = frames.len().saturating_sub(1);
     let len: usize = frames
         .iter()
-        .map(|f| encode_header(Flags::message(false), f.len()).as_bytes().len() + f.len())
+        .map(|f| {
+            encode_header(Flags::message(false), f.len())
+                .as_bytes()
+                .len()
+                + f.len()
+        })
         .sum();
     let mut wire = Vec::with_capacity(len);
     for (i, f) in frames.iter().enumerate() {

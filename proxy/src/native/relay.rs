@@ -78,7 +78,10 @@ enum State {
     Waiting(Instant),
     /// TCP connect in progress (`connected` false) or done, handshake and
     /// messages as in any [`Connection`] (its `side` is unused here).
-    Open { conn: Box<Connection>, connected: bool },
+    Open {
+        conn: Box<Connection>,
+        connected: bool,
+    },
 }
 
 impl Relay {

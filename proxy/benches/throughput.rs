@@ -185,6 +185,8 @@ fn native() -> Setup {
             duplicates: Duplicates::Handover,
             linger_ms: 0,
             keepalive: Keepalive::default(),
+            heartbeat: None,
+            handshake_timeout: None,
         },
         shutdown.clone(),
         Arc::new(AtomicU64::new(0)),

@@ -18,7 +18,8 @@ use crate::config::{Engine, RouterMode, Settings, SocketOptions};
 use crate::matchmaker::{self, Matchmaker, ProxyAddresses};
 use crate::native::router::{out_limit_for_hwm, DEFAULT_MAX_MESSAGE};
 use crate::native::{
-    Duplicates, Keepalive, Listener, NativeConfig, NativeRouter, Publisher, PublisherConfig, Relay,
+    Duplicates, Heartbeat, Keepalive, Listener, NativeConfig, NativeRouter, Publisher,
+    PublisherConfig, Relay,
 };
 use crate::publisher::LocalPublisher;
 use crate::router::{RouterConfig, RouterLoop};
@@ -222,6 +223,11 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
                 duplicates: Duplicates::Handover,
                 linger_ms: opts.linger_ms,
                 keepalive: keepalive(opts),
+                heartbeat: Heartbeat::from_millis(opts.heartbeat_ivl_ms, opts.heartbeat_timeout_ms),
+                handshake_timeout: u64::try_from(opts.handshake_ivl_ms)
+                    .ok()
+                    .filter(|&ms| ms > 0)
+                    .map(Duration::from_millis),
             },
             shutdown.clone(),
             Arc::clone(&activity),

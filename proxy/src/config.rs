@@ -112,6 +112,17 @@ pub struct SocketOptions {
     pub tcp_keepalive_cnt: i32,
     /// ZMQ_IMMEDIATE on the proxy's sockets (off on bound sockets, as oslo).
     pub immediate: bool,
+    /// ZMQ_HEARTBEAT_IVL in ms: a PING to every peer quiet this long, so a
+    /// peer that vanished without a FIN (a node lost, a partition) is found
+    /// and its connection and buffers freed; 0 = off.
+    pub heartbeat_ivl_ms: i32,
+    /// ZMQ_HEARTBEAT_TIMEOUT in ms: a peer that sends nothing this long
+    /// after a PING is closed.
+    pub heartbeat_timeout_ms: i32,
+    /// ZMQ_HANDSHAKE_IVL in ms: a connection that has not finished its
+    /// greeting and READY this long after it was accepted is closed, so
+    /// silent connections cannot pile up; 0 = no limit.
+    pub handshake_ivl_ms: i32,
 }
 
 impl Default for SocketOptions {
@@ -124,6 +135,12 @@ impl Default for SocketOptions {
             tcp_keepalive_intvl: -1,
             tcp_keepalive_cnt: -1,
             immediate: false,
+            // Dead peers are found within 40 s; a live one costs a 10-byte
+            // PING and PONG per 10 quiet seconds.
+            heartbeat_ivl_ms: 10_000,
+            heartbeat_timeout_ms: 30_000,
+            // libzmq's default.
+            handshake_ivl_ms: 30_000,
         }
     }
 }
@@ -294,6 +311,15 @@ pub struct Cli {
     #[arg(long, env = "ZMQ_PROXY_IMMEDIATE", num_args = 0..=1, default_missing_value = "true",
           value_parser = BoolishValueParser::new())]
     pub immediate: Option<bool>,
+    /// ZMQ_HEARTBEAT_IVL (ms): PING peers quiet this long; 0 = off; default 10000.
+    #[arg(long, env = "ZMQ_PROXY_HEARTBEAT_IVL_MS")]
+    pub heartbeat_ivl_ms: Option<u32>,
+    /// ZMQ_HEARTBEAT_TIMEOUT (ms): close a peer silent this long after a PING; default 30000.
+    #[arg(long, env = "ZMQ_PROXY_HEARTBEAT_TIMEOUT_MS")]
+    pub heartbeat_timeout_ms: Option<u32>,
+    /// ZMQ_HANDSHAKE_IVL (ms): close a connection whose handshake is not done by then; 0 = no limit; default 30000.
+    #[arg(long, env = "ZMQ_PROXY_HANDSHAKE_IVL_MS")]
+    pub handshake_ivl_ms: Option<u32>,
     /// Registration TTL in seconds (oslo zmq_target_expire); default 300.
     #[arg(long, env = "ZMQ_PROXY_TARGET_EXPIRE")]
     pub target_expire: Option<u64>,
@@ -391,6 +417,16 @@ fn invalid(key: &str, value: &str, reason: impl ToString) -> ConfigError {
         key: key.to_string(),
         value: value.to_string(),
         reason: reason.to_string(),
+    }
+}
+
+/// A millisecond flag kept as libzmq's `int` option (at most `i32::MAX`).
+fn millis_flag(key: &str, value: Option<u32>, default: i32) -> Result<i32, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(ms) => {
+            i32::try_from(ms).map_err(|_| invalid(key, &ms.to_string(), "at most 2147483647"))
+        }
     }
 }
 
@@ -554,6 +590,21 @@ impl Settings {
                 .or(ini_parse(ini, DRIVER_SECTION, "zmq_tcp_keepalive_cnt")?)
                 .unwrap_or(defaults.tcp_keepalive_cnt),
             immediate: cli.immediate.unwrap_or(defaults.immediate),
+            heartbeat_ivl_ms: millis_flag(
+                "heartbeat-ivl-ms",
+                cli.heartbeat_ivl_ms,
+                defaults.heartbeat_ivl_ms,
+            )?,
+            heartbeat_timeout_ms: millis_flag(
+                "heartbeat-timeout-ms",
+                cli.heartbeat_timeout_ms,
+                defaults.heartbeat_timeout_ms,
+            )?,
+            handshake_ivl_ms: millis_flag(
+                "handshake-ivl-ms",
+                cli.handshake_ivl_ms,
+                defaults.handshake_ivl_ms,
+            )?,
         };
         let expire = cli
             .target_expire
@@ -802,6 +853,30 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.connect_publishers, vec!["tcp://c:3"]);
+    }
+
+    #[test]
+    fn heartbeats_default_on_and_can_be_tuned_or_turned_off() {
+        let s = settings(&[], &[], "").unwrap();
+        assert_eq!(
+            (s.sockets.heartbeat_ivl_ms, s.sockets.heartbeat_timeout_ms),
+            (10_000, 30_000)
+        );
+        let s = settings(
+            &["--heartbeat-ivl-ms", "0"],
+            &[("ZMQ_PROXY_HEARTBEAT_TIMEOUT_MS", "500")],
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            (s.sockets.heartbeat_ivl_ms, s.sockets.heartbeat_timeout_ms),
+            (0, 500)
+        );
+        assert!(settings(&["--heartbeat-ivl-ms", "3000000000"], &[], "").is_err());
+        assert!(settings(&["--heartbeat-ivl-ms", "-5"], &[], "").is_err());
+        assert_eq!(s.sockets.handshake_ivl_ms, 30_000);
+        let s = settings(&["--handshake-ivl-ms", "250"], &[], "").unwrap();
+        assert_eq!(s.sockets.handshake_ivl_ms, 250);
     }
 
     #[test]

@@ -52,6 +52,14 @@ pub fn new_socket(
     if options.immediate {
         s.set_immediate(true).map_err(zmq_err("ZMQ_IMMEDIATE"))?;
     }
+    s.set_handshake_ivl(options.handshake_ivl_ms)
+        .map_err(zmq_err("ZMQ_HANDSHAKE_IVL"))?;
+    if options.heartbeat_ivl_ms > 0 {
+        s.set_heartbeat_ivl(options.heartbeat_ivl_ms)
+            .map_err(zmq_err("ZMQ_HEARTBEAT_IVL"))?;
+        s.set_heartbeat_timeout(options.heartbeat_timeout_ms)
+            .map_err(zmq_err("ZMQ_HEARTBEAT_TIMEOUT"))?;
+    }
     if let Some(id) = identity {
         s.set_identity(id).map_err(zmq_err("ZMQ_IDENTITY"))?;
     }

@@ -54,6 +54,7 @@ pub struct Metrics {
     dropped: IntCounterVec,
     connected: IntGaugeVec,
     held: IntGaugeVec,
+    timed_out: IntCounterVec,
 }
 
 /// Pre-resolved counters of one socket (hot path: one atomic add each).
@@ -68,6 +69,9 @@ pub struct SocketCounters {
     pub connected: IntGauge,
     /// Messages held for a receiver on this socket that is not connected yet.
     pub held: IntGauge,
+    /// Peers closed for silence after a heartbeat PING, or for a handshake
+    /// not finished in time (native engine; libzmq does not report these).
+    pub timed_out: IntCounter,
 }
 
 impl SocketCounters {
@@ -169,6 +173,13 @@ impl Metrics {
             ),
             &["socket"],
         )?;
+        let timed_out = IntCounterVec::new(
+            Opts::new(
+                "zmq_proxy_peers_timed_out_total",
+                "Peers closed for not answering a heartbeat or not finishing the handshake in time, per socket (native engine)",
+            ),
+            &["socket"],
+        )?;
         let build = IntGaugeVec::new(
             Opts::new("zmq_proxy_build_info", "Build information; always 1"),
             &["version", "libzmq", "protocol"],
@@ -186,6 +197,7 @@ impl Metrics {
         registry.register(Box::new(dropped.clone()))?;
         registry.register(Box::new(connected.clone()))?;
         registry.register(Box::new(held.clone()))?;
+        registry.register(Box::new(timed_out.clone()))?;
         registry.register(Box::new(build))?;
         // Process metrics keep their conventional unprefixed names (process_*).
         registry.register(Box::new(
@@ -198,6 +210,7 @@ impl Metrics {
             dropped,
             connected,
             held,
+            timed_out,
         })
     }
 
@@ -214,6 +227,7 @@ impl Metrics {
             dropped: DropReason::ALL.map(|r| self.dropped.with_label_values(&[name, r.as_str()])),
             connected: self.connected.with_label_values(&[name]),
             held: self.held.with_label_values(&[name]),
+            timed_out: self.timed_out.with_label_values(&[name]),
         }
     }
 

@@ -280,6 +280,296 @@ per_engine!(
     super::long_form_and_ping
 );
 
+fn empty_identity(engine: Engine) {
+    let proxy = Proxy::start_on(engine, &[]);
+    let ctx = zmq::Context::new();
+    let server = dealer(&ctx, SERVER, proxy.backend());
+    // DEALERs without an identity send READY with an empty Identity: the
+    // proxy generates one per connection, as libzmq's ROUTER does.
+    let anonymous = |n: &str| -> (zmq::Socket, Vec<u8>) {
+        let s = ctx.socket(zmq::DEALER).unwrap();
+        s.set_linger(0).unwrap();
+        s.connect(proxy.frontend()).unwrap();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            send(&s, &request("2", SERVER, n, &[]));
+            if let Some(m) = recv(&server, Duration::from_millis(50)) {
+                assert_eq!(m[4], n.as_bytes());
+                while recv(&server, Duration::from_millis(100)).is_some() {}
+                return (s, m[2].clone());
+            }
+            assert!(Instant::now() < deadline, "server never routable");
+        }
+    };
+    let (first, first_id) = anonymous("first");
+    let (second, second_id) = anonymous("second");
+    assert!(
+        !first_id.is_empty(),
+        "the proxy routed with an empty identity"
+    );
+    assert_ne!(first_id, second_id, "two anonymous peers share an identity");
+    // The server answers each under its generated identity.
+    for (id, tag) in [
+        (&first_id, &b"to-first"[..]),
+        (&second_id, &b"to-second"[..]),
+    ] {
+        let mut reply = frames(&[b"", b"1.0", b"5", id, tag]);
+        reply.push(b"r".to_vec());
+        send(&server, &reply);
+    }
+    let got = expect(&first);
+    assert_eq!(
+        (&got[2], &got[4]),
+        (&SERVER.as_bytes().to_vec(), &b"to-first".to_vec())
+    );
+    let got = expect(&second);
+    assert_eq!(got[4], b"to-second");
+    assert!(recv(&first, Duration::from_millis(100)).is_none());
+}
+per_engine!(
+    peers_with_an_empty_identity_get_distinct_generated_ones,
+    super::empty_identity
+);
+
+/// A TCP relay between peers and the proxy that forwards each direction in
+/// random pieces (cutting frames, headers and greetings at any offset) and
+/// cuts its first connection for good after `cut_at` bytes towards the
+/// proxy.
+struct ChoppingRelay {
+    endpoint: String,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// xorshift64*: reproducible from the printed seed.
+fn next_random(state: &mut u64) -> u64 {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+}
+
+impl ChoppingRelay {
+    fn start(target: &str, seed: u64, cut_at: usize) -> ChoppingRelay {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("tcp://{}", listener.local_addr().unwrap());
+        let target = target.trim_start_matches("tcp://").to_string();
+        let cut = Arc::new(AtomicBool::new(false));
+        let done = Arc::clone(&cut);
+        std::thread::spawn(move || {
+            for (n, peer) in listener.incoming().enumerate() {
+                let Ok(peer) = peer else { return };
+                let Ok(proxy) = TcpStream::connect(&target) else {
+                    return;
+                };
+                peer.set_nodelay(true).unwrap();
+                proxy.set_nodelay(true).unwrap();
+                // Only the first connection is cut; later ones are whole.
+                let limit = if n == 0 { cut_at } else { usize::MAX };
+                let seed = seed.wrapping_add(n as u64 * 2 + 1);
+                let (up_in, up_out) = (peer.try_clone().unwrap(), proxy.try_clone().unwrap());
+                let done = Arc::clone(&done);
+                std::thread::spawn(move || {
+                    chop(up_in, up_out, seed, limit);
+                    if limit != usize::MAX {
+                        done.store(true, Ordering::SeqCst);
+                    }
+                });
+                std::thread::spawn(move || chop(proxy, peer, seed ^ 0xABCD, usize::MAX));
+            }
+        });
+        ChoppingRelay { endpoint, cut }
+    }
+}
+
+/// Copies `from` to `to` in pieces of 1 to 64 bytes until either side
+/// ends or `limit` bytes are through; then shuts both down.
+fn chop(mut from: TcpStream, mut to: TcpStream, mut seed: u64, limit: usize) {
+    let mut buf = [0u8; 4096];
+    let mut through = 0usize;
+    'copy: loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let mut at = 0;
+        while at < n {
+            let piece = (1 + (next_random(&mut seed) % 64) as usize)
+                .min(n - at)
+                .min(limit - through);
+            if to.write_all(&buf[at..at + piece]).is_err() {
+                break 'copy;
+            }
+            at += piece;
+            through += piece;
+            if through >= limit {
+                break 'copy;
+            }
+        }
+    }
+    let _ = from.shutdown(std::net::Shutdown::Both);
+    let _ = to.shutdown(std::net::Shutdown::Both);
+}
+
+fn chopped_stream(engine: Engine) {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    let mut rng = seed;
+    // Past the greeting and READY, within the first few messages.
+    let cut_at = 200 + (next_random(&mut rng) % 4000) as usize;
+    eprintln!("seed {seed}, cut after {cut_at} bytes");
+    let proxy = Proxy::start_on(engine, &[]);
+    let relay = ChoppingRelay::start(proxy.frontend(), seed, cut_at);
+    let ctx = zmq::Context::new();
+    let server = dealer(&ctx, SERVER, proxy.backend());
+    let client = dealer(&ctx, CLIENT, &relay.endpoint);
+    let payload = |i: usize| -> Vec<u8> {
+        let len = (i * 7919) % 700;
+        (0..len).map(|b| (b + i) as u8).collect()
+    };
+    let total = 300;
+    let mut received = Vec::new();
+    for i in 0..total {
+        send(
+            &client,
+            &request("2", SERVER, &format!("m{i:04}"), &[&payload(i)]),
+        );
+        if i == 20 {
+            // Let the cut happen while messages are in flight.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        while let Some(m) = recv(&server, Duration::ZERO) {
+            received.push(m);
+        }
+    }
+    // The client reconnects through the relay: probes get through behind
+    // whatever it still had queued.
+    let deadline = Instant::now() + WAIT;
+    'probe: loop {
+        assert!(
+            Instant::now() < deadline,
+            "no probe got through (seed {seed})"
+        );
+        send(&client, &request("2", SERVER, "probe", &[]));
+        while let Some(m) = recv(&server, Duration::from_millis(50)) {
+            if m[4] == b"probe" {
+                break 'probe;
+            }
+            received.push(m);
+        }
+    }
+    assert!(
+        relay.cut.load(std::sync::atomic::Ordering::SeqCst),
+        "the relay never cut the stream (seed {seed})"
+    );
+    let mut last = None;
+    for m in received.iter().filter(|m| m[4] != b"probe") {
+        let id = String::from_utf8(m[4].clone()).unwrap();
+        let i: usize = id[1..].parse().unwrap();
+        assert_eq!(
+            *m,
+            delivery(CLIENT, "2", &id, &[&payload(i)]),
+            "message {i} corrupted (seed {seed})"
+        );
+        assert!(
+            last < Some(i),
+            "out of order or repeated: {i} (seed {seed})"
+        );
+        last = Some(i);
+    }
+    let truncated =
+        proxy.metric(r#"zmq_proxy_dropped_total{reason="truncated",socket="frontend"}"#);
+    eprintln!(
+        "{} of {total} delivered; truncated: {truncated}",
+        received.len()
+    );
+    if engine == Engine::Native {
+        // One connection was cut: at most the message it was in is lost
+        // whole (none if the cut fell between two messages).
+        assert!(truncated <= 1.0, "truncated {truncated} (seed {seed})");
+    }
+    // Traffic both ways is whole after the cut.
+    send(&server, &request("5", CLIENT, "after", &[b"r"]));
+    assert_eq!(expect(&client), delivery(SERVER, "5", "after", &[b"r"]));
+}
+per_engine!(
+    a_stream_chopped_and_cut_at_random_offsets_delivers_only_whole_messages,
+    super::chopped_stream
+);
+
+/// Waits until the proxy closes `raw`'s connection (FIN or reset).
+fn wait_closed(raw: &mut RawPeer) {
+    let mut rest = Vec::new();
+    match raw.stream.read_to_end(&mut rest) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("the proxy never closed the connection: {e}"),
+    }
+}
+
+fn dead_peers(engine: Engine) {
+    let proxy = Proxy::start_on(
+        engine,
+        &[
+            "--heartbeat-ivl-ms",
+            "100",
+            "--heartbeat-timeout-ms",
+            "300",
+            "--handshake-ivl-ms",
+            "300",
+        ],
+    );
+    let ctx = zmq::Context::new();
+    let (client, server) = pair(&ctx, &proxy);
+    let frontend = r#"zmq_proxy_connected_peers{socket="frontend"}"#;
+    // A peer that finishes its handshake, then never answers: PINGed,
+    // then closed.
+    let mut silent = RawPeer::connect(proxy.frontend(), SocketType::Dealer, b"raw-silent");
+    proxy.wait_metric(frontend, 2.0);
+    let ping = silent.read_command();
+    assert!(
+        matches!(Command::parse(&ping), Ok(Command::Ping { .. })),
+        "expected a PING, got {ping:?}"
+    );
+    wait_closed(&mut silent);
+    // A connection that never even sends a greeting: closed at the
+    // handshake deadline.
+    let mut mute = TcpStream::connect(proxy.frontend().trim_start_matches("tcp://")).unwrap();
+    mute.set_read_timeout(Some(WAIT)).unwrap();
+    let mut greeting = [0u8; 10];
+    mute.read_exact(&mut greeting).unwrap();
+    let mut mute = RawPeer { stream: mute };
+    wait_closed(&mut mute);
+    proxy.wait_metric(frontend, 1.0);
+    // The libzmq peers answered every PING: after many intervals of
+    // silence they are connected and routable.
+    std::thread::sleep(Duration::from_millis(1000));
+    send(&client, &request("2", SERVER, "after-pings", &[b"p"]));
+    assert_eq!(
+        expect(&server),
+        delivery(CLIENT, "2", "after-pings", &[b"p"])
+    );
+    assert_eq!(proxy.metric(frontend), 1.0);
+    assert_eq!(
+        proxy.metric(r#"zmq_proxy_connected_peers{socket="backend"}"#),
+        1.0
+    );
+    if engine == Engine::Native {
+        assert_eq!(
+            proxy.metric(r#"zmq_proxy_peers_timed_out_total{socket="frontend"}"#),
+            2.0
+        );
+    }
+}
+per_engine!(
+    a_silent_peer_is_pinged_and_closed_and_live_ones_stay,
+    super::dead_peers
+);
+
 #[test]
 fn a_connection_reset_mid_message_desynchronises_no_one_and_is_counted() {
     let proxy = Proxy::start_on(Engine::Native, &[]);

@@ -3,7 +3,8 @@
 //! oslo client calls a Rust server, with and without acks, including remote
 //! errors. oslo.messaging comes from PyPI into a venv under the target dir
 //! (`tests/oslo/install.sh`, which applies its Python 3.11 fixes at install
-//! time); the Python side is `tests/oslo/oslo_rpc.py`.
+//! time); the Python side is `tests/oslo/oslo_rpc.py`. Each test runs once
+//! per forwarding engine.
 
 mod rpc_support;
 
@@ -126,13 +127,16 @@ fn oslo_call(url: &str, topic: &str, method: &str, args: Value, acks: bool) -> V
     serde_json::from_str(&line).expect("json line")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rust_and_oslo_call_each_other_through_the_proxy() {
+per_engine_async!(
+    rust_and_oslo_call_each_other_through_the_proxy,
+    super::rust_and_oslo_calls
+);
+async fn rust_and_oslo_calls(engine: &str) {
     let _ = python();
     let redis = Redis::start();
     let url = redis.url();
     let oslo_url = format!("{url}/");
-    let proxy = Proxy::start(&["-u", &url]);
+    let proxy = Proxy::start_on(engine, &["-u", &url]);
     let mm: Arc<dyn Matchmaker> = Arc::new(
         RedisMatchmaker::new(RedisConfig {
             poll_period: Duration::from_millis(200),
@@ -252,13 +256,16 @@ async fn rust_and_oslo_call_each_other_through_the_proxy() {
     drop(proxy);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn casts_and_fanouts_cross_between_rust_and_oslo_over_pub_sub() {
+per_engine_async!(
+    casts_and_fanouts_cross_between_rust_and_oslo_over_pub_sub,
+    super::casts_and_fanouts
+);
+async fn casts_and_fanouts(engine: &str) {
     let _ = python();
     let redis = Redis::start();
     let url = redis.url();
     let oslo_url = format!("{url}/");
-    let proxy = Proxy::start(&["-u", &url, "--pubsub"]);
+    let proxy = Proxy::start_on(engine, &["-u", &url, "--pubsub"]);
     assert!(proxy.addresses.publisher_port.is_some());
     let mm: Arc<dyn Matchmaker> = Arc::new(
         RedisMatchmaker::new(RedisConfig {

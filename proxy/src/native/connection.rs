@@ -15,6 +15,7 @@ use mio::net::TcpStream;
 use zmtp::{Assembler, Limits};
 
 use super::handshake::Handshake;
+use super::heartbeat::Liveness;
 use super::outbox::Outbox;
 
 /// Most bytes asked of the socket per read, for a busy connection.
@@ -102,11 +103,18 @@ pub struct Connection {
     chunk: usize,
     /// The message at `msg_start` waits for room at its receiver.
     pub blocked: Option<Blocked>,
+    /// When it was accepted (for the handshake deadline).
+    pub accepted: Instant,
+    /// When it was last heard from, and an unanswered PING.
+    pub liveness: Liveness,
+    /// The peer speaks ZMTP 3.1, so it answers PING (3.0 has no PING).
+    pub answers_ping: bool,
 }
 
 impl Connection {
     /// A freshly accepted connection.
     pub fn new(stream: TcpStream, side: Side, limits: Limits) -> Connection {
+        let now = Instant::now();
         Connection {
             stream,
             side,
@@ -124,6 +132,9 @@ impl Connection {
             dirty: false,
             chunk: FIRST_CHUNK,
             blocked: None,
+            accepted: now,
+            liveness: Liveness::new(now),
+            answers_ping: false,
         }
     }
 
@@ -141,6 +152,7 @@ impl Connection {
                     return Ok(0);
                 }
                 Ok(n) => {
+                    self.liveness.heard(Instant::now());
                     if self.filled + n == self.buf.len() {
                         // More was waiting, probably: read more at once.
                         self.chunk = (self.chunk * 2).min(READ_CHUNK);

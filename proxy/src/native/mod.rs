@@ -10,6 +10,7 @@
 //!
 //! Modules, one concept each:
 //! - [`handshake`]: greeting and READY of an accepted connection (pure);
+//! - [`heartbeat`]: PING to quiet peers, closing dead ones (pure);
 //! - [`identity`]: routing identities, generated ones and duplicates (pure);
 //! - [`keepalive`]: TCP keepalive with libzmq's option semantics;
 //! - [`outbox`]: a connection's bounded output and vectored writes;
@@ -23,6 +24,7 @@
 
 pub mod connection;
 pub mod handshake;
+pub mod heartbeat;
 pub mod identity;
 pub mod keepalive;
 pub mod outbox;
@@ -31,6 +33,7 @@ pub mod relay;
 pub mod router;
 pub mod subscriptions;
 
+pub use heartbeat::Heartbeat;
 pub use identity::Duplicates;
 pub use keepalive::Keepalive;
 pub use publisher::{Publisher, PublisherConfig};

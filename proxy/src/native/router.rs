@@ -31,10 +31,13 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
-use zmtp::{encode_header, Command, Decoder, DropReason as CutReason, Flags, Limits, Push};
+use zmtp::{
+    encode_header, Command, Decoder, DropReason as CutReason, Flags, Limits, Push, Version,
+};
 
 use super::connection::{Blocked, Connection, Phase, Side};
 use super::handshake::{opening, Step};
+use super::heartbeat::{Due, Heartbeat};
 use super::identity::{Claim, Duplicates, Generated, PeerTable};
 use super::keepalive::Keepalive;
 use super::outbox::{write_parts, Outbox};
@@ -47,6 +50,9 @@ use crate::shutdown::Shutdown;
 use crate::telemetry::{LogLimiter, SocketCounters, Tally};
 
 /// Longest poll; the shutdown phase is re-checked this often.
+/// How often liveness is looked at when neither heartbeats nor a handshake
+/// deadline ask for more.
+const LIVENESS_CHECK_OFF: Duration = Duration::from_secs(1);
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 /// How often held messages are retried (and expired).
 const HOLD_RETRY: Duration = Duration::from_millis(10);
@@ -106,6 +112,12 @@ pub struct NativeConfig {
     pub linger_ms: i32,
     /// TCP keepalive of accepted connections.
     pub keepalive: Keepalive,
+    /// PINGs to quiet peers and the silence that closes them (`None`: off).
+    pub heartbeat: Option<Heartbeat>,
+    /// How long a connection may take to finish its greeting and READY
+    /// (`None`: no limit), so connections that never speak ZMTP cannot hold
+    /// descriptors forever.
+    pub handshake_timeout: Option<Duration>,
 }
 
 /// A bound listener of the native engine and the metrics of its ROUTER.
@@ -248,6 +260,7 @@ impl NativeRouter {
             received: [Tally::default(), Tally::default()],
             sent: [Tally::default(), Tally::default()],
             handled: 0,
+            next_liveness_check: Instant::now(),
         };
         tracing::info!(
             mode = if double {
@@ -340,6 +353,8 @@ struct Engine {
     received: [Tally; 2],
     sent: [Tally; 2],
     handled: u64,
+    /// When heartbeats and handshake deadlines are next looked at.
+    next_liveness_check: Instant,
 }
 
 const LISTENERS: usize = 2;
@@ -355,7 +370,7 @@ impl Engine {
         {
             return Duration::ZERO;
         }
-        let mut at = now + POLL_TIMEOUT;
+        let mut at = (now + POLL_TIMEOUT).min(self.next_liveness_check);
         if let Some(retry) = self.next_hold_retry {
             at = at.min(retry);
         }
@@ -439,6 +454,10 @@ impl Engine {
         self.to_service = list;
         if self.next_hold_retry.is_some_and(|at| Instant::now() >= at) {
             self.retry_held();
+        }
+        let now = Instant::now();
+        if now >= self.next_liveness_check {
+            self.check_liveness(now);
         }
         self.flush_dirty();
         self.close_pending();
@@ -557,10 +576,13 @@ impl Engine {
                             return Outcome::Need(0);
                         }
                         Ok(Step::Done {
-                            consumed, identity, ..
+                            consumed,
+                            identity,
+                            version,
                         }) => {
                             conn.decoded += consumed;
                             conn.msg_start = conn.decoded;
+                            conn.answers_ping = version >= Version::V3_1;
                             self.register(idx, conn, identity);
                             continue;
                         }
@@ -987,6 +1009,63 @@ impl Engine {
         dirty.clear();
         if self.dirty.is_empty() {
             self.dirty = dirty;
+        }
+    }
+
+    /// Pings quiet peers, closes those silent past the heartbeat timeout
+    /// and those whose handshake is overdue, each counted.
+    fn check_liveness(&mut self, now: Instant) {
+        let heartbeat = self.config.heartbeat;
+        let mut every = heartbeat.map_or(LIVENESS_CHECK_OFF, |h| h.check_every());
+        if let Some(limit) = self.config.handshake_timeout {
+            every = every.min((limit / 4).max(Duration::from_millis(10)));
+        }
+        self.next_liveness_check = now + every;
+        let mut ping = Vec::with_capacity(16);
+        Command::Ping {
+            ttl: 0,
+            context: b"",
+        }
+        .encode(&mut ping);
+        for idx in 0..self.conns.len() {
+            let Some(conn) = self.conns[idx].as_mut() else {
+                continue;
+            };
+            if conn.closing {
+                continue;
+            }
+            let due = match conn.phase {
+                Phase::Handshaking(_)
+                    if self.config.handshake_timeout.is_some_and(|limit| {
+                        now.saturating_duration_since(conn.accepted) >= limit
+                    }) =>
+                {
+                    Due::Dead
+                }
+                // A parked duplicate is not read, so it cannot be heard.
+                Phase::Active if conn.answers_ping => match heartbeat {
+                    Some(h) => h.due(&mut conn.liveness, now),
+                    None => Due::Nothing,
+                },
+                _ => Due::Nothing,
+            };
+            match due {
+                Due::Nothing => {}
+                Due::Ping => {
+                    conn.outbox.push(&ping);
+                    mark_dirty(&mut self.dirty, idx, conn);
+                }
+                Due::Dead => {
+                    conn.closing = true;
+                    self.closing.push(idx);
+                    let side = conn.side;
+                    let identity = String::from_utf8_lossy(&conn.identity).into_owned();
+                    self.counters(side).timed_out.inc();
+                    if self.may_log() {
+                        tracing::warn!(socket = self.name(side), identity, "peer silent past the heartbeat timeout or handshake deadline; connection closed");
+                    }
+                }
+            }
         }
     }
 

@@ -47,6 +47,15 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// Starts the proxy with forwarding engine `engine` ("native" or
+    /// "libzmq"), as [`Proxy::start`] otherwise.
+    #[allow(dead_code)] // Not every suite compares engines.
+    pub fn start_on(engine: &str, args: &[&str]) -> Proxy {
+        let mut all = vec!["--engine", engine];
+        all.extend(args);
+        Proxy::start(&all)
+    }
+
     /// Starts the proxy on 127.0.0.1 with random ports plus `args`.
     pub fn start(args: &[&str]) -> Proxy {
         let log = std::env::temp_dir().join(format!(
@@ -296,4 +305,24 @@ impl Drop for Redis {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Runs an async test body once per engine: `per_engine_async!(name,
+/// body_fn);` defines the tokio tests `name::libzmq` and `name::native`,
+/// each awaiting `body_fn("libzmq")` or `body_fn("native")`.
+#[macro_export]
+macro_rules! per_engine_async {
+    ($name:ident, $body:path) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn libzmq() {
+                $body("libzmq").await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn native() {
+                $body("native").await
+            }
+        }
+    };
 }

@@ -19,7 +19,7 @@ use crate::matchmaker::{self, Matchmaker, ProxyAddresses};
 use crate::native::router::{out_limit_for_hwm, DEFAULT_MAX_MESSAGE};
 use crate::native::{
     Duplicates, Heartbeat, Keepalive, Listener, NativeConfig, NativeRouter, Publisher,
-    PublisherConfig, Relay,
+    PublisherConfig, Relay, Timeouts,
 };
 use crate::publisher::LocalPublisher;
 use crate::router::{RouterConfig, RouterLoop};
@@ -129,6 +129,7 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
             metrics.socket("subscriber"),
             rx,
             DEFAULT_MAX_MESSAGE,
+            timeouts(opts),
             opts.linger_ms,
             shutdown.clone(),
             Arc::clone(&activity),
@@ -223,11 +224,8 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
                 duplicates: Duplicates::Handover,
                 linger_ms: opts.linger_ms,
                 keepalive: keepalive(opts),
-                heartbeat: Heartbeat::from_millis(opts.heartbeat_ivl_ms, opts.heartbeat_timeout_ms),
-                handshake_timeout: u64::try_from(opts.handshake_ivl_ms)
-                    .ok()
-                    .filter(|&ms| ms > 0)
-                    .map(Duration::from_millis),
+                heartbeat: timeouts(opts).heartbeat,
+                handshake_timeout: timeouts(opts).handshake,
             },
             shutdown.clone(),
             Arc::clone(&activity),
@@ -413,6 +411,18 @@ fn keepalive(opts: &SocketOptions) -> Keepalive {
     }
 }
 
+/// Heartbeats and the handshake deadline of the native engine's
+/// connections, from the libzmq socket options.
+fn timeouts(opts: &SocketOptions) -> Timeouts {
+    Timeouts {
+        heartbeat: Heartbeat::from_millis(opts.heartbeat_ivl_ms, opts.heartbeat_timeout_ms),
+        handshake: u64::try_from(opts.handshake_ivl_ms)
+            .ok()
+            .filter(|&ms| ms > 0)
+            .map(Duration::from_millis),
+    }
+}
+
 /// A bound native PUB (the native engine's central PUB, or its local
 /// publisher's), with the router's per-receiver output bound.
 fn native_publisher(
@@ -428,6 +438,7 @@ fn native_publisher(
             out_limit: out_limit_for_hwm(opts.hwm),
             max_message: DEFAULT_MAX_MESSAGE,
             keepalive: keepalive(opts),
+            timeouts: timeouts(opts),
         },
     )
     .map_err(|source| AppError::Io {

@@ -1046,3 +1046,48 @@ fn the_native_local_publisher_relays_unchanged_and_reconnects_after_the_central_
         ) >= 3.0
     );
 }
+
+#[test]
+fn a_silent_subscriber_is_pinged_and_closed_and_a_libzmq_one_stays() {
+    let proxy = Proxy::start_on(
+        Engine::Native,
+        &[
+            "--pubsub",
+            "--heartbeat-ivl-ms",
+            "100",
+            "--heartbeat-timeout-ms",
+            "300",
+        ],
+    );
+    let ctx = zmq::Context::new();
+    let client = dealer(&ctx, CLIENT, proxy.frontend());
+    // libzmq answers PINGs (and sends its own, with the same options).
+    let live = ctx.socket(zmq::SUB).unwrap();
+    live.set_linger(0).unwrap();
+    live.set_heartbeat_ivl(100).unwrap();
+    live.set_heartbeat_timeout(300).unwrap();
+    live.set_subscribe(b"compute").unwrap();
+    live.connect(proxy.publisher()).unwrap();
+    publish_until(&client, "compute", || {
+        recv(&live, Duration::from_millis(50))
+    });
+    let mut silent = RawPeer::subscriber(proxy.publisher(), 1);
+    let ping = silent.read_command();
+    assert!(
+        matches!(Command::parse(&ping), Ok(Command::Ping { .. })),
+        "expected a PING, got {ping:?}"
+    );
+    wait_closed(&mut silent);
+    proxy.wait_metric(
+        r#"zmq_proxy_peers_timed_out_total{socket="publisher"}"#,
+        1.0,
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    while recv(&live, Duration::from_millis(50)).is_some() {}
+    send(&client, &request("3", "compute", "after-pings", &[]));
+    assert_eq!(expect(&live), publication("compute", "after-pings", &[]));
+    assert_eq!(
+        proxy.metric(r#"zmq_proxy_connected_peers{socket="publisher"}"#),
+        1.0
+    );
+}

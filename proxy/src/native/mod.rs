@@ -36,6 +36,6 @@ pub mod subscriptions;
 pub use heartbeat::Heartbeat;
 pub use identity::Duplicates;
 pub use keepalive::Keepalive;
-pub use publisher::{Publisher, PublisherConfig};
+pub use publisher::{Publisher, PublisherConfig, Timeouts};
 pub use relay::Relay;
 pub use router::{Listener, NativeConfig, NativeRouter};

@@ -27,10 +27,13 @@ use std::time::{Duration, Instant};
 use mio::event::Event;
 use mio::net::TcpListener;
 use mio::{Interest, Registry, Token};
-use zmtp::{encode_header, Command, Decoder, Flags, Limits, Push, SocketType, Subscription};
+use zmtp::{
+    encode_header, Command, Decoder, Flags, Limits, Push, SocketType, Subscription, Version,
+};
 
 use super::connection::{Connection, Phase, Side};
 use super::handshake::{opening_as, Step};
+use super::heartbeat::{Due, Heartbeat};
 use super::keepalive::Keepalive;
 use super::outbox::{Chunk, SharedOutbox};
 use super::subscriptions::{Applied, Subscriptions};
@@ -43,6 +46,65 @@ const READS_PER_TURN: usize = 4;
 /// subscription is ignored anyway).
 const MAX_FRAMES: usize = 4096;
 
+/// How often liveness is looked at when neither heartbeats nor a handshake
+/// deadline ask for more (as the router).
+const LIVENESS_CHECK_OFF: Duration = Duration::from_secs(1);
+
+/// When a native PUB or SUB connection counts as dead: libzmq's
+/// `ZMQ_HEARTBEAT_*` and `ZMQ_HANDSHAKE_IVL`, as the router applies them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timeouts {
+    /// PINGs to quiet peers and the silence that closes them (`None`: off).
+    pub heartbeat: Option<Heartbeat>,
+    /// How long a connection may take to finish its greeting and READY
+    /// (`None`: no limit).
+    pub handshake: Option<Duration>,
+}
+
+impl Timeouts {
+    /// How often the loop should look.
+    pub fn check_every(&self) -> Duration {
+        let mut every = self
+            .heartbeat
+            .map_or(LIVENESS_CHECK_OFF, |h| h.check_every());
+        if let Some(limit) = self.handshake {
+            every = every.min((limit / 4).max(Duration::from_millis(10)));
+        }
+        every
+    }
+
+    /// What `conn` needs at `now`: a PING (only to 3.1 peers: 3.0 has
+    /// none), a close (handshake overdue, or silent after a PING), or
+    /// nothing.
+    pub fn due(&self, conn: &mut Connection, now: Instant) -> Due {
+        match conn.phase {
+            Phase::Handshaking(_)
+                if self
+                    .handshake
+                    .is_some_and(|limit| now.saturating_duration_since(conn.accepted) >= limit) =>
+            {
+                Due::Dead
+            }
+            Phase::Active if conn.answers_ping => match self.heartbeat {
+                Some(h) => h.due(&mut conn.liveness, now),
+                None => Due::Nothing,
+            },
+            _ => Due::Nothing,
+        }
+    }
+}
+
+/// A PING with no context, as libzmq sends.
+pub fn ping() -> Vec<u8> {
+    let mut out = Vec::with_capacity(16);
+    Command::Ping {
+        ttl: 0,
+        context: b"",
+    }
+    .encode(&mut out);
+    out
+}
+
 /// Behaviour of a native PUB.
 #[derive(Debug, Clone)]
 pub struct PublisherConfig {
@@ -53,6 +115,8 @@ pub struct PublisherConfig {
     pub max_message: usize,
     /// TCP keepalive of accepted connections.
     pub keepalive: Keepalive,
+    /// Heartbeats and the handshake deadline.
+    pub timeouts: Timeouts,
 }
 
 /// One SUB or XSUB peer.
@@ -90,6 +154,9 @@ pub struct Publisher {
     opening: Chunk,
     sent: Tally,
     limiter: LogLimiter,
+    /// When heartbeats and handshake deadlines are next looked at.
+    next_liveness_check: Instant,
+    ping: Chunk,
 }
 
 impl Publisher {
@@ -127,6 +194,8 @@ impl Publisher {
             opening: Arc::new(opening_as(SocketType::Pub)),
             sent: Tally::default(),
             limiter: LogLimiter::new(20, Duration::from_secs(10)),
+            next_liveness_check: Instant::now(),
+            ping: Arc::new(ping()),
         };
         Ok((publisher, format!("tcp://{bound}"), bound.port()))
     }
@@ -147,6 +216,12 @@ impl Publisher {
     /// Whether work is left for the next turn (the loop should not wait).
     pub fn pending(&self) -> bool {
         !self.again.is_empty() || !self.to_service.is_empty()
+    }
+
+    /// When the loop must run a turn at the latest (the next liveness
+    /// check).
+    pub fn deadline(&self) -> Instant {
+        self.next_liveness_check
     }
 
     /// Takes one of the publisher's events.
@@ -228,9 +303,49 @@ impl Publisher {
         }
         list.clear();
         self.to_service = list;
+        let now = Instant::now();
+        if now >= self.next_liveness_check {
+            self.check_liveness(now);
+        }
         self.flush_dirty();
         self.close_pending(registry);
         self.sent.flush_sent(&self.counters);
+    }
+
+    /// Pings quiet subscribers, closes those silent past the heartbeat
+    /// timeout and those whose handshake is overdue, each counted.
+    fn check_liveness(&mut self, now: Instant) {
+        let timeouts = self.config.timeouts;
+        self.next_liveness_check = now + timeouts.check_every();
+        let mut dead = 0u64;
+        for (idx, slot) in self.subs.iter_mut().enumerate() {
+            let Some(sub) = slot.as_mut() else {
+                continue;
+            };
+            if sub.conn.closing {
+                continue;
+            }
+            match timeouts.due(&mut sub.conn, now) {
+                Due::Nothing => {}
+                Due::Ping => {
+                    sub.out.push(Arc::clone(&self.ping));
+                    mark_dirty(&mut self.dirty, idx, &mut sub.conn);
+                }
+                Due::Dead => {
+                    sub.conn.closing = true;
+                    self.closing.push(idx);
+                    self.counters.timed_out.inc();
+                    dead += 1;
+                }
+            }
+        }
+        if dead > 0 && self.may_log() {
+            tracing::warn!(
+                socket = "publisher",
+                subscribers = dead,
+                "subscriber silent past the heartbeat timeout or handshake deadline; connection closed"
+            );
+        }
     }
 
     /// At shutdown: writes what the sockets take; returns how many
@@ -351,10 +466,13 @@ impl Publisher {
                         conn.phase = Phase::Handshaking(handshake);
                         return Some(0);
                     }
-                    Ok(Step::Done { consumed, .. }) => {
+                    Ok(Step::Done {
+                        consumed, version, ..
+                    }) => {
                         conn.decoded += consumed;
                         conn.msg_start = conn.decoded;
                         conn.phase = Phase::Active;
+                        conn.answers_ping = version >= Version::V3_1;
                         continue;
                     }
                     Err(error) => {

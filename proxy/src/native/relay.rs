@@ -24,11 +24,12 @@ use std::time::{Duration, Instant};
 use mio::event::Event;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
-use zmtp::{Command, Decoder, Limits, Push, SocketType, Subscription};
+use zmtp::{Command, Decoder, Limits, Push, SocketType, Subscription, Version};
 
 use super::connection::{Connection, Phase, Side};
 use super::handshake::{opening_as, Step};
-use super::publisher::Publisher;
+use super::heartbeat::Due;
+use super::publisher::{ping, Publisher, Timeouts};
 use crate::protocol::{DropReason, Publication};
 use crate::shutdown::Shutdown;
 use crate::telemetry::{LogLimiter, SocketCounters, Tally};
@@ -60,6 +61,7 @@ pub struct Relay {
     subscriber: SocketCounters,
     upstreams: mpsc::Receiver<BTreeSet<String>>,
     max_message: usize,
+    timeouts: Timeouts,
     linger_ms: i32,
     shutdown: Shutdown,
     activity: Arc<AtomicU64>,
@@ -86,12 +88,15 @@ enum State {
 
 impl Relay {
     /// A loop over a bound native PUB. `subscriber` are the metrics of the
-    /// SUB side (received messages, connected publishers, drops).
+    /// SUB side (received messages, connected publishers, drops);
+    /// `timeouts` apply to the upstream connections.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         publisher: Publisher,
         subscriber: SocketCounters,
         upstreams: mpsc::Receiver<BTreeSet<String>>,
         max_message: usize,
+        timeouts: Timeouts,
         linger_ms: i32,
         shutdown: Shutdown,
         activity: Arc<AtomicU64>,
@@ -101,6 +106,7 @@ impl Relay {
             subscriber,
             upstreams,
             max_message,
+            timeouts,
             linger_ms,
             shutdown,
             activity,
@@ -130,6 +136,7 @@ impl Relay {
             subscriber,
             upstreams,
             max_message,
+            timeouts,
             linger_ms,
             shutdown,
             activity,
@@ -155,6 +162,9 @@ impl Relay {
             received: Tally::default(),
             limiter: LogLimiter::new(20, Duration::from_secs(10)),
             handled: 0,
+            timeouts,
+            next_liveness_check: Instant::now(),
+            ping: ping(),
         };
         tracing::info!(engine = "native", "local publisher started");
         let mut events = Events::with_capacity(1024);
@@ -215,6 +225,10 @@ struct Loop {
     received: Tally,
     limiter: LogLimiter,
     handled: u64,
+    timeouts: Timeouts,
+    /// When heartbeats and handshake deadlines are next looked at.
+    next_liveness_check: Instant,
+    ping: Vec<u8>,
 }
 
 impl Loop {
@@ -222,7 +236,9 @@ impl Loop {
         if !self.again.is_empty() || !self.to_service.is_empty() || self.publisher.pending() {
             return Duration::ZERO;
         }
-        let mut at = now + POLL_TIMEOUT;
+        let mut at = (now + POLL_TIMEOUT)
+            .min(self.next_liveness_check)
+            .min(self.publisher.deadline());
         for up in self.ups.iter().flatten() {
             if let State::Waiting(when) = up.state {
                 at = at.min(when);
@@ -325,6 +341,10 @@ impl Loop {
         }
         list.clear();
         self.to_service = list;
+        let now = Instant::now();
+        if now >= self.next_liveness_check {
+            self.check_liveness(now);
+        }
         self.close_pending();
         self.received.flush_received(&self.counters);
         self.publisher.end_turn(self.poll.registry());
@@ -444,6 +464,7 @@ impl Loop {
                         conn.decoded += consumed;
                         conn.msg_start = conn.decoded;
                         conn.phase = Phase::Active;
+                        conn.answers_ping = version >= Version::V3_1;
                         // Everything, in the form this publisher reads.
                         let mut subscribe = Vec::new();
                         Subscription::Subscribe(b"").encode(version, &mut subscribe);
@@ -532,6 +553,45 @@ impl Loop {
                 self.counters.dropped(reason);
                 if self.may_log() {
                     tracing::warn!(%reason, frames = frames.len(), "invalid publication dropped");
+                }
+            }
+        }
+    }
+
+    /// Pings quiet central publishers, closes those silent past the
+    /// heartbeat timeout and those whose handshake is overdue (counted on
+    /// `subscriber`; they are reconnected as after any close).
+    fn check_liveness(&mut self, now: Instant) {
+        self.next_liveness_check = now + self.timeouts.check_every();
+        for idx in 0..self.ups.len() {
+            let Some(up) = self.ups.get_mut(idx).and_then(Option::as_mut) else {
+                continue;
+            };
+            let State::Open {
+                conn,
+                connected: true,
+            } = &mut up.state
+            else {
+                continue;
+            };
+            if conn.closing {
+                continue;
+            }
+            match self.timeouts.due(conn, now) {
+                Due::Nothing => {}
+                Due::Ping => {
+                    conn.outbox.push(&self.ping);
+                    if let Err(error) = conn.outbox.flush(&mut &conn.stream) {
+                        tracing::debug!(%error, "upstream write failed");
+                        conn.closing = true;
+                        self.closing.push(idx);
+                    }
+                }
+                Due::Dead => {
+                    conn.closing = true;
+                    self.closing.push(idx);
+                    self.counters.timed_out.inc();
+                    tracing::warn!(endpoint = %up.endpoint, "central publisher silent past the heartbeat timeout or handshake deadline; connection closed");
                 }
             }
         }

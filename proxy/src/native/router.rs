@@ -371,6 +371,9 @@ impl Engine {
             return Duration::ZERO;
         }
         let mut at = (now + POLL_TIMEOUT).min(self.next_liveness_check);
+        if let Some(publisher) = &self.publisher {
+            at = at.min(publisher.deadline());
+        }
         if let Some(retry) = self.next_hold_retry {
             at = at.min(retry);
         }

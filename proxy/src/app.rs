@@ -19,7 +19,7 @@ use crate::matchmaker::{self, Matchmaker, ProxyAddresses};
 use crate::native::router::{out_limit_for_hwm, DEFAULT_MAX_MESSAGE};
 use crate::native::{
     Duplicates, Heartbeat, Keepalive, Listener, NativeConfig, NativeRouter, Publisher,
-    PublisherConfig, Relay, Timeouts,
+    PublisherConfig, Relay, RelayConfig, Timeouts,
 };
 use crate::publisher::LocalPublisher;
 use crate::router::{RouterConfig, RouterLoop};
@@ -128,9 +128,11 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
             publ,
             metrics.socket("subscriber"),
             rx,
-            DEFAULT_MAX_MESSAGE,
-            timeouts(opts),
-            opts.linger_ms,
+            RelayConfig {
+                max_message: DEFAULT_MAX_MESSAGE,
+                timeouts: timeouts(opts),
+                linger_ms: opts.linger_ms,
+            },
             shutdown.clone(),
             Arc::clone(&activity),
         );

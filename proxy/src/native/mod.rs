@@ -37,5 +37,5 @@ pub use heartbeat::Heartbeat;
 pub use identity::Duplicates;
 pub use keepalive::Keepalive;
 pub use publisher::{Publisher, PublisherConfig, Timeouts};
-pub use relay::Relay;
+pub use relay::{Relay, RelayConfig};
 pub use router::{Listener, NativeConfig, NativeRouter};

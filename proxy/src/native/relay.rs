@@ -28,7 +28,7 @@ use zmtp::{Command, Decoder, Limits, Push, SocketType, Subscription, Version};
 
 use super::connection::{Connection, Phase, Side};
 use super::handshake::{opening_as, Step};
-use super::heartbeat::Due;
+use super::heartbeat::{Due, Liveness};
 use super::publisher::{ping, Publisher, Timeouts};
 use crate::protocol::{DropReason, Publication};
 use crate::shutdown::Shutdown;
@@ -55,14 +55,25 @@ pub fn next_backoff(previous: Duration) -> Duration {
     (previous * 2).clamp(RECONNECT_FIRST, RECONNECT_MAX)
 }
 
+/// Behaviour of the native local publisher's SUB side and shutdown.
+#[derive(Debug, Clone, Copy)]
+pub struct RelayConfig {
+    /// Largest message accepted from a central publisher; larger ones are
+    /// dropped whole (`too_large`).
+    pub max_message: usize,
+    /// Heartbeats and the handshake deadline of the upstream connections.
+    pub timeouts: Timeouts,
+    /// Linger of the PUB's queues at close in ms (-1: until the drain
+    /// deadline).
+    pub linger_ms: i32,
+}
+
 /// The native local-publisher loop and what it owns.
 pub struct Relay {
     publisher: Publisher,
     subscriber: SocketCounters,
     upstreams: mpsc::Receiver<BTreeSet<String>>,
-    max_message: usize,
-    timeouts: Timeouts,
-    linger_ms: i32,
+    config: RelayConfig,
     shutdown: Shutdown,
     activity: Arc<AtomicU64>,
 }
@@ -88,16 +99,12 @@ enum State {
 
 impl Relay {
     /// A loop over a bound native PUB. `subscriber` are the metrics of the
-    /// SUB side (received messages, connected publishers, drops);
-    /// `timeouts` apply to the upstream connections.
-    #[allow(clippy::too_many_arguments)]
+    /// SUB side (received messages, connected publishers, drops).
     pub fn new(
         publisher: Publisher,
         subscriber: SocketCounters,
         upstreams: mpsc::Receiver<BTreeSet<String>>,
-        max_message: usize,
-        timeouts: Timeouts,
-        linger_ms: i32,
+        config: RelayConfig,
         shutdown: Shutdown,
         activity: Arc<AtomicU64>,
     ) -> Relay {
@@ -105,9 +112,7 @@ impl Relay {
             publisher,
             subscriber,
             upstreams,
-            max_message,
-            timeouts,
-            linger_ms,
+            config,
             shutdown,
             activity,
         }
@@ -135,9 +140,12 @@ impl Relay {
             mut publisher,
             subscriber,
             upstreams,
-            max_message,
-            timeouts,
-            linger_ms,
+            config:
+                RelayConfig {
+                    max_message,
+                    timeouts,
+                    linger_ms,
+                },
             shutdown,
             activity,
         } = self;
@@ -376,6 +384,11 @@ impl Loop {
                 }
             }
             *connected = true;
+            // The handshake deadline and the heartbeat count from here, not
+            // from the start of a slow TCP connect.
+            let now = Instant::now();
+            conn.accepted = now;
+            conn.liveness = Liveness::new(now);
             // Counted at connect and close, as the socket monitor's
             // CONNECTED and DISCONNECTED are for the libzmq SUB.
             self.counters.connected.inc();

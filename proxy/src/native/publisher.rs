@@ -255,6 +255,7 @@ impl Publisher {
         let topic = frames.first().copied().unwrap_or_default();
         let mut wire: Option<Chunk> = None;
         let mut dropped = 0u64;
+        let mut started = 0u64;
         for (idx, slot) in self.subs.iter_mut().enumerate() {
             let Some(sub) = slot.as_mut() else {
                 continue;
@@ -267,6 +268,9 @@ impl Publisher {
             }
             if !sub.out.is_empty() && sub.out.len() >= self.config.out_limit {
                 sub.dropping += 1;
+                if sub.dropping == 1 {
+                    started += 1;
+                }
                 dropped += 1;
                 continue;
             }
@@ -279,12 +283,14 @@ impl Publisher {
             for _ in 0..dropped {
                 self.counters.dropped(DropReason::HighWaterMark);
             }
-            if self.may_log() {
+            // Once when a subscriber starts dropping, not per message: the
+            // counter has the totals.
+            if started > 0 && self.may_log() {
                 tracing::warn!(
                     socket = "publisher",
-                    subscribers = dropped,
+                    subscribers = started,
                     limit_bytes = self.config.out_limit,
-                    "published message dropped for subscribers whose output is full"
+                    "subscriber output full: published messages dropped for it until it reads"
                 );
             }
         }

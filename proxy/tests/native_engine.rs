@@ -1091,3 +1091,18 @@ fn a_silent_subscriber_is_pinged_and_closed_and_a_libzmq_one_stays() {
         1.0
     );
 }
+
+#[test]
+fn a_dealer_on_the_publisher_gets_an_error_and_is_closed() {
+    let proxy = Proxy::start_on(Engine::Native, &["--pubsub"]);
+    let mut raw = RawPeer::connect(proxy.publisher(), SocketType::Dealer, b"not-a-sub");
+    let error = raw.read_command();
+    assert_eq!(
+        Command::parse(&error),
+        Ok(Command::Error {
+            reason: b"incompatible socket type"
+        })
+    );
+    wait_closed(&mut raw);
+    proxy.wait_metric(r#"zmq_proxy_connected_peers{socket="publisher"}"#, 0.0);
+}

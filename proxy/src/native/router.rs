@@ -19,8 +19,9 @@
 //! `unroutable_wait` ([`HoldQueue`]).
 //!
 //! With pub/sub on, the central PUB is a native [`Publisher`] driven by
-//! this loop: fanout and notify are published straight from the sender's
-//! buffer, and the ACK (ack-pub-sub) goes back as with the libzmq engine.
+//! this loop: fanout and notify are encoded once, from the sender's buffer
+//! into one buffer all matching subscribers share, and the ACK
+//! (ack-pub-sub) goes back as with the libzmq engine.
 
 use std::collections::HashMap;
 use std::io;

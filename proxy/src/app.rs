@@ -14,10 +14,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{Engine, RouterMode, Settings};
+use crate::config::{Engine, RouterMode, Settings, SocketOptions};
 use crate::matchmaker::{self, Matchmaker, ProxyAddresses};
 use crate::native::router::{out_limit_for_hwm, DEFAULT_MAX_MESSAGE};
-use crate::native::{Duplicates, Heartbeat, Keepalive, Listener, NativeConfig, NativeRouter};
+use crate::native::{
+    Duplicates, Heartbeat, Keepalive, Listener, NativeConfig, NativeRouter, Publisher,
+    PublisherConfig, Relay, RelayConfig, Timeouts,
+};
 use crate::publisher::LocalPublisher;
 use crate::router::{RouterConfig, RouterLoop};
 use crate::shutdown::Shutdown;
@@ -113,7 +116,30 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
         source,
     };
 
-    let (listening_sockets, registration) = if settings.local_publisher {
+    let native = settings.engine == Engine::Native;
+    let (listening_sockets, registration) = if settings.local_publisher && native {
+        let (publ, pub_ep, pub_port) = native_publisher(&settings, &metrics)?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let fixed: BTreeSet<String> = settings.connect_publishers.iter().cloned().collect();
+        // The receiver is in the loop; a send can only fail once it stopped.
+        let _ = tx.send(fixed.clone());
+        spawn_upstream_watch(Arc::clone(&matchmaker), fixed, tx, shutdown.clone());
+        let relay = Relay::new(
+            publ,
+            metrics.socket("subscriber"),
+            rx,
+            RelayConfig {
+                max_message: DEFAULT_MAX_MESSAGE,
+                timeouts: timeouts(opts),
+                linger_ms: opts.linger_ms,
+            },
+            shutdown.clone(),
+            Arc::clone(&activity),
+        );
+        threads.push(relay.spawn(health.loop_guard()).map_err(spawn_err)?);
+        health.registered.store(true, Ordering::SeqCst);
+        ((None, None, Some((pub_ep, pub_port))), None)
+    } else if settings.local_publisher {
         let sub = new_socket(&ctx, zmq::SUB, opts, None)?;
         let publ = new_socket(&ctx, zmq::PUB, opts, None)?;
         monitor.watch(
@@ -146,7 +172,7 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
         threads.push(lp.spawn(health.loop_guard()).map_err(spawn_err)?);
         health.registered.store(true, Ordering::SeqCst);
         ((None, None, Some(pub_ep)), None)
-    } else if settings.engine == Engine::Native {
+    } else if native {
         let io_err = |what| move |source| AppError::Io { what, source };
         let fe_id = proxy_identity(&settings.host);
         let be_id = proxy_identity(&settings.host);
@@ -169,7 +195,12 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
         } else {
             (None, None)
         };
-        let (publ, pub_ep) = central_publisher(&ctx, &settings, &metrics, &mut monitor)?;
+        let (publ, pub_ep) = if settings.pubsub {
+            let (publ, ep, port) = native_publisher(&settings, &metrics)?;
+            (Some(publ), Some((ep, port)))
+        } else {
+            (None, None)
+        };
         let proxy = ProxyAddresses {
             host: settings.host.clone(),
             frontend_port: fe_port,
@@ -194,17 +225,9 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
                 // connection.
                 duplicates: Duplicates::Handover,
                 linger_ms: opts.linger_ms,
-                keepalive: Keepalive {
-                    mode: opts.tcp_keepalive,
-                    idle: opts.tcp_keepalive_idle,
-                    interval: opts.tcp_keepalive_intvl,
-                    count: opts.tcp_keepalive_cnt,
-                },
-                heartbeat: Heartbeat::from_millis(opts.heartbeat_ivl_ms, opts.heartbeat_timeout_ms),
-                handshake_timeout: u64::try_from(opts.handshake_ivl_ms)
-                    .ok()
-                    .filter(|&ms| ms > 0)
-                    .map(Duration::from_millis),
+                keepalive: keepalive(opts),
+                heartbeat: timeouts(opts).heartbeat,
+                handshake_timeout: timeouts(opts).handshake,
             },
             shutdown.clone(),
             Arc::clone(&activity),
@@ -379,8 +402,55 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
 /// A bound endpoint and its port.
 type Endpoint = (String, u16);
 
-/// The central PUB (a libzmq socket with either engine), bound and
-/// monitored, when pub/sub is on.
+/// TCP keepalive of the native engine's accepted connections, from the
+/// libzmq socket options.
+fn keepalive(opts: &SocketOptions) -> Keepalive {
+    Keepalive {
+        mode: opts.tcp_keepalive,
+        idle: opts.tcp_keepalive_idle,
+        interval: opts.tcp_keepalive_intvl,
+        count: opts.tcp_keepalive_cnt,
+    }
+}
+
+/// Heartbeats and the handshake deadline of the native engine's
+/// connections, from the libzmq socket options.
+fn timeouts(opts: &SocketOptions) -> Timeouts {
+    Timeouts {
+        heartbeat: Heartbeat::from_millis(opts.heartbeat_ivl_ms, opts.heartbeat_timeout_ms),
+        handshake: u64::try_from(opts.handshake_ivl_ms)
+            .ok()
+            .filter(|&ms| ms > 0)
+            .map(Duration::from_millis),
+    }
+}
+
+/// A bound native PUB (the native engine's central PUB, or its local
+/// publisher's), with the router's per-receiver output bound.
+fn native_publisher(
+    settings: &Settings,
+    metrics: &Metrics,
+) -> Result<(Publisher, String, u16), AppError> {
+    let opts = &settings.sockets;
+    Publisher::bind(
+        &settings.bind_address,
+        settings.publisher_port,
+        metrics.socket("publisher"),
+        PublisherConfig {
+            out_limit: out_limit_for_hwm(opts.hwm),
+            max_message: DEFAULT_MAX_MESSAGE,
+            keepalive: keepalive(opts),
+            timeouts: timeouts(opts),
+        },
+    )
+    .map_err(|source| AppError::Io {
+        what: "bind the publisher",
+        source,
+    })
+}
+
+/// The libzmq engine's central PUB, bound and monitored, when pub/sub is
+/// on.
 fn central_publisher(
     ctx: &zmq::Context,
     settings: &Settings,

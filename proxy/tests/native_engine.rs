@@ -672,3 +672,444 @@ fn a_flood_for_a_receiver_that_never_reads_keeps_memory_bounded() {
     );
     assert!(proxy.metric(r#"zmq_proxy_dropped_total{reason="hwm",socket="backend"}"#) > 0.0);
 }
+
+// --- publisher ---
+
+/// A hand-written SUB (or the test's fake central PUB) speaking ZMTP 3.0
+/// or 3.1 over plain TCP: the greeting's minor version is `minor`.
+fn raw_greeting(minor: u8) -> Vec<u8> {
+    let mut greeting = zmtp::greeting::encode(false).to_vec();
+    // Byte 10 is the major version, 11 the minor.
+    greeting[11] = minor;
+    greeting
+}
+
+impl RawPeer {
+    /// Connects to a PUB as a SUB with ZMTP 3.`minor` and reads the PUB's
+    /// greeting and READY.
+    fn subscriber(endpoint: &str, minor: u8) -> RawPeer {
+        let addr = endpoint.trim_start_matches("tcp://");
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        let mut peer = RawPeer { stream };
+        let mut opening = raw_greeting(minor);
+        let metadata = Metadata::basic(SocketType::Sub, None).expect("metadata");
+        Command::Ready(metadata).encode(&mut opening);
+        peer.send(&opening);
+        let mut greeting = [0u8; 64];
+        peer.stream.read_exact(&mut greeting).unwrap();
+        let ready = peer.read_command();
+        let Ok(Command::Ready(metadata)) = Command::parse(&ready) else {
+            panic!("no READY: {ready:?}");
+        };
+        assert_eq!(metadata.socket_type(), Some(&b"PUB"[..]));
+        peer
+    }
+
+    /// Subscribes to (or, with `subscribe` false, cancels) `prefix` in the
+    /// 3.1 command form, or the 3.0 message form with `message_form`.
+    fn subscription(&mut self, subscribe: bool, prefix: &[u8], message_form: bool) {
+        let change = if subscribe {
+            zmtp::Subscription::Subscribe(prefix)
+        } else {
+            zmtp::Subscription::Cancel(prefix)
+        };
+        let version = if message_form {
+            zmtp::Version::V3_0
+        } else {
+            zmtp::Version::V3_1
+        };
+        let mut wire = Vec::new();
+        change.encode(version, &mut wire);
+        self.send(&wire);
+    }
+
+    /// Reads one whole message, skipping commands.
+    fn read_message(&mut self) -> Frames {
+        let mut frames = Vec::new();
+        loop {
+            let (flags, body) = self.read_frame().expect("frame");
+            if flags & 0x04 != 0 {
+                continue;
+            }
+            frames.push(body);
+            if flags & 0x01 == 0 {
+                return frames;
+            }
+        }
+    }
+}
+
+/// What a SUB receives for a fanout published with `topic` and `id`.
+fn publication(topic: &str, id: &str, payload: &[&[u8]]) -> Frames {
+    let mut f = frames(&[topic.as_bytes(), b"1.0", b"3", id.as_bytes()]);
+    f.extend(payload.iter().map(|p| p.to_vec()));
+    f
+}
+
+/// Publishes fanouts to `topic` through `client` until `receive` returns
+/// one (a subscription travels asynchronously), then returns it.
+fn publish_until(
+    client: &zmq::Socket,
+    topic: &str,
+    mut receive: impl FnMut() -> Option<Frames>,
+) -> Frames {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        send(client, &request("3", topic, "warmup", &[b"w"]));
+        if let Some(m) = receive() {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "{topic} never delivered");
+    }
+}
+
+#[test]
+fn raw_subscribers_in_the_3_1_command_and_3_0_message_forms_get_only_their_prefixes() {
+    let proxy = Proxy::start_on(Engine::Native, &["--pubsub"]);
+    let ctx = zmq::Context::new();
+    let client = dealer(&ctx, CLIENT, proxy.frontend());
+    let mut v31 = RawPeer::subscriber(proxy.publisher(), 1);
+    v31.subscription(true, b"compute", false);
+    // The PONG comes after the subscription is applied: same connection,
+    // handled in order.
+    v31.ping(b"sub-31");
+    let mut v30 = RawPeer::subscriber(proxy.publisher(), 0);
+    v30.subscription(true, b"network", true);
+    v30.ping(b"sub-30");
+    proxy.wait_metric(r#"zmq_proxy_connected_peers{socket="publisher"}"#, 2.0);
+    for (topic, id) in [
+        ("compute.host1", "id-1"),
+        ("network", "id-2"),
+        ("other", "id-3"),
+        ("compute", "id-4"),
+        ("network.end", "id-5"),
+    ] {
+        send(&client, &request("3", topic, id, &[b"p", b""]));
+    }
+    assert_eq!(
+        v31.read_message(),
+        publication("compute.host1", "id-1", &[b"p", b""])
+    );
+    assert_eq!(
+        v31.read_message(),
+        publication("compute", "id-4", &[b"p", b""])
+    );
+    assert_eq!(
+        v30.read_message(),
+        publication("network", "id-2", &[b"p", b""])
+    );
+    assert_eq!(
+        v30.read_message(),
+        publication("network.end", "id-5", &[b"p", b""])
+    );
+    proxy.wait_metric(
+        r#"zmq_proxy_messages_total{direction="out",socket="publisher",type="fanout"}"#,
+        5.0,
+    );
+}
+
+#[test]
+fn a_cancel_stops_delivery_and_a_duplicate_subscribe_needs_two_cancels() {
+    let proxy = Proxy::start_on(Engine::Native, &["--pubsub"]);
+    let ctx = zmq::Context::new();
+    let client = dealer(&ctx, CLIENT, proxy.frontend());
+    let mut sub = RawPeer::subscriber(proxy.publisher(), 1);
+    sub.subscription(true, b"a", false);
+    sub.subscription(true, b"a", true);
+    sub.subscription(true, b"z", false);
+    sub.ping(b"1");
+    send(&client, &request("3", "a", "twice", &[]));
+    assert_eq!(sub.read_message(), publication("a", "twice", &[]));
+    // One cancel (message form) leaves one subscription.
+    sub.subscription(false, b"a", true);
+    sub.ping(b"2");
+    send(&client, &request("3", "a.b", "once", &[]));
+    assert_eq!(sub.read_message(), publication("a.b", "once", &[]));
+    // The second (command form) ends it; a cancel too many is ignored.
+    sub.subscription(false, b"a", false);
+    sub.subscription(false, b"a", false);
+    sub.ping(b"3");
+    send(&client, &request("3", "a", "none", &[]));
+    send(&client, &request("3", "z", "marker", &[]));
+    assert_eq!(sub.read_message(), publication("z", "marker", &[]));
+}
+
+#[test]
+fn a_libzmq_xsub_peer_subscribes_and_receives() {
+    let proxy = Proxy::start_on(Engine::Native, &["--pubsub"]);
+    let ctx = zmq::Context::new();
+    let client = dealer(&ctx, CLIENT, proxy.frontend());
+    let xsub = ctx.socket(zmq::XSUB).unwrap();
+    xsub.set_linger(0).unwrap();
+    xsub.connect(proxy.publisher()).unwrap();
+    xsub.send(&b"\x01compute"[..], 0).unwrap();
+    let first = publish_until(&client, "compute", || {
+        recv(&xsub, Duration::from_millis(50))
+    });
+    assert_eq!(first, publication("compute", "warmup", &[b"w"]));
+    while recv(&xsub, Duration::from_millis(100)).is_some() {}
+    send(&client, &request("3", "network", "skip", &[]));
+    send(&client, &request("3", "compute.x", "take", &[b"p"]));
+    assert_eq!(expect(&xsub), publication("compute.x", "take", &[b"p"]));
+    proxy.wait_metric(r#"zmq_proxy_connected_peers{socket="publisher"}"#, 1.0);
+    drop(xsub);
+    proxy.wait_metric(r#"zmq_proxy_connected_peers{socket="publisher"}"#, 0.0);
+}
+
+#[test]
+fn a_subscriber_that_never_reads_stalls_no_one_and_its_drops_are_counted() {
+    // 64 KiB of output per subscriber; 64 MiB published to one that never
+    // reads.
+    let proxy = Proxy::start_on(Engine::Native, &["--pubsub", "--hwm", "64"]);
+    let ctx = zmq::Context::new();
+    let (client, server) = pair(&ctx, &proxy);
+    let mut stuck = RawPeer::subscriber(proxy.publisher(), 1);
+    stuck.subscription(true, b"", false);
+    stuck.ping(b"stuck");
+    let reader = subscriber(&ctx, b"compute", proxy.publisher());
+    publish_until(&client, "compute", || {
+        recv(&reader, Duration::from_millis(50))
+    });
+    let before = peak_rss_kib(proxy.pid());
+    let payload = vec![5u8; 64 * 1024];
+    let sent = 1000;
+    // The reading subscriber drains in the background.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let drain = std::thread::spawn({
+        let done = std::sync::Arc::clone(&done);
+        move || {
+            let mut got = 0u64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(m) = recv(&reader, Duration::from_millis(20)) {
+                    got += 1;
+                    if m[3] == b"marker" {
+                        done.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+            got
+        }
+    });
+    for i in 0..sent {
+        send(
+            &client,
+            &request("3", "compute", &format!("flood-{i}"), &[&payload]),
+        );
+    }
+    let in_sample = r#"zmq_proxy_messages_total{direction="in",socket="frontend",type="fanout"}"#;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while proxy.metric(in_sample) < f64::from(sent) {
+        assert!(Instant::now() < deadline, "the flood was never read whole");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The router still routes at once.
+    send(&client, &request("1", SERVER, "during", &[b"p"]));
+    assert_eq!(expect(&server), delivery(CLIENT, "1", "during", &[b"p"]));
+    // The reading subscriber still gets what is published after the flood
+    // (a marker, sent until its own output has room again: a PUB drops
+    // for a full subscriber, and this one may still be catching up).
+    let deadline = Instant::now() + WAIT;
+    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+        assert!(
+            Instant::now() < deadline,
+            "the reading subscriber never got the marker"
+        );
+        send(&client, &request("3", "compute", "marker", &[]));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let got = drain.join().expect("drain thread");
+    let peak = peak_rss_kib(proxy.pid());
+    eprintln!(
+        "proxy peak RSS: {before} KiB before the flood, {peak} KiB after; the reader got {got}"
+    );
+    assert!(
+        peak < before + 32 * 1024,
+        "peak RSS grew from {before} to {peak} KiB for a 64 MiB flood"
+    );
+    let drops = proxy.metric(r#"zmq_proxy_dropped_total{reason="hwm",socket="publisher"}"#);
+    assert!(drops > 0.0, "no drop counted for the stuck subscriber");
+    // The stuck one was served up to its bound, then dropped: most of the
+    // flood was dropped for it.
+    assert!(drops >= f64::from(sent) / 2.0, "only {drops} drops counted");
+}
+
+/// A fake central PUB on a std listener: accepts the local publisher,
+/// speaks ZMTP 3.`minor` as a PUB, and checks its subscription's form.
+fn fake_central_accept(listener: &std::net::TcpListener, minor: u8) -> RawPeer {
+    listener.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + WAIT;
+    let stream = loop {
+        match listener.accept() {
+            Ok((s, _)) => break s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the local publisher never connected"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    };
+    stream.set_nonblocking(false).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut peer = RawPeer { stream };
+    let mut opening = raw_greeting(minor);
+    Command::Ready(Metadata::basic(SocketType::Pub, None).expect("metadata")).encode(&mut opening);
+    peer.send(&opening);
+    let mut greeting = [0u8; 64];
+    peer.stream.read_exact(&mut greeting).unwrap();
+    let ready = peer.read_command();
+    let Ok(Command::Ready(metadata)) = Command::parse(&ready) else {
+        panic!("no READY: {ready:?}");
+    };
+    assert_eq!(metadata.socket_type(), Some(&b"SUB"[..]));
+    // Everything, in the form this version reads.
+    let (flags, body) = peer.read_frame().expect("subscription");
+    if minor == 0 {
+        assert_eq!((flags, body), (0, b"\x01".to_vec()));
+    } else {
+        assert_eq!((flags, body), (0x04, b"\x09SUBSCRIBE".to_vec()));
+    }
+    peer
+}
+
+#[test]
+fn the_native_local_publisher_subscribes_in_each_versions_form_and_drops_cut_messages() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("tcp://{}", listener.local_addr().unwrap());
+    let local = Proxy::start_on(Engine::Native, &["-lp", "--connect-publisher", &endpoint]);
+    let ctx = zmq::Context::new();
+    let sub = subscriber(&ctx, b"", local.publisher());
+    local.wait_metric(r#"zmq_proxy_connected_peers{socket="publisher"}"#, 1.0);
+    for (round, minor) in [0u8, 1].into_iter().enumerate() {
+        let mut central = fake_central_accept(&listener, minor);
+        local.wait_metric(r#"zmq_proxy_connected_peers{socket="subscriber"}"#, 1.0);
+        let id = format!("whole-{minor}");
+        let whole = publication("compute", &id, &[b"x", b""]);
+        let refs: Vec<&[u8]> = whole.iter().map(Vec::as_slice).collect();
+        // The local SUB subscription may not have reached the local PUB yet:
+        // resend until one arrives.
+        let deadline = Instant::now() + WAIT;
+        let got = loop {
+            central.send(&RawPeer::message(&refs, SizeForm::Short));
+            if let Some(m) = recv(&sub, Duration::from_millis(50)) {
+                break m;
+            }
+            assert!(Instant::now() < deadline, "relay never delivered");
+        };
+        assert_eq!(got, whole);
+        while recv(&sub, Duration::from_millis(100)).is_some() {}
+        // Half a message, then the connection ends.
+        let cut = RawPeer::message(
+            &[b"compute", b"1.0", b"3", b"cut", b"payload"],
+            SizeForm::Short,
+        );
+        central.send(&cut[..cut.len() - 4]);
+        drop(central);
+        local.wait_metric(
+            r#"zmq_proxy_dropped_total{reason="truncated",socket="subscriber"}"#,
+            (round + 1) as f64,
+        );
+        local.wait_metric(r#"zmq_proxy_connected_peers{socket="subscriber"}"#, 0.0);
+        assert!(recv(&sub, Duration::from_millis(100)).is_none());
+    }
+}
+
+#[test]
+fn the_native_local_publisher_relays_unchanged_and_reconnects_after_the_central_restarts() {
+    let central = Proxy::start_on(Engine::Native, &["--pubsub"]);
+    let port = Proxy::port(central.publisher());
+    let local = Proxy::start_on(
+        Engine::Native,
+        &["-lp", "--connect-publisher", central.publisher()],
+    );
+    let ctx = zmq::Context::new();
+    let sub = subscriber(&ctx, b"compute", local.publisher());
+    let client = dealer(&ctx, CLIENT, central.frontend());
+    publish_until(&client, "compute", || recv(&sub, Duration::from_millis(50)));
+    while recv(&sub, Duration::from_millis(100)).is_some() {}
+    let big: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+    let payload: [&[u8]; 3] = [b"", &big, b"\x00\x01\xff"];
+    send(&client, &request("3", "compute.x", "relayed", &payload));
+    assert_eq!(expect(&sub), publication("compute.x", "relayed", &payload));
+    local.wait_metric(r#"zmq_proxy_connected_peers{socket="subscriber"}"#, 1.0);
+
+    // The central proxy goes away and comes back on the same port.
+    drop(central);
+    drop(client);
+    local.wait_metric(r#"zmq_proxy_connected_peers{socket="subscriber"}"#, 0.0);
+    let central = Proxy::start_on(Engine::Native, &["--pubsub", "-p", &port]);
+    assert_eq!(Proxy::port(central.publisher()), port);
+    let client = dealer(&ctx, CLIENT, central.frontend());
+    local.wait_metric(r#"zmq_proxy_connected_peers{socket="subscriber"}"#, 1.0);
+    let again = publish_until(&client, "compute", || recv(&sub, Duration::from_millis(50)));
+    assert_eq!(again, publication("compute", "warmup", &[b"w"]));
+    assert!(
+        local.metric(
+            r#"zmq_proxy_messages_total{direction="in",socket="subscriber",type="fanout"}"#
+        ) >= 3.0
+    );
+}
+
+#[test]
+fn a_silent_subscriber_is_pinged_and_closed_and_a_libzmq_one_stays() {
+    let proxy = Proxy::start_on(
+        Engine::Native,
+        &[
+            "--pubsub",
+            "--heartbeat-ivl-ms",
+            "100",
+            "--heartbeat-timeout-ms",
+            "300",
+        ],
+    );
+    let ctx = zmq::Context::new();
+    let client = dealer(&ctx, CLIENT, proxy.frontend());
+    // libzmq answers PINGs (and sends its own, with the same options).
+    let live = ctx.socket(zmq::SUB).unwrap();
+    live.set_linger(0).unwrap();
+    live.set_heartbeat_ivl(100).unwrap();
+    live.set_heartbeat_timeout(300).unwrap();
+    live.set_subscribe(b"compute").unwrap();
+    live.connect(proxy.publisher()).unwrap();
+    publish_until(&client, "compute", || {
+        recv(&live, Duration::from_millis(50))
+    });
+    let mut silent = RawPeer::subscriber(proxy.publisher(), 1);
+    let ping = silent.read_command();
+    assert!(
+        matches!(Command::parse(&ping), Ok(Command::Ping { .. })),
+        "expected a PING, got {ping:?}"
+    );
+    wait_closed(&mut silent);
+    proxy.wait_metric(
+        r#"zmq_proxy_peers_timed_out_total{socket="publisher"}"#,
+        1.0,
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    while recv(&live, Duration::from_millis(50)).is_some() {}
+    send(&client, &request("3", "compute", "after-pings", &[]));
+    assert_eq!(expect(&live), publication("compute", "after-pings", &[]));
+    assert_eq!(
+        proxy.metric(r#"zmq_proxy_connected_peers{socket="publisher"}"#),
+        1.0
+    );
+}
+
+#[test]
+fn a_dealer_on_the_publisher_gets_an_error_and_is_closed() {
+    let proxy = Proxy::start_on(Engine::Native, &["--pubsub"]);
+    let mut raw = RawPeer::connect(proxy.publisher(), SocketType::Dealer, b"not-a-sub");
+    let error = raw.read_command();
+    assert_eq!(
+        Command::parse(&error),
+        Ok(Command::Error {
+            reason: b"incompatible socket type"
+        })
+    );
+    wait_closed(&mut raw);
+    proxy.wait_metric(r#"zmq_proxy_connected_peers{socket="publisher"}"#, 0.0);
+}

@@ -205,11 +205,10 @@ per_engine!(
     super::ack_pub_sub
 );
 
-/// The local publisher is libzmq with either engine; the central proxy's
-/// router is not.
+/// The central proxy and the local publisher both run on `engine`.
 fn local_publisher(engine: Engine) {
     let central = Proxy::start_on(engine, &["--pubsub"]);
-    let local = Proxy::start(&["-lp", "--connect-publisher", central.publisher()]);
+    let local = Proxy::start_on(engine, &["-lp", "--connect-publisher", central.publisher()]);
     assert!(local.frontend.is_none() && local.backend.is_none());
     let ctx = zmq::Context::new();
     let client = dealer(&ctx, CLIENT, central.frontend());

@@ -1,7 +1,9 @@
-//! The ZMTP handshake of an accepted connection, as a ROUTER under the NULL
-//! mechanism: our greeting and READY go out at once ([`opening`]), then the
-//! peer's greeting and READY are read from the receive buffer as they
-//! arrive ([`Handshake::advance`]).
+//! The ZMTP handshake of a connection under the NULL mechanism, as a
+//! ROUTER (the router proxy), a PUB (the native publisher) or a SUB (the
+//! local publisher's upstreams): our greeting and READY go out at once
+//! ([`opening`], [`opening_as`]), then the peer's greeting and READY are
+//! read from the receive buffer as they arrive ([`Handshake::advance`],
+//! [`Handshake::advance_as`]).
 //!
 //! Sending our READY before the peer's greeting is in is allowed (the
 //! streams are independent) and saves a round trip; a peer that turns out
@@ -24,6 +26,16 @@ pub fn opening(identity: &[u8]) -> Vec<u8> {
     let metadata = Metadata::basic(SocketType::Router, Some(identity))
         .or_else(|_| Metadata::basic(SocketType::Router, None));
     if let Ok(metadata) = metadata {
+        Command::Ready(metadata).encode(&mut out);
+    }
+    out
+}
+
+/// Our opening bytes as a socket of type `ours` without an identity (PUB
+/// and SUB send only `Socket-Type`, as libzmq's do).
+pub fn opening_as(ours: SocketType) -> Vec<u8> {
+    let mut out = greeting::encode(false).to_vec();
+    if let Ok(metadata) = Metadata::basic(ours, None) {
         Command::Ready(metadata).encode(&mut out);
     }
     out
@@ -91,8 +103,20 @@ pub enum Handshake {
 
 impl Handshake {
     /// Reads what it can of `received` (the bytes after those consumed so
-    /// far) and moves on.
+    /// far) and moves on, as a ROUTER.
     pub fn advance(&mut self, received: &[u8], decoder: &Decoder) -> Result<Step, HandshakeError> {
+        self.advance_as(received, decoder, SocketType::Router)
+    }
+
+    /// As [`Handshake::advance`], for a socket of type `ours`: the peer's
+    /// READY is checked against it (a PUB takes SUB and XSUB peers, a SUB
+    /// takes PUB and XPUB).
+    pub fn advance_as(
+        &mut self,
+        received: &[u8],
+        decoder: &Decoder,
+        ours: SocketType,
+    ) -> Result<Step, HandshakeError> {
         let mut consumed = 0;
         if *self == Handshake::Greeting {
             match greeting::parse(received)? {
@@ -116,7 +140,7 @@ impl Handshake {
         }
         match Command::parse(body)? {
             Command::Ready(metadata) => {
-                let peer = metadata.check_peer(SocketType::Router)?;
+                let peer = metadata.check_peer(ours)?;
                 Ok(Step::Done {
                     consumed: consumed + used,
                     identity: peer.identity.map(<[u8]>::to_vec),
@@ -179,6 +203,25 @@ mod tests {
             .advance(&wire, &decoder)
             .expect_err("PUB refused");
         assert_eq!(err.error_reason(), Some(&b"incompatible socket type"[..]));
+    }
+
+    #[test]
+    fn a_pub_takes_sub_and_xsub_and_refuses_a_dealer() {
+        let decoder = Decoder::new(1 << 20);
+        for (peer, ok) in [
+            (SocketType::Sub, true),
+            (SocketType::XSub, true),
+            (SocketType::Dealer, false),
+            (SocketType::Pub, false),
+        ] {
+            let wire = peer_opening(peer, None);
+            let step = Handshake::Greeting.advance_as(&wire, &decoder, SocketType::Pub);
+            assert_eq!(step.is_ok(), ok, "{peer}");
+        }
+        // Our PUB opening is what a SUB accepts.
+        let ours = opening_as(SocketType::Pub);
+        let step = Handshake::Greeting.advance_as(&ours, &decoder, SocketType::Sub);
+        assert!(matches!(step, Ok(Step::Done { identity: None, .. })));
     }
 
     #[test]

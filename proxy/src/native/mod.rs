@@ -15,11 +15,12 @@
 //! - [`keepalive`]: TCP keepalive with libzmq's option semantics;
 //! - [`outbox`]: a connection's bounded output and vectored writes;
 //! - [`connection`]: one peer's socket, buffers and handshake state;
-//! - [`router`]: the event loop of the double- and single-router proxy.
-//!
-//! Only the router proxy runs here so far; the central PUB (pub/sub on) is
-//! still a libzmq socket owned by this loop, and the local publisher stays
-//! on libzmq.
+//! - [`subscriptions`]: one subscriber's counted prefixes and matching (pure);
+//! - [`publisher`]: the PUB listener, fanning messages out to subscribers;
+//! - [`router`]: the event loop of the double- and single-router proxy
+//!   (with the central PUB when pub/sub is on);
+//! - [`relay`]: the local publisher's event loop, SUB connections to the
+//!   central publishers re-published on its own PUB.
 
 pub mod connection;
 pub mod handshake;
@@ -27,9 +28,14 @@ pub mod heartbeat;
 pub mod identity;
 pub mod keepalive;
 pub mod outbox;
+pub mod publisher;
+pub mod relay;
 pub mod router;
+pub mod subscriptions;
 
 pub use heartbeat::Heartbeat;
 pub use identity::Duplicates;
 pub use keepalive::Keepalive;
+pub use publisher::{Publisher, PublisherConfig, Timeouts};
+pub use relay::{Relay, RelayConfig};
 pub use router::{Listener, NativeConfig, NativeRouter};

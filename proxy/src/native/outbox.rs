@@ -8,8 +8,15 @@
 //! bodies ([`write_parts`]), and only what the socket did not take is copied
 //! here. The bound is what back-pressure is measured against: a queue at or
 //! over it counts as full (the high-water mark, in bytes).
+//!
+//! A publisher's subscribers get [`SharedOutbox`]es instead: a published
+//! message is encoded once into a reference-counted buffer, and every
+//! subscriber that wants it queues a reference, not a copy; the queue is
+//! written with vectored writes.
 
+use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
+use std::sync::Arc;
 
 /// Most slices handed to one `writev` (Linux's IOV_MAX).
 const MAX_IOV: usize = 1024;
@@ -85,6 +92,98 @@ impl Outbox {
         if self.head > 0 && self.head >= self.buf.len() / 2 {
             self.buf.drain(..self.head);
             self.head = 0;
+        }
+    }
+}
+
+/// Slices per vectored write of a [`SharedOutbox`]: kept on the stack, and
+/// plenty to fill a socket buffer with small messages.
+const SHARED_IOV: usize = 64;
+
+/// An encoded message or command, shared by the outputs it is queued on
+/// (an `Arc<Vec>` rather than an `Arc<[u8]>`: made from the encoding
+/// buffer without copying it).
+pub type Chunk = Arc<Vec<u8>>;
+
+/// Bytes waiting for one connection as a queue of shared, already-encoded
+/// chunks (whole messages or commands, so anything queued between two of
+/// them lands on a message boundary).
+#[derive(Debug, Default)]
+pub struct SharedOutbox {
+    queue: VecDeque<Chunk>,
+    /// Bytes of the front chunk already written.
+    head: usize,
+    /// Bytes waiting in all.
+    len: usize,
+}
+
+impl SharedOutbox {
+    /// Bytes waiting.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing waits.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Queues a chunk (a reference to it: no copy).
+    pub fn push(&mut self, chunk: Chunk) {
+        if chunk.is_empty() {
+            return;
+        }
+        self.len += chunk.len();
+        self.queue.push_back(chunk);
+    }
+
+    /// Writes as much as `out` takes. `Ok(true)` when everything went,
+    /// `Ok(false)` when the socket is full (it would block).
+    pub fn flush(&mut self, out: &mut impl Write) -> io::Result<bool> {
+        while !self.queue.is_empty() {
+            let result = {
+                let mut slices = [IoSlice::new(&[]); SHARED_IOV];
+                let mut n = 0;
+                for (i, chunk) in self.queue.iter().take(SHARED_IOV).enumerate() {
+                    let skip = if i == 0 { self.head } else { 0 };
+                    slices[i] = IoSlice::new(&chunk[skip..]);
+                    n += 1;
+                }
+                out.write_vectored(&slices[..n])
+            };
+            match result {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(written) => self.advance(written),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // A burst can leave a large ring behind; idle peers cost little.
+        if self.queue.capacity() > 1024 {
+            self.queue = VecDeque::new();
+        }
+        Ok(true)
+    }
+
+    /// Drops `n` written bytes from the front.
+    fn advance(&mut self, mut n: usize) {
+        self.len -= n;
+        while n > 0 {
+            let Some(front) = self.queue.front() else {
+                return;
+            };
+            let left = front.len() - self.head;
+            if n >= left {
+                n -= left;
+                self.queue.pop_front();
+                self.head = 0;
+            } else {
+                self.head += n;
+                n = 0;
+            }
         }
     }
 }
@@ -166,6 +265,33 @@ mod tests {
             assert!(outbox.flush(&mut sock).expect("flush"));
             assert_eq!(sock.got, b"\x01\x02abcdefg", "room {room}");
         }
+    }
+
+    #[test]
+    fn a_shared_outbox_writes_its_chunks_in_order_across_partial_writes() {
+        let a: Chunk = Arc::new(b"hello ".to_vec());
+        let b: Chunk = Arc::new(b"world".to_vec());
+        for room in 0..=11 {
+            let mut outbox = SharedOutbox::default();
+            outbox.push(Arc::clone(&a));
+            outbox.push(Arc::new(Vec::new()));
+            outbox.push(Arc::clone(&b));
+            assert_eq!(outbox.len(), 11);
+            let mut sock = Tight {
+                got: Vec::new(),
+                room,
+            };
+            let done = outbox.flush(&mut sock).expect("flush");
+            assert_eq!(done, room >= 11, "room {room}");
+            assert_eq!(outbox.len(), 11 - room.min(11));
+            outbox.push(Arc::new(b"!".to_vec()));
+            sock.room = usize::MAX;
+            assert!(outbox.flush(&mut sock).expect("flush"));
+            assert_eq!(sock.got, b"hello world!", "room {room}");
+            assert!(outbox.is_empty());
+        }
+        // Shared, not copied: the chunks are still referenced only here.
+        assert_eq!(Arc::strong_count(&a), 1);
     }
 
     #[test]

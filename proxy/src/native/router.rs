@@ -17,6 +17,11 @@
 //! dropped and counted and the receiver counts as congested for as long
 //! again. Messages for a receiver that is not connected are held for
 //! `unroutable_wait` ([`HoldQueue`]).
+//!
+//! With pub/sub on, the central PUB is a native [`Publisher`] driven by
+//! this loop: fanout and notify are encoded once, from the sender's buffer
+//! into one buffer all matching subscribers share, and the ACK
+//! (ack-pub-sub) goes back as with the libzmq engine.
 
 use std::collections::HashMap;
 use std::io;
@@ -37,11 +42,12 @@ use super::heartbeat::{Due, Heartbeat};
 use super::identity::{Claim, Duplicates, Generated, PeerTable};
 use super::keepalive::Keepalive;
 use super::outbox::{write_parts, Outbox};
-use crate::frame::Frame;
+use super::publisher::Publisher;
 use crate::hold::HoldQueue;
-use crate::protocol::{decide, proxy_ack, rewrite_for_route, Decision, DropReason, MessageType};
+use crate::protocol::{
+    decide, proxy_ack, rewrite_for_publish, rewrite_for_route, Decision, DropReason, MessageType,
+};
 use crate::shutdown::Shutdown;
-use crate::sockets::{set_close_linger, ProxySocket};
 use crate::telemetry::{LogLimiter, SocketCounters, Tally};
 
 /// Longest poll; the shutdown phase is re-checked this often.
@@ -153,7 +159,7 @@ impl Listener {
 pub struct NativeRouter {
     frontend: Listener,
     backend: Option<Listener>,
-    publisher: Option<ProxySocket>,
+    publisher: Option<Publisher>,
     config: NativeConfig,
     shutdown: Shutdown,
     activity: Arc<AtomicU64>,
@@ -161,12 +167,12 @@ pub struct NativeRouter {
 
 impl NativeRouter {
     /// A loop over bound listeners: `backend` is `None` in single-router
-    /// mode; `publisher` is the central PUB (libzmq) when pub/sub is on.
+    /// mode; `publisher` is the central PUB when pub/sub is on.
     /// `activity` counts handled messages, for the drain.
     pub fn new(
         frontend: Listener,
         backend: Option<Listener>,
-        publisher: Option<ProxySocket>,
+        publisher: Option<Publisher>,
         config: NativeConfig,
         shutdown: Shutdown,
         activity: Arc<AtomicU64>,
@@ -202,12 +208,15 @@ impl NativeRouter {
         let NativeRouter {
             frontend,
             backend,
-            publisher,
+            mut publisher,
             config,
             shutdown,
             activity,
         } = self;
         let poll = Poll::new()?;
+        if let Some(p) = publisher.as_mut() {
+            p.register(poll.registry(), Token(PUBLISHER_TOKENS))?;
+        }
         let double = backend.is_some();
         let mut listeners = vec![frontend];
         listeners.extend(backend);
@@ -279,9 +288,6 @@ impl NativeRouter {
             }
         }
         engine.stop(&shutdown);
-        if let Some(publisher) = &engine.publisher {
-            set_close_linger(publisher.socket(), engine.config.linger_ms, &shutdown);
-        }
         tracing::info!(engine = "native", "router loop stopped");
         Ok(())
     }
@@ -343,7 +349,7 @@ struct Engine {
     /// Connections whose message waits for room.
     blocked: Vec<usize>,
     closing: Vec<usize>,
-    publisher: Option<ProxySocket>,
+    publisher: Option<Publisher>,
     limiter: LogLimiter,
     received: [Tally; 2],
     sent: [Tally; 2],
@@ -353,13 +359,22 @@ struct Engine {
 }
 
 const LISTENERS: usize = 2;
+/// First token of the central PUB (its listener; its subscribers above):
+/// far above any connection index.
+const PUBLISHER_TOKENS: usize = 1 << (usize::BITS - 2);
 
 impl Engine {
     fn timeout(&self, now: Instant) -> Duration {
-        if !self.again.is_empty() || !self.to_service.is_empty() {
+        if !self.again.is_empty()
+            || !self.to_service.is_empty()
+            || self.publisher.as_ref().is_some_and(Publisher::pending)
+        {
             return Duration::ZERO;
         }
         let mut at = (now + POLL_TIMEOUT).min(self.next_liveness_check);
+        if let Some(publisher) = &self.publisher {
+            at = at.min(publisher.deadline());
+        }
         if let Some(retry) = self.next_hold_retry {
             at = at.min(retry);
         }
@@ -406,6 +421,12 @@ impl Engine {
         // after the reads (a waiting duplicate promoted at a close).
         self.to_service.append(&mut self.again);
         for event in events {
+            if let Some(publisher) = self.publisher.as_mut() {
+                if publisher.owns(event.token()) {
+                    publisher.handle(self.poll.registry(), event);
+                    continue;
+                }
+            }
             let token = event.token().0;
             if token < LISTENERS {
                 self.accept(token);
@@ -444,6 +465,9 @@ impl Engine {
         }
         self.flush_dirty();
         self.close_pending();
+        if let Some(publisher) = self.publisher.as_mut() {
+            publisher.end_turn(self.poll.registry());
+        }
         // Flushing made room: the senders waiting for it go on next turn,
         // which then polls without waiting.
         self.wake_blocked(Instant::now());
@@ -808,14 +832,18 @@ impl Engine {
         }
     }
 
-    /// Publishes on the central PUB (a libzmq socket: frames are copied into
-    /// libzmq messages). Returns the ack's receiver and message id, if acks
-    /// are on.
+    /// Publishes on the central PUB as `[topic, "1.0", type, msg_id,
+    /// payload...]` (as [`crate::publisher::publish`] does on a libzmq
+    /// PUB). Returns the ack's receiver and message id, if acks are on.
     fn publish(&mut self, frames: &[&[u8]], msg_type: MessageType) -> Option<(Vec<u8>, Vec<u8>)> {
-        let publisher = self.publisher.as_ref()?;
-        let mut zframes: Vec<Frame> = frames.iter().map(|f| Frame::from_slice(f)).collect();
-        crate::publisher::publish(publisher, &mut zframes, msg_type, self.config.ack_pub_sub)
-            .map(|(client, msg_id)| (client.to_vec(), msg_id))
+        let publisher = self.publisher.as_mut()?;
+        let mut frames = frames.to_vec();
+        let sender = rewrite_for_publish(&mut frames)?;
+        publisher.publish(&frames, msg_type);
+        if !self.config.ack_pub_sub {
+            return None;
+        }
+        frames.get(3).map(|id| (sender.to_vec(), id.to_vec()))
     }
 
     /// Holds a routed message (`frames[0]` is the receiver) for `to`, or
@@ -1115,7 +1143,8 @@ impl Engine {
                 .filter(|c| !c.closing && !c.outbox.is_empty())
                 .map(|c| c.outbox.flush(&mut &c.stream).is_ok_and(|done| !done))
                 .filter(|&left| left)
-                .count();
+                .count()
+                + self.publisher.as_mut().map_or(0, Publisher::drain);
             let now = Instant::now();
             if waiting == 0 || now >= deadline {
                 return;

@@ -9,8 +9,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde_json::Value;
 
+use crate::build::monitoring::MissingApi;
+use crate::build::names::selector_string;
 use crate::crd::{ProxyEndpoint, ZmqProxy, ZmqProxyStatus};
-use crate::resources::{selector_string, MissingApi};
 
 /// Condition type: every replica runs and is registered.
 pub const READY: &str = "Ready";
@@ -106,8 +107,26 @@ fn rollout(desired: i32, dep: Option<&Deployment>) -> Rollout {
     }
 }
 
-fn cond(type_: &str, ok: bool, reason: &str, message: String) -> (String, bool, String, String) {
-    (type_.to_string(), ok, reason.to_string(), message)
+/// One condition as computed this round, before it meets the previous
+/// status (which decides its lastTransitionTime).
+struct Verdict {
+    /// Condition type: [`READY`], [`PROGRESSING`] or [`DEGRADED`].
+    type_: &'static str,
+    /// Whether the condition holds (status "True").
+    holds: bool,
+    /// CamelCase reason.
+    reason: &'static str,
+    /// Human-readable detail.
+    message: String,
+}
+
+fn cond(type_: &'static str, holds: bool, reason: &'static str, message: String) -> Verdict {
+    Verdict {
+        type_,
+        holds,
+        reason,
+        message,
+    }
 }
 
 /// Computes the status of `zp` from what was observed. Conditions keep their
@@ -196,18 +215,18 @@ pub fn compute(zp: &ZmqProxy, obs: &Observed, now: Time) -> ZmqProxyStatus {
         .unwrap_or(&[]);
     let conditions = [ready, progressing, degraded]
         .into_iter()
-        .map(|(type_, ok, reason, message)| {
-            let status = if ok { "True" } else { "False" }.to_string();
+        .map(|v| {
+            let status = if v.holds { "True" } else { "False" }.to_string();
             let last_transition_time = previous
                 .iter()
-                .find(|c| c.type_ == type_ && c.status == status)
+                .find(|c| c.type_ == v.type_ && c.status == status)
                 .map(|c| c.last_transition_time.clone())
                 .unwrap_or_else(|| now.clone());
             Condition {
-                type_,
+                type_: v.type_.to_string(),
                 status,
-                reason,
-                message,
+                reason: v.reason.to_string(),
+                message: v.message,
                 observed_generation: generation,
                 last_transition_time,
             }

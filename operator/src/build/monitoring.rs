@@ -1,0 +1,102 @@
+//! Prometheus integration: the metrics Service and ServiceMonitor, and the
+//! PodMonitor, each only when asked for; the monitors only when the cluster
+//! serves the Prometheus Operator's kinds, else a [`MissingApi`] for the
+//! status to report. (The `prometheus.io/*` scrape annotations belong to the
+//! pod template, [`super::workload`].)
+
+use k8s_openapi::api::core::v1::{Service, ServiceSpec};
+use serde_json::json;
+
+use super::names::{
+    child_meta, child_name, common_labels, metrics_service_name, selector_labels, PROXY,
+};
+use super::services::service_port;
+use super::DynamicChild;
+use crate::discovery::Capabilities;
+use crate::kinds::{POD_MONITOR, SERVICE_MONITOR};
+use crate::validate::Validated;
+
+/// A monitoring problem the status must report: asked for but not served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MissingApi {
+    /// spec.monitoring.serviceMonitor is on but the CRD is not installed.
+    ServiceMonitor,
+    /// spec.monitoring.podMonitor is on but the CRD is not installed.
+    PodMonitor,
+}
+
+/// The monitoring children of one ZmqProxy.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Monitoring {
+    /// Metrics Service for a ServiceMonitor (only with serviceMonitor on).
+    pub metrics_service: Option<Service>,
+    /// ServiceMonitor (optional, served and asked for).
+    pub service_monitor: Option<DynamicChild>,
+    /// PodMonitor (optional, served and asked for).
+    pub pod_monitor: Option<DynamicChild>,
+    /// Monitors asked for that the cluster does not serve.
+    pub missing: Vec<MissingApi>,
+}
+
+/// The monitoring children `zp` asks for, as far as `caps` allows.
+pub fn monitoring(zp: &Validated, caps: &Capabilities) -> Monitoring {
+    let asked = &zp.spec.monitoring;
+    let mut missing = Vec::new();
+    let mut unless_missing = |served: bool, api: MissingApi| {
+        if !served {
+            missing.push(api);
+        }
+        served
+    };
+    let service_monitor = (asked.service_monitor
+        && unless_missing(caps.service_monitor, MissingApi::ServiceMonitor))
+    .then(|| service_monitor(zp));
+    let pod_monitor = (asked.pod_monitor
+        && unless_missing(caps.pod_monitor, MissingApi::PodMonitor))
+    .then(|| pod_monitor(zp));
+    Monitoring {
+        metrics_service: asked.service_monitor.then(|| metrics_service(zp)),
+        service_monitor,
+        pod_monitor,
+        missing,
+    }
+}
+
+/// A Service with a selector, so that a ServiceMonitor finds the pods'
+/// metrics port (the registration Service has no selector).
+fn metrics_service(zp: &Validated) -> Service {
+    Service {
+        metadata: child_meta(zp, metrics_service_name(&zp.name), PROXY),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some(selector_labels(&zp.name, PROXY)),
+            ports: Some(vec![service_port("metrics", zp.spec.ports.metrics)]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn service_monitor(zp: &Validated) -> DynamicChild {
+    DynamicChild::new(
+        &SERVICE_MONITOR,
+        child_meta(zp, child_name(&zp.name), PROXY),
+        json!({
+            "selector": { "matchLabels": common_labels(&zp.name, PROXY) },
+            "namespaceSelector": { "matchNames": [zp.namespace] },
+            "endpoints": [{ "port": "metrics", "path": "/metrics", "interval": zp.spec.monitoring.interval }],
+        }),
+    )
+}
+
+fn pod_monitor(zp: &Validated) -> DynamicChild {
+    DynamicChild::new(
+        &POD_MONITOR,
+        child_meta(zp, child_name(&zp.name), PROXY),
+        json!({
+            "selector": { "matchLabels": selector_labels(&zp.name, PROXY) },
+            "namespaceSelector": { "matchNames": [zp.namespace] },
+            "podMetricsEndpoints": [{ "port": "metrics", "path": "/metrics", "interval": zp.spec.monitoring.interval }],
+        }),
+    )
+}

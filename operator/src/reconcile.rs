@@ -151,7 +151,7 @@ async fn apply(
 ) -> Result<Deployment, kube::Error> {
     let uid = validated.uid();
     let generation = validated.generation.unwrap_or(0);
-    let sweep = ctx.needs_cleanup(uid, generation).then(|| Sweep {
+    let sweep = ctx.needs_cleanup(uid, generation).then_some(Sweep {
         caps,
         done: || ctx.mark_cleaned(uid, generation),
     });

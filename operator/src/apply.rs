@@ -19,33 +19,43 @@ use crate::build::{Desired, DynamicChild, Validated};
 use crate::discovery::Capabilities;
 use crate::kinds::{self, Kind};
 
+/// What a typed child is to the apply step: a namespaced k8s-openapi kind
+/// that serializes for the patch and deserializes from the answer.
+trait TypedChild:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Serialize
+    + DeserializeOwned
+    + Clone
+    + std::fmt::Debug
+{
+}
+
+impl<K> TypedChild for K where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug
+{
+}
+
 fn apply_params() -> PatchParams {
     PatchParams::apply(MANAGER).force()
 }
 
 /// Server-side applies `obj` in `ns`; returns the object as stored.
-async fn apply_typed<K>(client: &Client, ns: &str, obj: &K) -> Result<K, kube::Error>
-where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Serialize
-        + DeserializeOwned
-        + Clone
-        + std::fmt::Debug,
-{
+async fn apply_typed<K: TypedChild>(client: &Client, ns: &str, obj: &K) -> Result<K, kube::Error> {
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     let name = obj.meta().name.clone().unwrap_or_default();
     api.patch(&name, &apply_params(), &Patch::Apply(obj)).await
 }
 
 /// Server-side applies `obj` when there is one.
-async fn apply_optional<K>(client: &Client, ns: &str, obj: Option<&K>) -> Result<(), kube::Error>
-where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Serialize
-        + DeserializeOwned
-        + Clone
-        + std::fmt::Debug,
-{
+async fn apply_optional<K: TypedChild>(
+    client: &Client,
+    ns: &str,
+    obj: Option<&K>,
+) -> Result<(), kube::Error> {
     match obj {
         Some(obj) => apply_typed(client, ns, obj).await.map(|_| ()),
         None => Ok(()),

@@ -55,8 +55,8 @@ impl Error {
     }
 }
 
-/// Entry point for the controller: metrics and events around
-/// [`reconcile_proxy`].
+/// Entry point for the controller: metrics and events around the pipeline
+/// (validate -> build -> apply -> status).
 pub async fn reconcile(obj: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.metrics.reconciles.inc();
     let started = Instant::now();

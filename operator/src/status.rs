@@ -1,6 +1,6 @@
 //! Status computation: what the children say, turned into the ZmqProxy's
 //! status (conditions Ready / Progressing / Degraded, replica counts,
-//! registered endpoints, the scale selector). Pure: the reconciler gathers
+//! registered endpoints, the scale selector). Pure: [`crate::report`] gathers
 //! [`Observed`] and writes the result.
 
 use std::collections::BTreeMap;
@@ -129,18 +129,9 @@ fn cond(type_: &'static str, holds: bool, reason: &'static str, message: String)
     }
 }
 
-/// Computes the status of `zp` from what was observed. Conditions keep their
-/// lastTransitionTime unless their status flips, so watchers can tell how
-/// long a state has held.
-pub fn compute(zp: &ZmqProxy, obs: &Observed, now: Time) -> ZmqProxyStatus {
-    let name = zp.metadata.name.clone().unwrap_or_default();
-    let generation = zp.metadata.generation;
-    let desired = zp.spec.replicas;
-    let r = rollout(desired, obs.deployment.as_ref());
-    let registered = obs.endpoints.iter().filter(|e| e.ready).count();
-    let registered = i32::try_from(registered).unwrap_or(i32::MAX);
-
-    let ready = if let Some(e) = &obs.apply_error {
+/// Ready: every replica runs and is registered (and applying succeeded).
+fn ready(obs: &Observed, r: &Rollout, desired: i32, registered: i32) -> Verdict {
+    if let Some(e) = &obs.apply_error {
         cond(READY, false, "ApplyFailed", e.clone())
     } else if r.ready < desired {
         cond(
@@ -166,8 +157,12 @@ pub fn compute(zp: &ZmqProxy, obs: &Observed, now: Time) -> ZmqProxyStatus {
                 r.ready
             ),
         )
-    };
-    let progressing = if r.done {
+    }
+}
+
+/// Progressing: the rollout has not finished.
+fn progressing(r: &Rollout, desired: i32) -> Verdict {
+    if r.done {
         cond(
             PROGRESSING,
             false,
@@ -181,8 +176,12 @@ pub fn compute(zp: &ZmqProxy, obs: &Observed, now: Time) -> ZmqProxyStatus {
             "RollingOut",
             format!("{}/{desired} replicas ready, {} exist", r.ready, r.replicas),
         )
-    };
-    let degraded = if let Some(e) = &obs.apply_error {
+    }
+}
+
+/// Degraded: the first problem that needs a human, in order of severity.
+fn degraded(obs: &Observed, r: &Rollout) -> Verdict {
+    if let Some(e) = &obs.apply_error {
         cond(DEGRADED, true, "ApplyFailed", e.clone())
     } else if !obs.missing_apis.is_empty() {
         let kinds: Vec<&str> = obs
@@ -202,36 +201,60 @@ pub fn compute(zp: &ZmqProxy, obs: &Observed, now: Time) -> ZmqProxyStatus {
                 kinds.join(", ")
             ),
         )
-    } else if let Some(m) = r.stuck {
-        cond(DEGRADED, true, "RolloutStuck", m)
+    } else if let Some(m) = &r.stuck {
+        cond(DEGRADED, true, "RolloutStuck", m.clone())
     } else {
         cond(DEGRADED, false, "AsExpected", "all children applied".into())
-    };
+    }
+}
 
+/// `verdict` as a Condition, keeping the lastTransitionTime of a `previous`
+/// condition of the same type and status.
+fn condition_of(
+    verdict: Verdict,
+    previous: &[Condition],
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let status = if verdict.holds { "True" } else { "False" }.to_string();
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == verdict.type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.clone());
+    Condition {
+        type_: verdict.type_.to_string(),
+        status,
+        reason: verdict.reason.to_string(),
+        message: verdict.message,
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+/// Computes the status of `zp` from what was observed. Conditions keep their
+/// lastTransitionTime unless their status flips, so watchers can tell how
+/// long a state has held.
+pub fn compute(zp: &ZmqProxy, obs: &Observed, now: Time) -> ZmqProxyStatus {
+    let name = zp.metadata.name.clone().unwrap_or_default();
+    let generation = zp.metadata.generation;
+    let desired = zp.spec.replicas;
+    let r = rollout(desired, obs.deployment.as_ref());
+    let registered = obs.endpoints.iter().filter(|e| e.ready).count();
+    let registered = i32::try_from(registered).unwrap_or(i32::MAX);
     let previous = zp
         .status
         .as_ref()
         .map(|s| s.conditions.as_slice())
         .unwrap_or(&[]);
-    let conditions = [ready, progressing, degraded]
-        .into_iter()
-        .map(|v| {
-            let status = if v.holds { "True" } else { "False" }.to_string();
-            let last_transition_time = previous
-                .iter()
-                .find(|c| c.type_ == v.type_ && c.status == status)
-                .map(|c| c.last_transition_time.clone())
-                .unwrap_or_else(|| now.clone());
-            Condition {
-                type_: v.type_.to_string(),
-                status,
-                reason: v.reason.to_string(),
-                message: v.message,
-                observed_generation: generation,
-                last_transition_time,
-            }
-        })
-        .collect();
+    let conditions = [
+        ready(obs, &r, desired, registered),
+        progressing(&r, desired),
+        degraded(obs, &r),
+    ]
+    .into_iter()
+    .map(|v| condition_of(v, previous, generation, &now))
+    .collect();
 
     ZmqProxyStatus {
         observed_generation: generation,

@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::names::{child_meta, child_name, PROXY};
-use crate::crd::ProxyMode;
+use crate::crd::{ProxyMode, ZmqProxySpec};
 use crate::validate::Validated;
 
 /// A named TCP port forwarded to the same container port.
@@ -20,17 +20,27 @@ pub fn service_port(name: &str, port: i32) -> ServicePort {
     }
 }
 
+/// The ZeroMQ listeners a proxy of `spec` opens, by port name: the backend
+/// only in DoubleRouter mode, the publisher only with pub/sub. The names are
+/// the ones the proxies register in their EndpointSlices.
+pub fn listener_ports(spec: &ZmqProxySpec) -> Vec<(&'static str, i32)> {
+    let mut ports = vec![("frontend", spec.ports.frontend)];
+    if spec.mode == ProxyMode::DoubleRouter {
+        ports.push(("backend", spec.ports.backend));
+    }
+    if spec.pub_sub.enabled {
+        ports.push(("publisher", spec.ports.publisher));
+    }
+    ports
+}
+
 /// The headless Service named after the ZmqProxy, with a port for each
 /// listener in use.
 pub fn headless_service(zp: &Validated) -> Service {
-    let spec = &zp.spec;
-    let mut ports = vec![service_port("frontend", spec.ports.frontend)];
-    if spec.mode == ProxyMode::DoubleRouter {
-        ports.push(service_port("backend", spec.ports.backend));
-    }
-    if spec.pub_sub.enabled {
-        ports.push(service_port("publisher", spec.ports.publisher));
-    }
+    let ports = listener_ports(&zp.spec)
+        .into_iter()
+        .map(|(name, port)| service_port(name, port))
+        .collect();
     Service {
         metadata: child_meta(zp, child_name(&zp.name), PROXY),
         spec: Some(ServiceSpec {

@@ -22,7 +22,7 @@ use super::names::{
     LOCAL_PUBLISHER, PROXY,
 };
 use super::proxy_env::{local_publisher_env, pod_env};
-use crate::crd::ProxyMode;
+use super::services::listener_ports;
 use crate::validate::Validated;
 
 /// Pod-template annotation holding the hash of the proxy configuration.
@@ -37,13 +37,10 @@ const TERMINATION_MARGIN_SECONDS: i64 = 5;
 /// spec says otherwise. `hash` is the configuration hash of the ConfigMap.
 pub fn deployment(zp: &Validated, hash: &str) -> Deployment {
     let spec = &zp.spec;
-    let mut ports = vec![container_port("frontend", spec.ports.frontend)];
-    if spec.mode == ProxyMode::DoubleRouter {
-        ports.push(container_port("backend", spec.ports.backend));
-    }
-    if spec.pub_sub.enabled {
-        ports.push(container_port("publisher", spec.ports.publisher));
-    }
+    let mut ports: Vec<ContainerPort> = listener_ports(spec)
+        .into_iter()
+        .map(|(name, port)| container_port(name, port))
+        .collect();
     ports.push(container_port("metrics", spec.ports.metrics));
     let container = proxy_container(zp, Vec::new(), ports);
     let mut template = pod_template(zp, PROXY, hash, container);

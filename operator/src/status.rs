@@ -120,7 +120,7 @@ struct Verdict {
     message: String,
 }
 
-fn cond(type_: &'static str, holds: bool, reason: &'static str, message: String) -> Verdict {
+fn verdict(type_: &'static str, holds: bool, reason: &'static str, message: String) -> Verdict {
     Verdict {
         type_,
         holds,
@@ -132,23 +132,23 @@ fn cond(type_: &'static str, holds: bool, reason: &'static str, message: String)
 /// Ready: every replica runs and is registered (and applying succeeded).
 fn ready(obs: &Observed, r: &Rollout, desired: i32, registered: i32) -> Verdict {
     if let Some(e) = &obs.apply_error {
-        cond(READY, false, "ApplyFailed", e.clone())
+        verdict(READY, false, "ApplyFailed", e.clone())
     } else if r.ready < desired {
-        cond(
+        verdict(
             READY,
             false,
             "ReplicasNotReady",
             format!("{}/{desired} replicas ready", r.ready),
         )
     } else if registered < desired {
-        cond(
+        verdict(
             READY,
             false,
             "NotRegistered",
             format!("{registered}/{desired} proxies registered"),
         )
     } else {
-        cond(
+        verdict(
             READY,
             true,
             "AllReplicasReady",
@@ -163,14 +163,14 @@ fn ready(obs: &Observed, r: &Rollout, desired: i32, registered: i32) -> Verdict 
 /// Progressing: the rollout has not finished.
 fn progressing(r: &Rollout, desired: i32) -> Verdict {
     if r.done {
-        cond(
+        verdict(
             PROGRESSING,
             false,
             "RolloutComplete",
             format!("{desired} replicas up to date"),
         )
     } else {
-        cond(
+        verdict(
             PROGRESSING,
             true,
             "RollingOut",
@@ -182,7 +182,7 @@ fn progressing(r: &Rollout, desired: i32) -> Verdict {
 /// Degraded: the first problem that needs a human, in order of severity.
 fn degraded(obs: &Observed, r: &Rollout) -> Verdict {
     if let Some(e) = &obs.apply_error {
-        cond(DEGRADED, true, "ApplyFailed", e.clone())
+        verdict(DEGRADED, true, "ApplyFailed", e.clone())
     } else if !obs.missing_apis.is_empty() {
         let kinds: Vec<&str> = obs
             .missing_apis
@@ -192,7 +192,7 @@ fn degraded(obs: &Observed, r: &Rollout) -> Verdict {
                 MissingApi::PodMonitor => "PodMonitor",
             })
             .collect();
-        cond(
+        verdict(
             DEGRADED,
             true,
             "MonitoringApiMissing",
@@ -202,9 +202,9 @@ fn degraded(obs: &Observed, r: &Rollout) -> Verdict {
             ),
         )
     } else if let Some(m) = &r.stuck {
-        cond(DEGRADED, true, "RolloutStuck", m.clone())
+        verdict(DEGRADED, true, "RolloutStuck", m.clone())
     } else {
-        cond(DEGRADED, false, "AsExpected", "all children applied".into())
+        verdict(DEGRADED, false, "AsExpected", "all children applied".into())
     }
 }
 

@@ -42,18 +42,22 @@ pub struct Monitoring {
 pub fn monitoring(zp: &Validated, caps: &Capabilities) -> Monitoring {
     let asked = &zp.spec.monitoring;
     let mut missing = Vec::new();
-    let mut unless_missing = |served: bool, api: MissingApi| {
-        if !served {
-            missing.push(api);
+    let service_monitor = match (asked.service_monitor, caps.service_monitor) {
+        (true, true) => Some(service_monitor(zp)),
+        (true, false) => {
+            missing.push(MissingApi::ServiceMonitor);
+            None
         }
-        served
+        (false, _) => None,
     };
-    let service_monitor = (asked.service_monitor
-        && unless_missing(caps.service_monitor, MissingApi::ServiceMonitor))
-    .then(|| service_monitor(zp));
-    let pod_monitor = (asked.pod_monitor
-        && unless_missing(caps.pod_monitor, MissingApi::PodMonitor))
-    .then(|| pod_monitor(zp));
+    let pod_monitor = match (asked.pod_monitor, caps.pod_monitor) {
+        (true, true) => Some(pod_monitor(zp)),
+        (true, false) => {
+            missing.push(MissingApi::PodMonitor);
+            None
+        }
+        (false, _) => None,
+    };
     Monitoring {
         metrics_service: asked.service_monitor.then(|| metrics_service(zp)),
         service_monitor,

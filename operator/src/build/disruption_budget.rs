@@ -22,3 +22,26 @@ pub fn pod_disruption_budget(zp: &Validated) -> Option<DynamicChild> {
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use crate::build::{build, Capabilities};
+    use crate::validate::tests::validated;
+
+    #[test]
+    fn pdb_is_policy_v1_unless_disabled() {
+        let caps = Capabilities::default();
+        let d = build(&validated(json!({})), &caps);
+        let pdb = d.pdb.unwrap();
+        assert_eq!((pdb.kind.group, pdb.kind.version), ("policy", "v1"));
+        assert_eq!(pdb.object["apiVersion"], "policy/v1");
+        assert_eq!(pdb.object["spec"]["maxUnavailable"], 1);
+        let d = build(
+            &validated(json!({"podDisruptionBudget": {"enabled": false}})),
+            &caps,
+        );
+        assert!(d.pdb.is_none());
+    }
+}

@@ -116,23 +116,22 @@ pub fn build(zp: &Validated, caps: &Capabilities) -> Desired {
     }
 }
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeMap;
 
     use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec};
-    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-    use super::names::{selector_string, MANAGER};
+    use super::names::MANAGER;
     use super::workload::CONFIG_HASH_ANNOTATION;
     use super::*;
     use crate::validate::tests::{validated, zp};
-    use crate::validate::{default_proxy_image, validate};
+    use crate::validate::validate;
 
-    fn pod_spec(d: &Deployment) -> &PodSpec {
+    pub(crate) fn pod_spec(d: &Deployment) -> &PodSpec {
         d.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
     }
 
-    fn template_annotations(d: &Deployment) -> BTreeMap<String, String> {
+    pub(crate) fn template_annotations(d: &Deployment) -> BTreeMap<String, String> {
         d.spec
             .as_ref()
             .unwrap()
@@ -144,7 +143,7 @@ mod tests {
             .unwrap()
     }
 
-    fn env_of(c: &Container) -> BTreeMap<String, EnvVar> {
+    pub(crate) fn env_of(c: &Container) -> BTreeMap<String, EnvVar> {
         c.env
             .clone()
             .unwrap()
@@ -181,160 +180,6 @@ mod tests {
     }
 
     #[test]
-    fn role_grants_exactly_endpointslice_registration() {
-        let d = build(&validated(json!({})), &Capabilities::default());
-        let rules = d.role.rules.unwrap();
-        assert_eq!(rules.len(), 1);
-        assert_eq!(
-            rules[0].api_groups.as_deref(),
-            Some(&["discovery.k8s.io".to_string()][..])
-        );
-        assert_eq!(
-            rules[0].resources.as_deref(),
-            Some(&["endpointslices".to_string()][..])
-        );
-        assert!(!rules[0]
-            .verbs
-            .iter()
-            .any(|v| v == "*" || v == "deletecollection"));
-        let subject = &d.role_binding.subjects.unwrap()[0];
-        assert_eq!(
-            (subject.kind.as_str(), subject.name.as_str()),
-            ("ServiceAccount", "alpha")
-        );
-        assert_eq!(d.role_binding.role_ref.name, "alpha");
-    }
-
-    #[test]
-    fn deployment_env_follows_the_contract() {
-        let d = build(&validated(json!({"replicas": 3})), &Capabilities::default());
-        assert_eq!(d.deployment.spec.as_ref().unwrap().replicas, Some(3));
-        let pod = pod_spec(&d.deployment);
-        assert_eq!(pod.service_account_name.as_deref(), Some("alpha"));
-        let c = &pod.containers[0];
-        assert_eq!(c.image.as_deref(), Some(default_proxy_image().as_str()));
-        let env = env_of(c);
-        for (var, path) in [
-            ("POD_NAME", "metadata.name"),
-            ("POD_NAMESPACE", "metadata.namespace"),
-            ("POD_IP", "status.podIP"),
-            ("POD_UID", "metadata.uid"),
-        ] {
-            let f = env[var]
-                .value_from
-                .as_ref()
-                .unwrap()
-                .field_ref
-                .as_ref()
-                .unwrap();
-            assert_eq!(f.field_path, path);
-        }
-        assert_eq!(
-            env["ZMQ_PROXY_BIND_ADDRESS"].value.as_deref(),
-            Some("$(POD_IP)")
-        );
-        assert_eq!(
-            env["ZMQ_PROXY_METRICS_ADDRESS"].value.as_deref(),
-            Some("$(POD_IP):9090")
-        );
-        // $(VAR) only expands for variables declared earlier in the list.
-        let names: Vec<_> = c
-            .env
-            .as_ref()
-            .unwrap()
-            .iter()
-            .map(|e| e.name.as_str())
-            .collect();
-        let pos = |n: &str| names.iter().position(|x| *x == n).unwrap();
-        assert!(pos("POD_IP") < pos("ZMQ_PROXY_BIND_ADDRESS"));
-        let cm = d.config_map.data.as_ref().unwrap();
-        assert_eq!(cm["ZMQ_PROXY_MATCHMAKER"], "kubernetes");
-        assert_eq!(cm["ZMQ_PROXY_SERVICE_NAME"], "alpha");
-        assert_eq!(cm["ZMQ_PROXY_MODE"], "double-router");
-        assert_eq!(
-            c.env_from.as_ref().unwrap()[0]
-                .config_map_ref
-                .as_ref()
-                .unwrap()
-                .name,
-            "alpha-config"
-        );
-    }
-
-    #[test]
-    fn probes_hardening_and_termination() {
-        let d = build(
-            &validated(json!({"gracePeriodSeconds": 20, "preStopDelaySeconds": 3})),
-            &Capabilities::default(),
-        );
-        let pod = pod_spec(&d.deployment);
-        let c = &pod.containers[0];
-        let ready = c
-            .readiness_probe
-            .as_ref()
-            .unwrap()
-            .http_get
-            .as_ref()
-            .unwrap();
-        assert_eq!(ready.path.as_deref(), Some("/readyz"));
-        assert_eq!(ready.port, IntOrString::String("metrics".into()));
-        let live = c
-            .liveness_probe
-            .as_ref()
-            .unwrap()
-            .http_get
-            .as_ref()
-            .unwrap();
-        assert_eq!(live.path.as_deref(), Some("/healthz"));
-        let metrics = c
-            .ports
-            .as_ref()
-            .unwrap()
-            .iter()
-            .find(|p| p.name.as_deref() == Some("metrics"));
-        assert_eq!(metrics.unwrap().container_port, 9090);
-        let sc = c.security_context.as_ref().unwrap();
-        assert_eq!(sc.read_only_root_filesystem, Some(true));
-        assert_eq!(sc.run_as_non_root, Some(true));
-        assert_eq!(sc.allow_privilege_escalation, Some(false));
-        assert_eq!(
-            sc.capabilities.as_ref().unwrap().drop,
-            Some(vec!["ALL".to_string()])
-        );
-        assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
-        assert_eq!(pod.termination_grace_period_seconds, Some(20 + 3 + 5));
-        let hook = c.lifecycle.as_ref().unwrap().pre_stop.as_ref().unwrap();
-        assert_eq!(
-            hook.exec.as_ref().unwrap().command,
-            Some(vec!["sleep".to_string(), "3".to_string()])
-        );
-        let d = build(&validated(json!({})), &Capabilities::default());
-        assert!(pod_spec(&d.deployment).containers[0].lifecycle.is_none());
-    }
-
-    #[test]
-    fn spreads_over_nodes_by_default_and_honours_the_spec() {
-        let d = build(&validated(json!({})), &Capabilities::default());
-        let tsc = pod_spec(&d.deployment)
-            .topology_spread_constraints
-            .clone()
-            .unwrap();
-        assert_eq!(tsc[0].topology_key, "kubernetes.io/hostname");
-        assert_eq!(tsc[0].max_skew, 1);
-        let d = build(
-            &validated(json!({"topologySpreadConstraints": [
-                {"maxSkew": 2, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule"}
-            ]})),
-            &Capabilities::default(),
-        );
-        let tsc = pod_spec(&d.deployment)
-            .topology_spread_constraints
-            .clone()
-            .unwrap();
-        assert_eq!(tsc[0].topology_key, "topology.kubernetes.io/zone");
-    }
-
-    #[test]
     fn configuration_change_changes_the_hash_and_nothing_else_does() {
         let caps = Capabilities::default();
         let base = build(&validated(json!({})), &caps);
@@ -352,133 +197,5 @@ mod tests {
         );
         // Building twice is deterministic.
         assert_eq!(base, build(&validated(json!({})), &caps));
-    }
-
-    #[test]
-    fn service_is_headless_selectorless_with_named_ports() {
-        let d = build(
-            &validated(json!({"pubSub": {"enabled": true}})),
-            &Capabilities::default(),
-        );
-        let s = d.service.spec.unwrap();
-        assert_eq!(s.cluster_ip.as_deref(), Some("None"));
-        assert!(s.selector.is_none());
-        let names: Vec<_> = s
-            .ports
-            .unwrap()
-            .into_iter()
-            .map(|p| (p.name.unwrap(), p.port))
-            .collect();
-        assert_eq!(
-            names,
-            [
-                ("frontend".into(), 50001),
-                ("backend".into(), 50002),
-                ("publisher".into(), 50003)
-            ]
-        );
-        let d = build(
-            &validated(json!({"mode": "SingleRouter"})),
-            &Capabilities::default(),
-        );
-        let names: Vec<_> = d
-            .service
-            .spec
-            .unwrap()
-            .ports
-            .unwrap()
-            .into_iter()
-            .map(|p| p.name.unwrap())
-            .collect();
-        assert_eq!(names, ["frontend"]);
-        assert_eq!(
-            d.config_map.data.unwrap()["ZMQ_PROXY_MODE"],
-            "single-router"
-        );
-    }
-
-    #[test]
-    fn pdb_is_policy_v1_unless_disabled() {
-        let caps = Capabilities::default();
-        let d = build(&validated(json!({})), &caps);
-        let pdb = d.pdb.unwrap();
-        assert_eq!((pdb.kind.group, pdb.kind.version), ("policy", "v1"));
-        assert_eq!(pdb.object["apiVersion"], "policy/v1");
-        assert_eq!(pdb.object["spec"]["maxUnavailable"], 1);
-        let d = build(
-            &validated(json!({"podDisruptionBudget": {"enabled": false}})),
-            &caps,
-        );
-        assert!(d.pdb.is_none());
-    }
-
-    #[test]
-    fn monitors_only_when_served_and_asked_for() {
-        let spec = json!({"monitoring": {"serviceMonitor": true, "podMonitor": true}});
-        let d = build(&validated(spec.clone()), &Capabilities::default());
-        assert!(d.service_monitor.is_none() && d.pod_monitor.is_none());
-        assert_eq!(
-            d.missing,
-            [MissingApi::ServiceMonitor, MissingApi::PodMonitor]
-        );
-        let caps = Capabilities {
-            service_monitor: true,
-            pod_monitor: true,
-        };
-        let d = build(&validated(spec), &caps);
-        assert!(d.missing.is_empty());
-        assert_eq!(
-            d.service_monitor.unwrap().object["spec"]["endpoints"][0]["port"],
-            "metrics"
-        );
-        assert_eq!(d.pod_monitor.unwrap().kind.kind, "PodMonitor");
-        assert!(d.metrics_service.unwrap().spec.unwrap().selector.is_some());
-        let d = build(&validated(json!({})), &caps);
-        assert!(d.service_monitor.is_none() && d.metrics_service.is_none());
-    }
-
-    #[test]
-    fn local_publisher_daemonset_is_optional() {
-        let d = build(&validated(json!({})), &Capabilities::default());
-        assert!(d.daemon_set.is_none());
-        let d = build(
-            &validated(json!({"localPublisher": {"enabled": true}})),
-            &Capabilities::default(),
-        );
-        let ds = d.daemon_set.unwrap();
-        assert_eq!(ds.metadata.name.as_deref(), Some("alpha-local-publisher"));
-        let pod = ds.spec.unwrap().template.spec.unwrap();
-        let env = env_of(&pod.containers[0]);
-        assert_eq!(
-            env["ZMQ_PROXY_LOCAL_PUBLISHER"].value.as_deref(),
-            Some("true")
-        );
-        let port = &pod.containers[0].ports.as_ref().unwrap()[0];
-        assert_eq!((port.container_port, port.host_port), (50004, Some(50004)));
-    }
-
-    #[test]
-    fn redis_url_comes_from_the_secret() {
-        let d = build(
-            &validated(json!({"matchmaker": {"redisUrlSecret": {"name": "redis", "key": "url"}}})),
-            &Capabilities::default(),
-        );
-        let env = env_of(&pod_spec(&d.deployment).containers[0]);
-        let r = env["ZMQ_PROXY_URL"]
-            .value_from
-            .as_ref()
-            .unwrap()
-            .secret_key_ref
-            .as_ref()
-            .unwrap();
-        assert_eq!((r.name.as_str(), r.key.as_str()), ("redis", "url"));
-    }
-
-    #[test]
-    fn selector_string_matches_the_deployment_selector() {
-        let d = build(&validated(json!({})), &Capabilities::default());
-        let labels = d.deployment.spec.unwrap().selector.match_labels.unwrap();
-        let s: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        assert_eq!(selector_string("alpha"), s.join(","));
     }
 }

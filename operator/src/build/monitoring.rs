@@ -104,3 +104,36 @@ fn pod_monitor(zp: &Validated) -> DynamicChild {
         }),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use crate::build::{build, Capabilities, MissingApi};
+    use crate::validate::tests::validated;
+
+    #[test]
+    fn monitors_only_when_served_and_asked_for() {
+        let spec = json!({"monitoring": {"serviceMonitor": true, "podMonitor": true}});
+        let d = build(&validated(spec.clone()), &Capabilities::default());
+        assert!(d.service_monitor.is_none() && d.pod_monitor.is_none());
+        assert_eq!(
+            d.missing,
+            [MissingApi::ServiceMonitor, MissingApi::PodMonitor]
+        );
+        let caps = Capabilities {
+            service_monitor: true,
+            pod_monitor: true,
+        };
+        let d = build(&validated(spec), &caps);
+        assert!(d.missing.is_empty());
+        assert_eq!(
+            d.service_monitor.unwrap().object["spec"]["endpoints"][0]["port"],
+            "metrics"
+        );
+        assert_eq!(d.pod_monitor.unwrap().kind.kind, "PodMonitor");
+        assert!(d.metrics_service.unwrap().spec.unwrap().selector.is_some());
+        let d = build(&validated(json!({})), &caps);
+        assert!(d.service_monitor.is_none() && d.metrics_service.is_none());
+    }
+}

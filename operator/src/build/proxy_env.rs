@@ -161,6 +161,8 @@ pub fn local_publisher_env(zp: &Validated) -> Vec<EnvVar> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::build::tests::{env_of, pod_spec};
+    use crate::build::{build, Capabilities};
     use crate::validate::tests::validated;
     use serde_json::json;
 
@@ -181,5 +183,22 @@ mod tests {
         assert_ne!(config_hash(&env), config_hash(&hwm));
         // FNV-1a of nothing is its offset basis.
         assert_eq!(config_hash(&BTreeMap::new()), "cbf29ce484222325");
+    }
+
+    #[test]
+    fn redis_url_comes_from_the_secret() {
+        let d = build(
+            &validated(json!({"matchmaker": {"redisUrlSecret": {"name": "redis", "key": "url"}}})),
+            &Capabilities::default(),
+        );
+        let env = env_of(&pod_spec(&d.deployment).containers[0]);
+        let r = env["ZMQ_PROXY_URL"]
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!((r.name.as_str(), r.key.as_str()), ("redis", "url"));
     }
 }

@@ -65,3 +65,36 @@ pub fn role_binding(zp: &Validated) -> RoleBinding {
         }]),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use crate::build::{build, Capabilities};
+    use crate::validate::tests::validated;
+
+    #[test]
+    fn role_grants_exactly_endpointslice_registration() {
+        let d = build(&validated(json!({})), &Capabilities::default());
+        let rules = d.role.rules.unwrap();
+        assert_eq!(rules.len(), 1);
+        assert_eq!(
+            rules[0].api_groups.as_deref(),
+            Some(&["discovery.k8s.io".to_string()][..])
+        );
+        assert_eq!(
+            rules[0].resources.as_deref(),
+            Some(&["endpointslices".to_string()][..])
+        );
+        assert!(!rules[0]
+            .verbs
+            .iter()
+            .any(|v| v == "*" || v == "deletecollection"));
+        let subject = &d.role_binding.subjects.unwrap()[0];
+        assert_eq!(
+            (subject.kind.as_str(), subject.name.as_str()),
+            ("ServiceAccount", "alpha")
+        );
+        assert_eq!(d.role_binding.role_ref.name, "alpha");
+    }
+}

@@ -54,3 +54,54 @@ pub fn headless_service(zp: &Validated) -> Service {
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use crate::build::{build, Capabilities};
+    use crate::validate::tests::validated;
+
+    #[test]
+    fn service_is_headless_selectorless_with_named_ports() {
+        let d = build(
+            &validated(json!({"pubSub": {"enabled": true}})),
+            &Capabilities::default(),
+        );
+        let s = d.service.spec.unwrap();
+        assert_eq!(s.cluster_ip.as_deref(), Some("None"));
+        assert!(s.selector.is_none());
+        let names: Vec<_> = s
+            .ports
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.name.unwrap(), p.port))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("frontend".into(), 50001),
+                ("backend".into(), 50002),
+                ("publisher".into(), 50003)
+            ]
+        );
+        let d = build(
+            &validated(json!({"mode": "SingleRouter"})),
+            &Capabilities::default(),
+        );
+        let names: Vec<_> = d
+            .service
+            .spec
+            .unwrap()
+            .ports
+            .unwrap()
+            .into_iter()
+            .map(|p| p.name.unwrap())
+            .collect();
+        assert_eq!(names, ["frontend"]);
+        assert_eq!(
+            d.config_map.data.unwrap()["ZMQ_PROXY_MODE"],
+            "single-router"
+        );
+    }
+}

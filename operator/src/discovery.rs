@@ -6,7 +6,18 @@
 use kube::discovery::{Discovery, Scope};
 use kube::Client;
 
-use crate::resources::Capabilities;
+use crate::kinds::{Kind, POD_MONITOR, SERVICE_MONITOR};
+
+/// Which optional APIs the cluster serves, as discovery found them. Every
+/// supported Kubernetes (1.34 and later) serves policy/v1 and
+/// discovery.k8s.io/v1, so only the Prometheus Operator's kinds vary.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// monitoring.coreos.com/v1 ServiceMonitor is served.
+    pub service_monitor: bool,
+    /// monitoring.coreos.com/v1 PodMonitor is served.
+    pub pod_monitor: bool,
+}
 
 /// The API groups whose served kinds matter to the operator.
 pub const GROUPS: [&str; 1] = ["monitoring.coreos.com"];
@@ -16,14 +27,14 @@ pub type Served = (String, String, String);
 
 /// Which Prometheus Operator kinds are served.
 pub fn decide(served: &[Served]) -> Capabilities {
-    let has = |g: &str, v: &str, p: &str| {
+    let has = |k: &Kind| {
         served
             .iter()
-            .any(|(sg, sv, sp)| sg == g && sv == v && sp == p)
+            .any(|(g, v, p)| g == k.group && v == k.version && p == k.plural)
     };
     Capabilities {
-        service_monitor: has("monitoring.coreos.com", "v1", "servicemonitors"),
-        pod_monitor: has("monitoring.coreos.com", "v1", "podmonitors"),
+        service_monitor: has(&SERVICE_MONITOR),
+        pod_monitor: has(&POD_MONITOR),
     }
 }
 

@@ -1,14 +1,33 @@
 //! zmq-proxy-operator: the control plane. It reconciles `ZmqProxy` resources
-//! ([`crd`]) into the children built by [`resources`], applied and observed by
-//! [`reconcile`], with status from [`status`], API versions from
-//! [`discovery`], leadership from [`leader`] and telemetry from [`metrics`].
-//! [`rbac`] holds the operator's own permissions, for the chart.
+//! ([`crd`]) through a pipeline ([`reconcile`]): [`validate`] -> [`build`]
+//! (pure, the desired children) -> [`apply`] (server-side apply, orphan
+//! cleanup) -> [`report`] (status computed by [`status`]).
+//!
+//! Around the pipeline: [`context`] (state the reconciles share),
+//! [`controller`] (what triggers a reconcile), [`manager`] (leadership and
+//! the controllers' lifetime, with [`leader`]), [`discovery`] (which optional
+//! APIs are served), [`kinds`] (API kinds handled dynamically), [`events`],
+//! [`metrics`], [`backoff`] and [`lock`]. [`rbac`] holds the operator's own
+//! permissions, for the chart; [`resources`] re-exports former paths.
 
+#![forbid(unsafe_code)]
+
+pub mod apply;
+pub mod backoff;
+pub mod build;
+pub mod context;
+pub mod controller;
 pub mod crd;
 pub mod discovery;
+pub mod events;
+pub mod kinds;
 pub mod leader;
+pub mod lock;
+pub mod manager;
 pub mod metrics;
 pub mod rbac;
 pub mod reconcile;
+pub mod report;
 pub mod resources;
 pub mod status;
+pub mod validate;

@@ -2,7 +2,8 @@
 //! a ClusterRole, or per watched namespace as Roles) and the leader-election
 //! Role in the operator's namespace. `zmq-proxy-operator rbac` prints them;
 //! operator/rbac/ holds the generated YAML for the chart, and the end-to-end
-//! test runs the operator with exactly these rules.
+//! test runs the operator with exactly these rules. (The Role the operator
+//! grants the proxy pods is [`crate::build::rbac`].)
 
 use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -114,7 +115,7 @@ mod tests {
 
     #[test]
     fn operator_holds_every_permission_it_grants_the_proxies() {
-        for granted in crate::resources::proxy_role_rules() {
+        for granted in crate::build::rbac::proxy_role_rules() {
             for verb in &granted.verbs {
                 assert!(operator_rules().iter().any(|r| {
                     r.api_groups == granted.api_groups

@@ -1,6 +1,6 @@
 //! Status computation: what the children say, turned into the ZmqProxy's
 //! status (conditions Ready / Progressing / Degraded, replica counts,
-//! registered endpoints, the scale selector). Pure: the reconciler gathers
+//! registered endpoints, the scale selector). Pure: [`crate::report`] gathers
 //! [`Observed`] and writes the result.
 
 use std::collections::BTreeMap;
@@ -9,8 +9,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde_json::Value;
 
+use crate::build::monitoring::MissingApi;
+use crate::build::names::selector_string;
 use crate::crd::{ProxyEndpoint, ZmqProxy, ZmqProxyStatus};
-use crate::resources::{selector_string, MissingApi};
 
 /// Condition type: every replica runs and is registered.
 pub const READY: &str = "Ready";
@@ -106,8 +107,129 @@ fn rollout(desired: i32, dep: Option<&Deployment>) -> Rollout {
     }
 }
 
-fn cond(type_: &str, ok: bool, reason: &str, message: String) -> (String, bool, String, String) {
-    (type_.to_string(), ok, reason.to_string(), message)
+/// One condition as computed this round, before it meets the previous
+/// status (which decides its lastTransitionTime).
+struct Verdict {
+    /// Condition type: [`READY`], [`PROGRESSING`] or [`DEGRADED`].
+    type_: &'static str,
+    /// Whether the condition holds (status "True").
+    holds: bool,
+    /// CamelCase reason.
+    reason: &'static str,
+    /// Human-readable detail.
+    message: String,
+}
+
+fn verdict(type_: &'static str, holds: bool, reason: &'static str, message: String) -> Verdict {
+    Verdict {
+        type_,
+        holds,
+        reason,
+        message,
+    }
+}
+
+/// Ready: every replica runs and is registered (and applying succeeded).
+fn ready(obs: &Observed, r: &Rollout, desired: i32, registered: i32) -> Verdict {
+    if let Some(e) = &obs.apply_error {
+        verdict(READY, false, "ApplyFailed", e.clone())
+    } else if r.ready < desired {
+        verdict(
+            READY,
+            false,
+            "ReplicasNotReady",
+            format!("{}/{desired} replicas ready", r.ready),
+        )
+    } else if registered < desired {
+        verdict(
+            READY,
+            false,
+            "NotRegistered",
+            format!("{registered}/{desired} proxies registered"),
+        )
+    } else {
+        verdict(
+            READY,
+            true,
+            "AllReplicasReady",
+            format!(
+                "{}/{desired} replicas ready, {registered} registered",
+                r.ready
+            ),
+        )
+    }
+}
+
+/// Progressing: the rollout has not finished.
+fn progressing(r: &Rollout, desired: i32) -> Verdict {
+    if r.done {
+        verdict(
+            PROGRESSING,
+            false,
+            "RolloutComplete",
+            format!("{desired} replicas up to date"),
+        )
+    } else {
+        verdict(
+            PROGRESSING,
+            true,
+            "RollingOut",
+            format!("{}/{desired} replicas ready, {} exist", r.ready, r.replicas),
+        )
+    }
+}
+
+/// Degraded: the first problem that needs a human, in order of severity.
+fn degraded(obs: &Observed, r: &Rollout) -> Verdict {
+    if let Some(e) = &obs.apply_error {
+        verdict(DEGRADED, true, "ApplyFailed", e.clone())
+    } else if !obs.missing_apis.is_empty() {
+        let kinds: Vec<&str> = obs
+            .missing_apis
+            .iter()
+            .map(|m| match m {
+                MissingApi::ServiceMonitor => "ServiceMonitor",
+                MissingApi::PodMonitor => "PodMonitor",
+            })
+            .collect();
+        verdict(
+            DEGRADED,
+            true,
+            "MonitoringApiMissing",
+            format!(
+                "monitoring.coreos.com/v1 {} not served; not created",
+                kinds.join(", ")
+            ),
+        )
+    } else if let Some(m) = &r.stuck {
+        verdict(DEGRADED, true, "RolloutStuck", m.clone())
+    } else {
+        verdict(DEGRADED, false, "AsExpected", "all children applied".into())
+    }
+}
+
+/// `verdict` as a Condition, keeping the lastTransitionTime of a `previous`
+/// condition of the same type and status.
+fn condition_of(
+    verdict: Verdict,
+    previous: &[Condition],
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let status = if verdict.holds { "True" } else { "False" }.to_string();
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == verdict.type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.clone());
+    Condition {
+        type_: verdict.type_.to_string(),
+        status,
+        reason: verdict.reason.to_string(),
+        message: verdict.message,
+        observed_generation: generation,
+        last_transition_time,
+    }
 }
 
 /// Computes the status of `zp` from what was observed. Conditions keep their
@@ -120,99 +242,19 @@ pub fn compute(zp: &ZmqProxy, obs: &Observed, now: Time) -> ZmqProxyStatus {
     let r = rollout(desired, obs.deployment.as_ref());
     let registered = obs.endpoints.iter().filter(|e| e.ready).count();
     let registered = i32::try_from(registered).unwrap_or(i32::MAX);
-
-    let ready = if let Some(e) = &obs.apply_error {
-        cond(READY, false, "ApplyFailed", e.clone())
-    } else if r.ready < desired {
-        cond(
-            READY,
-            false,
-            "ReplicasNotReady",
-            format!("{}/{desired} replicas ready", r.ready),
-        )
-    } else if registered < desired {
-        cond(
-            READY,
-            false,
-            "NotRegistered",
-            format!("{registered}/{desired} proxies registered"),
-        )
-    } else {
-        cond(
-            READY,
-            true,
-            "AllReplicasReady",
-            format!(
-                "{}/{desired} replicas ready, {registered} registered",
-                r.ready
-            ),
-        )
-    };
-    let progressing = if r.done {
-        cond(
-            PROGRESSING,
-            false,
-            "RolloutComplete",
-            format!("{desired} replicas up to date"),
-        )
-    } else {
-        cond(
-            PROGRESSING,
-            true,
-            "RollingOut",
-            format!("{}/{desired} replicas ready, {} exist", r.ready, r.replicas),
-        )
-    };
-    let degraded = if let Some(e) = &obs.apply_error {
-        cond(DEGRADED, true, "ApplyFailed", e.clone())
-    } else if !obs.missing_apis.is_empty() {
-        let kinds: Vec<&str> = obs
-            .missing_apis
-            .iter()
-            .map(|m| match m {
-                MissingApi::ServiceMonitor => "ServiceMonitor",
-                MissingApi::PodMonitor => "PodMonitor",
-            })
-            .collect();
-        cond(
-            DEGRADED,
-            true,
-            "MonitoringApiMissing",
-            format!(
-                "monitoring.coreos.com/v1 {} not served; not created",
-                kinds.join(", ")
-            ),
-        )
-    } else if let Some(m) = r.stuck {
-        cond(DEGRADED, true, "RolloutStuck", m)
-    } else {
-        cond(DEGRADED, false, "AsExpected", "all children applied".into())
-    };
-
     let previous = zp
         .status
         .as_ref()
         .map(|s| s.conditions.as_slice())
         .unwrap_or(&[]);
-    let conditions = [ready, progressing, degraded]
-        .into_iter()
-        .map(|(type_, ok, reason, message)| {
-            let status = if ok { "True" } else { "False" }.to_string();
-            let last_transition_time = previous
-                .iter()
-                .find(|c| c.type_ == type_ && c.status == status)
-                .map(|c| c.last_transition_time.clone())
-                .unwrap_or_else(|| now.clone());
-            Condition {
-                type_,
-                status,
-                reason,
-                message,
-                observed_generation: generation,
-                last_transition_time,
-            }
-        })
-        .collect();
+    let conditions = [
+        ready(obs, &r, desired, registered),
+        progressing(&r, desired),
+        degraded(obs, &r),
+    ]
+    .into_iter()
+    .map(|v| condition_of(v, previous, generation, &now))
+    .collect();
 
     ZmqProxyStatus {
         observed_generation: generation,

@@ -20,8 +20,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
+use zmq_proxy_operator::build::names::selector_string;
+use zmq_proxy_operator::build::workload::CONFIG_HASH_ANNOTATION;
 use zmq_proxy_operator::crd::ZmqProxy;
-use zmq_proxy_operator::resources::{selector_string, CONFIG_HASH_ANNOTATION};
 
 fn owned_by(meta: &kube::core::ObjectMeta, zp: &ZmqProxy) -> bool {
     meta.owner_references.iter().flatten().any(|o| {

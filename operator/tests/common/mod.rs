@@ -16,7 +16,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::Client;
 use serde_json::{json, Value};
 use zmq_proxy_operator::crd::ZmqProxy;
-use zmq_proxy_operator::resources::PROXY_IMAGE_REPOSITORY;
+use zmq_proxy_operator::validate::PROXY_IMAGE_REPOSITORY;
 
 /// Generous deadline for anything that involves the controller manager and
 /// processes on a loaded 2-core machine.

@@ -145,7 +145,17 @@ per_engine!(
     super::heartbeats
 );
 
-/// A hand-written ZMTP 3.1 DEALER over plain TCP.
+/// A TCP connection to `endpoint` (`tcp://host:port`) for a raw peer:
+/// reads time out, writes go out at once.
+fn dial(endpoint: &str) -> TcpStream {
+    let addr = endpoint.trim_start_matches("tcp://");
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+}
+
+/// A hand-written ZMTP 3.x peer over plain TCP.
 struct RawPeer {
     stream: TcpStream,
 }
@@ -155,15 +165,24 @@ impl RawPeer {
     /// and reads the proxy's greeting and READY (sent before it looks at
     /// ours).
     fn connect(endpoint: &str, socket_type: SocketType, identity: &[u8]) -> RawPeer {
-        let addr = endpoint.trim_start_matches("tcp://");
-        let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(WAIT)).unwrap();
-        stream.set_nodelay(true).unwrap();
+        RawPeer::handshake(dial(endpoint), 1, socket_type, Some(identity), b"ROUTER")
+    }
+
+    /// Over `stream`: sends a ZMTP 3.`minor` greeting and READY as
+    /// `socket_type` (with `identity`, if any), then reads the other side's
+    /// greeting and READY and checks that it is an `expect` socket.
+    fn handshake(
+        stream: TcpStream,
+        minor: u8,
+        socket_type: SocketType,
+        identity: Option<&[u8]>,
+        expect: &[u8],
+    ) -> RawPeer {
         let mut peer = RawPeer { stream };
-        let mut opening = zmtp::greeting::encode(false).to_vec();
-        let metadata = Metadata::basic(socket_type, Some(identity)).expect("metadata");
+        let mut opening = raw_greeting(minor);
+        let metadata = Metadata::basic(socket_type, identity).expect("metadata");
         Command::Ready(metadata).encode(&mut opening);
-        peer.stream.write_all(&opening).unwrap();
+        peer.send(&opening);
         let mut greeting = [0u8; 64];
         peer.stream.read_exact(&mut greeting).unwrap();
         assert!(matches!(
@@ -171,7 +190,10 @@ impl RawPeer {
             Ok(zmtp::Progress::Done(_))
         ));
         let ready = peer.read_command();
-        assert!(matches!(Command::parse(&ready), Ok(Command::Ready(_))));
+        let Ok(Command::Ready(metadata)) = Command::parse(&ready) else {
+            panic!("no READY: {ready:?}");
+        };
+        assert_eq!(metadata.socket_type(), Some(expect));
         peer
     }
 
@@ -538,8 +560,7 @@ fn dead_peers(engine: Engine) {
     wait_closed(&mut silent);
     // A connection that never even sends a greeting: closed at the
     // handshake deadline.
-    let mut mute = TcpStream::connect(proxy.frontend().trim_start_matches("tcp://")).unwrap();
-    mute.set_read_timeout(Some(WAIT)).unwrap();
+    let mut mute = dial(proxy.frontend());
     let mut greeting = [0u8; 10];
     mute.read_exact(&mut greeting).unwrap();
     let mut mute = RawPeer { stream: mute };
@@ -675,8 +696,8 @@ fn a_flood_for_a_receiver_that_never_reads_keeps_memory_bounded() {
 
 // --- publisher ---
 
-/// A hand-written SUB (or the test's fake central PUB) speaking ZMTP 3.0
-/// or 3.1 over plain TCP: the greeting's minor version is `minor`.
+/// A ZMTP 3.`minor` greeting (NULL mechanism, not as server), for raw
+/// peers of either version.
 fn raw_greeting(minor: u8) -> Vec<u8> {
     let mut greeting = zmtp::greeting::encode(false).to_vec();
     // Byte 10 is the major version, 11 the minor.
@@ -688,23 +709,7 @@ impl RawPeer {
     /// Connects to a PUB as a SUB with ZMTP 3.`minor` and reads the PUB's
     /// greeting and READY.
     fn subscriber(endpoint: &str, minor: u8) -> RawPeer {
-        let addr = endpoint.trim_start_matches("tcp://");
-        let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(WAIT)).unwrap();
-        stream.set_nodelay(true).unwrap();
-        let mut peer = RawPeer { stream };
-        let mut opening = raw_greeting(minor);
-        let metadata = Metadata::basic(SocketType::Sub, None).expect("metadata");
-        Command::Ready(metadata).encode(&mut opening);
-        peer.send(&opening);
-        let mut greeting = [0u8; 64];
-        peer.stream.read_exact(&mut greeting).unwrap();
-        let ready = peer.read_command();
-        let Ok(Command::Ready(metadata)) = Command::parse(&ready) else {
-            panic!("no READY: {ready:?}");
-        };
-        assert_eq!(metadata.socket_type(), Some(&b"PUB"[..]));
-        peer
+        RawPeer::handshake(dial(endpoint), minor, SocketType::Sub, None, b"PUB")
     }
 
     /// Subscribes to (or, with `subscribe` false, cancels) `prefix` in the
@@ -955,17 +960,7 @@ fn fake_central_accept(listener: &std::net::TcpListener, minor: u8) -> RawPeer {
     };
     stream.set_nonblocking(false).unwrap();
     stream.set_read_timeout(Some(WAIT)).unwrap();
-    let mut peer = RawPeer { stream };
-    let mut opening = raw_greeting(minor);
-    Command::Ready(Metadata::basic(SocketType::Pub, None).expect("metadata")).encode(&mut opening);
-    peer.send(&opening);
-    let mut greeting = [0u8; 64];
-    peer.stream.read_exact(&mut greeting).unwrap();
-    let ready = peer.read_command();
-    let Ok(Command::Ready(metadata)) = Command::parse(&ready) else {
-        panic!("no READY: {ready:?}");
-    };
-    assert_eq!(metadata.socket_type(), Some(&b"SUB"[..]));
+    let mut peer = RawPeer::handshake(stream, minor, SocketType::Pub, None, b"SUB");
     // Everything, in the form this version reads.
     let (flags, body) = peer.read_frame().expect("subscription");
     if minor == 0 {

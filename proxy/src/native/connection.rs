@@ -12,7 +12,7 @@ use std::io::{self, Read};
 use std::time::Instant;
 
 use mio::net::TcpStream;
-use zmtp::{Assembler, Limits};
+use zmtp::{Assembler, DecodeError, Decoder, FrameHeader, Limits};
 
 use super::handshake::Handshake;
 use super::heartbeat::Liveness;
@@ -55,6 +55,21 @@ pub enum Phase {
     /// Its identity is held by another connection (libzmq's default for
     /// duplicates): not read until that one leaves.
     Parked,
+}
+
+/// What the buffered bytes hold next, past the handshake
+/// ([`Connection::next_frame`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// A complete frame, now decoded: its body's range is in `buf`.
+    Frame(FrameHeader),
+    /// The next frame is not all here: it needs this many bytes from
+    /// `msg_start` on (0: its header is not complete either). The value
+    /// to pass to [`Connection::read_some`].
+    Need(usize),
+    /// The stream is not ZMTP: the connection must close (it cannot be
+    /// resynchronised).
+    Bad(DecodeError),
 }
 
 /// A message that found its receiver's output full.
@@ -204,6 +219,36 @@ impl Connection {
     /// Undecoded bytes.
     pub fn unread(&self) -> &[u8] {
         &self.buf[self.decoded..self.filled]
+    }
+
+    /// The handshake took `consumed` more bytes: they are done with.
+    pub fn handshake_consumed(&mut self, consumed: usize) {
+        self.decoded += consumed;
+        self.msg_start = self.decoded;
+    }
+
+    /// Decodes the next frame if it is all in the buffer, moving `decoded`
+    /// past it. The one decoding step of every native socket: the header
+    /// first, so that a frame still arriving says how much to read (and
+    /// the buffer grows once, to the size it needs).
+    pub fn next_frame(&mut self, decoder: &Decoder) -> Next {
+        let header = match decoder.header(self.unread()) {
+            Ok(Some(header)) => header,
+            Ok(None) => return Next::Need(0),
+            Err(error) => return Next::Bad(error),
+        };
+        if self.filled - self.decoded < header.frame_len() {
+            return Next::Need(self.decoded - self.msg_start + header.frame_len());
+        }
+        match decoder.decode(self.unread()) {
+            Ok(Some((frame, used))) => {
+                let frame = frame.offset(self.decoded);
+                self.decoded += used;
+                Next::Frame(frame)
+            }
+            Ok(None) => Next::Need(0),
+            Err(error) => Next::Bad(error),
+        }
     }
 }
 

@@ -12,6 +12,27 @@
 
 use std::time::{Duration, Instant};
 
+use zmtp::Command;
+
+/// A PING command frame with no context, as libzmq sends.
+pub fn ping() -> Vec<u8> {
+    let mut out = Vec::with_capacity(16);
+    Command::Ping {
+        ttl: 0,
+        context: b"",
+    }
+    .encode(&mut out);
+    out
+}
+
+/// The PONG command frame answering a PING with `context` (every native
+/// socket answers PING the same way).
+pub fn pong(context: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + context.len());
+    Command::pong_for(context).encode(&mut out);
+    out
+}
+
 /// Heartbeat settings; an interval of zero turns heartbeats off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Heartbeat {

@@ -31,9 +31,9 @@ use zmtp::{
     encode_header, Command, Decoder, Flags, Limits, Push, SocketType, Subscription, Version,
 };
 
-use super::connection::{Connection, Phase, Side};
+use super::connection::{Connection, Next, Phase, Side};
 use super::handshake::{opening_as, Step};
-use super::heartbeat::{Due, Heartbeat};
+use super::heartbeat::{ping, pong, Due, Heartbeat};
 use super::keepalive::Keepalive;
 use super::outbox::{Chunk, SharedOutbox};
 use super::subscriptions::{Applied, Subscriptions};
@@ -92,17 +92,6 @@ impl Timeouts {
             _ => Due::Nothing,
         }
     }
-}
-
-/// A PING with no context, as libzmq sends.
-pub fn ping() -> Vec<u8> {
-    let mut out = Vec::with_capacity(16);
-    Command::Ping {
-        ttl: 0,
-        context: b"",
-    }
-    .encode(&mut out);
-    out
 }
 
 /// Behaviour of a native PUB.
@@ -467,16 +456,14 @@ impl Publisher {
             if let Phase::Handshaking(mut handshake) = conn.phase {
                 match handshake.advance_as(conn.unread(), &self.decoder, SocketType::Pub) {
                     Ok(Step::NeedMore { consumed }) => {
-                        conn.decoded += consumed;
-                        conn.msg_start = conn.decoded;
+                        conn.handshake_consumed(consumed);
                         conn.phase = Phase::Handshaking(handshake);
                         return Some(0);
                     }
                     Ok(Step::Done {
                         consumed, version, ..
                     }) => {
-                        conn.decoded += consumed;
-                        conn.msg_start = conn.decoded;
+                        conn.handshake_consumed(consumed);
                         conn.phase = Phase::Active;
                         conn.answers_ping = version >= Version::V3_1;
                         continue;
@@ -498,10 +485,10 @@ impl Publisher {
                     }
                 }
             }
-            let header = match self.decoder.header(conn.unread()) {
-                Ok(Some(header)) => header,
-                Ok(None) => return Some(0),
-                Err(error) => {
+            let frame = match conn.next_frame(&self.decoder) {
+                Next::Frame(frame) => frame,
+                Next::Need(need) => return Some(need),
+                Next::Bad(error) => {
                     if self.may_log() {
                         tracing::warn!(socket = "publisher", %error, "bad frame from a subscriber; connection closed");
                     }
@@ -509,27 +496,13 @@ impl Publisher {
                     return None;
                 }
             };
-            if conn.filled - conn.decoded < header.frame_len() {
-                return Some(conn.decoded - conn.msg_start + header.frame_len());
-            }
-            let frame = match self.decoder.decode(conn.unread()) {
-                Ok(Some((frame, used))) => {
-                    let frame = frame.offset(conn.decoded);
-                    conn.decoded += used;
-                    frame
-                }
-                // The header said the whole frame is there.
-                _ => return Some(0),
-            };
             match conn.assembler.push(&frame) {
                 Push::Partial => {}
                 Push::Command => {
                     let body = conn.buf.get(frame.body.clone()).unwrap_or_default();
                     match Command::parse(body) {
                         Ok(Command::Ping { context, .. }) => {
-                            let mut pong = Vec::with_capacity(8 + context.len());
-                            Command::pong_for(context).encode(&mut pong);
-                            sub.out.push(Arc::new(pong));
+                            sub.out.push(Arc::new(pong(context)));
                             mark_dirty(&mut self.dirty, idx, conn);
                         }
                         Ok(command) => {

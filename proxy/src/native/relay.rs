@@ -26,10 +26,10 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use zmtp::{Command, Decoder, Limits, Push, SocketType, Subscription, Version};
 
-use super::connection::{Connection, Phase, Side};
+use super::connection::{Connection, Next, Phase, Side};
 use super::handshake::{opening_as, Step};
-use super::heartbeat::{Due, Liveness};
-use super::publisher::{ping, Publisher, Timeouts};
+use super::heartbeat::{ping, pong, Due, Liveness};
+use super::publisher::{Publisher, Timeouts};
 use crate::protocol::{DropReason, Publication};
 use crate::shutdown::Shutdown;
 use crate::telemetry::{LogLimiter, SocketCounters, Tally};
@@ -466,16 +466,14 @@ impl Loop {
             if let Phase::Handshaking(mut handshake) = conn.phase {
                 match handshake.advance_as(conn.unread(), &self.decoder, SocketType::Sub) {
                     Ok(Step::NeedMore { consumed }) => {
-                        conn.decoded += consumed;
-                        conn.msg_start = conn.decoded;
+                        conn.handshake_consumed(consumed);
                         conn.phase = Phase::Handshaking(handshake);
                         return Some(0);
                     }
                     Ok(Step::Done {
                         consumed, version, ..
                     }) => {
-                        conn.decoded += consumed;
-                        conn.msg_start = conn.decoded;
+                        conn.handshake_consumed(consumed);
                         conn.phase = Phase::Active;
                         conn.answers_ping = version >= Version::V3_1;
                         // Everything, in the form this publisher reads.
@@ -496,10 +494,10 @@ impl Loop {
                     }
                 }
             }
-            let header = match self.decoder.header(conn.unread()) {
-                Ok(Some(header)) => header,
-                Ok(None) => return Some(0),
-                Err(error) => {
+            let frame = match conn.next_frame(&self.decoder) {
+                Next::Frame(frame) => frame,
+                Next::Need(need) => return Some(need),
+                Next::Bad(error) => {
                     if self.may_log() {
                         tracing::warn!(socket = "subscriber", %error, "bad frame; connection closed");
                     }
@@ -507,27 +505,13 @@ impl Loop {
                     return None;
                 }
             };
-            if conn.filled - conn.decoded < header.frame_len() {
-                return Some(conn.decoded - conn.msg_start + header.frame_len());
-            }
-            let frame = match self.decoder.decode(conn.unread()) {
-                Ok(Some((frame, used))) => {
-                    let frame = frame.offset(conn.decoded);
-                    conn.decoded += used;
-                    frame
-                }
-                // The header said the whole frame is there.
-                _ => return Some(0),
-            };
             match conn.assembler.push(&frame) {
                 Push::Partial => {}
                 Push::Command => {
                     let body = conn.buf.get(frame.body.clone()).unwrap_or_default();
                     // PING is the only command a SUB answers.
                     if let Ok(Command::Ping { context, .. }) = Command::parse(body) {
-                        let mut pong = Vec::with_capacity(8 + context.len());
-                        Command::pong_for(context).encode(&mut pong);
-                        conn.outbox.push(&pong);
+                        conn.outbox.push(&pong(context));
                     }
                     if !conn.assembler.in_progress() {
                         conn.msg_start = conn.decoded;

@@ -36,9 +36,9 @@ use zmtp::{
     encode_header, Command, Decoder, DropReason as CutReason, Flags, Limits, Push, Version,
 };
 
-use super::connection::{Blocked, Connection, Phase, Side};
+use super::connection::{Blocked, Connection, Next, Phase, Side};
 use super::handshake::{opening, Step};
-use super::heartbeat::{Due, Heartbeat};
+use super::heartbeat::{ping, pong, Due, Heartbeat};
 use super::identity::{Claim, Duplicates, Generated, PeerTable};
 use super::keepalive::Keepalive;
 use super::outbox::{write_parts, Outbox};
@@ -574,8 +574,7 @@ impl Engine {
                 Phase::Handshaking(mut handshake) => {
                     match handshake.advance(conn.unread(), &self.decoder) {
                         Ok(Step::NeedMore { consumed }) => {
-                            conn.decoded += consumed;
-                            conn.msg_start = conn.decoded;
+                            conn.handshake_consumed(consumed);
                             conn.phase = Phase::Handshaking(handshake);
                             return Outcome::Need(0);
                         }
@@ -584,8 +583,7 @@ impl Engine {
                             identity,
                             version,
                         }) => {
-                            conn.decoded += consumed;
-                            conn.msg_start = conn.decoded;
+                            conn.handshake_consumed(consumed);
                             conn.answers_ping = version >= Version::V3_1;
                             self.register(idx, conn, identity);
                             continue;
@@ -609,28 +607,16 @@ impl Engine {
                 }
                 Phase::Active => {}
             }
-            let header = match self.decoder.header(conn.unread()) {
-                Ok(Some(header)) => header,
-                Ok(None) => return Outcome::Need(0),
-                Err(error) => {
+            let frame = match conn.next_frame(&self.decoder) {
+                Next::Frame(frame) => frame,
+                Next::Need(need) => return Outcome::Need(need),
+                Next::Bad(error) => {
                     if self.may_log() {
                         tracing::warn!(socket = self.name(conn.side), %error, "bad frame; connection closed");
                     }
                     conn.closing = true;
                     return Outcome::Stop;
                 }
-            };
-            if conn.filled - conn.decoded < header.frame_len() {
-                return Outcome::Need(conn.decoded - conn.msg_start + header.frame_len());
-            }
-            let frame = match self.decoder.decode(conn.unread()) {
-                Ok(Some((frame, used))) => {
-                    let frame = frame.offset(conn.decoded);
-                    conn.decoded += used;
-                    frame
-                }
-                // The header said the whole frame is there.
-                _ => return Outcome::Need(0),
             };
             match conn.assembler.push(&frame) {
                 Push::Partial => {}
@@ -693,9 +679,7 @@ impl Engine {
             return;
         };
         if let Ok(Command::Ping { context, .. }) = Command::parse(body) {
-            let mut pong = Vec::with_capacity(8 + context.len());
-            Command::pong_for(context).encode(&mut pong);
-            conn.outbox.push(&pong);
+            conn.outbox.push(&pong(context));
             mark_dirty(&mut self.dirty, idx, conn);
         }
         // PONG, SUBSCRIBE and unknown commands mean nothing to a ROUTER.
@@ -1025,12 +1009,7 @@ impl Engine {
             every = every.min((limit / 4).max(Duration::from_millis(10)));
         }
         self.next_liveness_check = now + every;
-        let mut ping = Vec::with_capacity(16);
-        Command::Ping {
-            ttl: 0,
-            context: b"",
-        }
-        .encode(&mut ping);
+        let ping_frame = ping();
         for idx in 0..self.conns.len() {
             let Some(conn) = self.conns[idx].as_mut() else {
                 continue;
@@ -1056,7 +1035,7 @@ impl Engine {
             match due {
                 Due::Nothing => {}
                 Due::Ping => {
-                    conn.outbox.push(&ping);
+                    conn.outbox.push(&ping_frame);
                     mark_dirty(&mut self.dirty, idx, conn);
                 }
                 Due::Dead => {

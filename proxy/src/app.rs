@@ -27,6 +27,8 @@ use crate::shutdown::Shutdown;
 use crate::sockets::{bind, new_socket, proxy_identity, ProxySocket, SocketError};
 use crate::telemetry::{serve_http, Health, Metrics, PeerMonitor, TelemetryError};
 
+mod matchmaker_setup;
+
 /// Time the deregistration gets even when the grace period is over.
 const DEREGISTER_AT_LEAST: Duration = Duration::from_secs(2);
 
@@ -98,7 +100,7 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
     if let Err(error) = ctx.set_io_threads(settings.io_threads) {
         tracing::warn!(%error, "cannot set libzmq I/O threads");
     }
-    let matchmaker: Arc<dyn Matchmaker> = match matchmaker::from_settings(&settings) {
+    let matchmaker: Arc<dyn Matchmaker> = match matchmaker_setup::from_settings(&settings) {
         Ok(m) => m,
         Err(error) => {
             // Forwarding does not need a matchmaker; running unregistered

@@ -5,8 +5,59 @@
 //! messages are reported instead of silently dropped) and ROUTER_HANDOVER (a
 //! peer reconnecting under its identity replaces its stale connection).
 
-use crate::config::SocketOptions;
 use crate::frame::{Frame, RawSocket};
+
+/// ZeroMQ socket options applied to every proxy socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketOptions {
+    /// Send and receive high-water mark in messages per peer; 0 = unlimited
+    /// (oslo's choice). Default 1000: a bounded queue, so a flood pushes back
+    /// on its senders instead of growing the proxy's memory.
+    pub hwm: i32,
+    /// Linger at close in ms; -1 = until the grace period ends.
+    pub linger_ms: i32,
+    /// ZMQ_TCP_KEEPALIVE: -1 OS default, 0 off, 1 on.
+    pub tcp_keepalive: i32,
+    /// ZMQ_TCP_KEEPALIVE_IDLE seconds, -1 OS default.
+    pub tcp_keepalive_idle: i32,
+    /// ZMQ_TCP_KEEPALIVE_INTVL seconds, -1 OS default.
+    pub tcp_keepalive_intvl: i32,
+    /// ZMQ_TCP_KEEPALIVE_CNT, -1 OS default.
+    pub tcp_keepalive_cnt: i32,
+    /// ZMQ_IMMEDIATE on the proxy's sockets (off on bound sockets, as oslo).
+    pub immediate: bool,
+    /// ZMQ_HEARTBEAT_IVL in ms: a PING to every peer quiet this long, so a
+    /// peer that vanished without a FIN (a node lost, a partition) is found
+    /// and its connection and buffers freed; 0 = off.
+    pub heartbeat_ivl_ms: i32,
+    /// ZMQ_HEARTBEAT_TIMEOUT in ms: a peer that sends nothing this long
+    /// after a PING is closed.
+    pub heartbeat_timeout_ms: i32,
+    /// ZMQ_HANDSHAKE_IVL in ms: a connection that has not finished its
+    /// greeting and READY this long after it was accepted is closed, so
+    /// silent connections cannot pile up; 0 = no limit.
+    pub handshake_ivl_ms: i32,
+}
+
+impl Default for SocketOptions {
+    fn default() -> Self {
+        SocketOptions {
+            hwm: 1000,
+            linger_ms: -1,
+            tcp_keepalive: -1,
+            tcp_keepalive_idle: -1,
+            tcp_keepalive_intvl: -1,
+            tcp_keepalive_cnt: -1,
+            immediate: false,
+            // Dead peers are found within 40 s; a live one costs a 10-byte
+            // PING and PONG per 10 quiet seconds.
+            heartbeat_ivl_ms: 10_000,
+            heartbeat_timeout_ms: 30_000,
+            // libzmq's default.
+            handshake_ivl_ms: 30_000,
+        }
+    }
+}
 
 /// Errors creating or binding a socket.
 #[derive(Debug, thiserror::Error)]

@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 use redis::aio::MultiplexedConnection;
 use tokio::sync::watch;
 
+use super::url::{TransportUrl, UrlScheme};
 use super::{BoxFuture, Matchmaker, MatchmakerError, ProxyAddresses, Result, Target};
 
 /// oslo's key of the set of proxy publishers (and frontends).
@@ -100,11 +101,11 @@ impl RedisConfig {
     /// oslo always uses database 0.
     pub fn from_url(url: &str) -> Result<RedisConfig> {
         let invalid = |why: &str| MatchmakerError::InvalidConfig(format!("{why}: {url}"));
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| invalid("not a URL"))?;
-        if !matches!(scheme, "zmq+redis" | "redis") {
+        let parsed = TransportUrl::parse(url).map_err(|e| invalid(&e.to_string()))?;
+        if !matches!(parsed.scheme(), UrlScheme::ZmqRedis | UrlScheme::Redis) {
             return Err(invalid("expected a zmq+redis:// URL"));
         }
-        let netloc = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let netloc = parsed.netloc();
         let mut hosts = Vec::new();
         for part in netloc.split(',').filter(|p| !p.is_empty()) {
             let (userinfo, hostport) = match part.rsplit_once('@') {

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::backoff::CappedBackoff;
 use crate::config::{Engine, RouterMode, Settings, SocketOptions};
 use crate::matchmaker::{self, Matchmaker, ProxyAddresses};
 use crate::native::router::{out_limit_for_hwm, DEFAULT_MAX_MESSAGE};
@@ -545,17 +546,16 @@ fn spawn_upstream_watch(
     shutdown: Shutdown,
 ) {
     tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = CappedBackoff::registration();
         loop {
             let mut rx = match matchmaker.watch_proxies().await {
                 Ok(rx) => rx,
                 Err(error) => {
                     tracing::warn!(%error, "cannot watch proxies; retrying");
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(backoff.next_wait()) => {}
                         _ = shutdown.stopping() => return,
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
                     continue;
                 }
             };

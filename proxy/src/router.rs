@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::frame::Frame;
 use crate::hold::HoldQueue;
+use crate::loop_thread::spawn_loop;
 use crate::protocol::{decide, rewrite_for_route, Decision, DropReason, MessageType};
 use crate::shutdown::Shutdown;
 use crate::sockets::{message_bytes, recv_message, send_message, set_close_linger, ProxySocket};
@@ -93,12 +94,7 @@ impl RouterLoop {
         self,
         guard: crate::telemetry::LoopGuard,
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
-        std::thread::Builder::new()
-            .name("zmq-router".into())
-            .spawn(move || {
-                let _guard = guard;
-                self.run()
-            })
+        spawn_loop("zmq-router", guard, move || self.run())
     }
 
     /// Forwards until the shutdown phase reaches `Stopping`, then closes the

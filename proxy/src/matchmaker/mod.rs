@@ -34,6 +34,7 @@ use std::time::Duration;
 pub use futures::future::BoxFuture;
 use tokio::sync::watch;
 
+use crate::backoff::CappedBackoff;
 use crate::shutdown::Shutdown;
 
 /// Errors of matchmaker backends.
@@ -244,7 +245,7 @@ pub async fn maintain_proxy_registration(
     registered: Arc<AtomicBool>,
     shutdown: Shutdown,
 ) {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = CappedBackoff::registration();
     loop {
         let wait = match matchmaker.register_proxy(&proxy, liveness.expire).await {
             Ok(()) => {
@@ -255,15 +256,14 @@ pub async fn maintain_proxy_registration(
                         "registered in the matchmaker"
                     );
                 }
-                backoff = Duration::from_millis(200);
+                backoff.reset();
                 liveness.update
             }
             Err(error) => {
                 // Keep the last state: a refresh that fails leaves the old
                 // registration alive until its TTL, and forwarding goes on.
-                tracing::warn!(backend = matchmaker.backend(), %error, retry_in = ?backoff, "matchmaker registration failed");
-                let wait = backoff;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                let wait = backoff.next_wait();
+                tracing::warn!(backend = matchmaker.backend(), %error, retry_in = ?wait, "matchmaker registration failed");
                 wait
             }
         };

@@ -35,7 +35,7 @@
 //! Sentinel (`zmq+sentinel://`) is not supported.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
@@ -43,6 +43,9 @@ use tokio::sync::watch;
 
 use super::url::{TransportUrl, UrlScheme};
 use super::{BoxFuture, Matchmaker, MatchmakerError, ProxyAddresses, Result, Target};
+// Every critical section is a plain map update; a panic cannot leave it
+// half done, so poisoning carries no information here.
+use crate::lock::lock;
 
 /// oslo's key of the set of proxy publishers (and frontends).
 pub const PUBLISHERS_KEY: &str = "PUBLISHERS";
@@ -344,12 +347,6 @@ struct Watches {
 /// A watched list, updated by the poller while it has receivers.
 struct Watched<T> {
     tx: watch::Sender<Vec<T>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section is a plain map update; a panic cannot leave
-    // it half done, so poisoning carries no information here.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl RedisMatchmaker {

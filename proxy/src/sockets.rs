@@ -5,7 +5,7 @@
 //! messages are reported instead of silently dropped) and ROUTER_HANDOVER (a
 //! peer reconnecting under its identity replaces its stale connection).
 
-use crate::frame::{Frame, RawSocket};
+use crate::frame::{Frame, HandledSocket};
 
 /// ZeroMQ socket options applied to every proxy socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,37 +158,32 @@ pub fn proxy_identity(host: &str) -> Vec<u8> {
 
 /// A socket of a forwarding loop with its name and pre-resolved counters.
 pub struct ProxySocket {
-    /// The ZeroMQ socket (owned by the loop's thread). Private: `raw` must
-    /// never outlive it, so it cannot be swapped out.
-    socket: zmq::Socket,
+    /// The ZeroMQ socket (owned by the loop's thread), with the raw handle
+    /// [`Frame`] sends and receives use.
+    socket: HandledSocket,
     /// Metrics label, e.g. "frontend".
     pub name: &'static str,
     /// Counters of this socket.
     pub counters: crate::telemetry::SocketCounters,
-    /// `socket`'s raw handle, for [`Frame`] sends and receives; valid as
-    /// long as `socket`, which this struct keeps with it.
-    raw: RawSocket,
 }
 
 impl ProxySocket {
     /// Wraps a configured, bound or connected socket.
     pub fn new(
-        mut socket: zmq::Socket,
+        socket: zmq::Socket,
         name: &'static str,
         counters: crate::telemetry::SocketCounters,
     ) -> ProxySocket {
-        let raw = RawSocket::of(&mut socket);
         ProxySocket {
-            socket,
+            socket: HandledSocket::new(socket),
             name,
             counters,
-            raw,
         }
     }
 
     /// The ZeroMQ socket.
     pub fn socket(&self) -> &zmq::Socket {
-        &self.socket
+        self.socket.socket()
     }
 }
 
@@ -206,7 +201,8 @@ pub fn recv_message(
     if frames.is_empty() {
         frames.push(Frame::new());
     }
-    let mut bytes = match frames[0].recv(socket.raw, zmq::DONTWAIT) {
+    let raw = socket.socket.raw();
+    let mut bytes = match frames[0].recv(&raw, zmq::DONTWAIT) {
         Ok(size) => size,
         Err(zmq::Error::EAGAIN) => return Ok(None),
         Err(e) => return Err(e),
@@ -218,7 +214,7 @@ pub fn recv_message(
             frames.push(Frame::new());
         }
         let frame = &mut frames[received];
-        bytes += frame.recv(socket.raw, 0)?;
+        bytes += frame.recv(&raw, 0)?;
         more = frame.more();
         received += 1;
     }
@@ -250,8 +246,9 @@ pub fn send_message(
     let Some((first, rest)) = frames.split_first_mut() else {
         return Ok(());
     };
+    let raw = socket.socket.raw();
     let more = if rest.is_empty() { 0 } else { zmq::SNDMORE };
-    if let Err(e) = first.send(socket.raw, more | zmq::DONTWAIT) {
+    if let Err(e) = first.send(&raw, more | zmq::DONTWAIT) {
         return Err(match e {
             zmq::Error::EHOSTUNREACH => DropReason::Unroutable,
             zmq::Error::EAGAIN => DropReason::HighWaterMark,
@@ -268,7 +265,7 @@ pub fn send_message(
         } else {
             zmq::DONTWAIT
         };
-        if frame.send(socket.raw, flags).is_err() {
+        if frame.send(&raw, flags).is_err() {
             // Unreachable on ROUTER and PUB (see above).
             frames.clear();
             return Err(DropReason::SendFailed);

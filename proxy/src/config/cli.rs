@@ -20,6 +20,9 @@ use super::{Engine, LogFormat, MatchmakerKind, RouterMode};
 )]
 pub struct Cli {
     /// oslo-style INI configuration file ([zmq_proxy_opts], [oslo_messaging_zmq]).
+    // This text is the flag's --help line, where the brackets name INI
+    // sections as users write them; they are not links.
+    #[allow(rustdoc::broken_intra_doc_links)]
     #[arg(short = 'c', long = "config-file", env = "ZMQ_PROXY_CONFIG_FILE")]
     pub config_file: Option<PathBuf>,
     /// Log to this file instead of stderr.

@@ -16,9 +16,9 @@
 //! This is the top layer of the crate: it may use the libraries' types
 //! ([`Liveness`], [`SocketOptions`], transport URLs), and none of them uses it.
 
-mod cli;
-mod ini;
-mod resolution;
+pub mod cli;
+pub mod ini;
+pub mod resolution;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

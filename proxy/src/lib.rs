@@ -16,6 +16,7 @@
 //!   locks and loop threads every layer shares;
 //! - [`app`]: the process wiring used by the `zmq-proxy` binary.
 #![warn(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod app;
 pub mod backoff;

@@ -638,6 +638,10 @@ impl Forwarder<'_> {
 mod tests {
     use super::*;
 
+    /// Where a pending message came from, short so that each plan fits a line.
+    const FRONT: Direction = Direction::FromFrontend;
+    const BACK: Direction = Direction::FromBackend;
+
     fn pending(from: Direction, backoff: bool, since: Instant) -> Pending {
         Pending {
             message: Routed {
@@ -670,31 +674,13 @@ mod tests {
     #[test]
     fn a_pending_message_stops_its_source_and_waits_for_room_at_its_destination() {
         let now = Instant::now();
-        let from_front = Wait::plan(
-            Some(&pending(Direction::FromFrontend, false, now)),
-            true,
-            SECOND,
-            None,
-            now,
-        );
+        let from_front = Wait::plan(Some(&pending(FRONT, false, now)), true, SECOND, None, now);
         assert!(from_front.frontend.is_empty(), "the source is not read");
         assert_eq!(from_front.backend, zmq::POLLIN | zmq::POLLOUT);
-        let from_back = Wait::plan(
-            Some(&pending(Direction::FromBackend, false, now)),
-            true,
-            SECOND,
-            None,
-            now,
-        );
+        let from_back = Wait::plan(Some(&pending(BACK, false, now)), true, SECOND, None, now);
         assert_eq!(from_back.frontend, zmq::POLLIN | zmq::POLLOUT);
         assert!(from_back.backend.is_empty());
-        let single = Wait::plan(
-            Some(&pending(Direction::FromFrontend, false, now)),
-            false,
-            SECOND,
-            None,
-            now,
-        );
+        let single = Wait::plan(Some(&pending(FRONT, false, now)), false, SECOND, None, now);
         assert_eq!(
             single.frontend,
             zmq::POLLOUT,
@@ -706,13 +692,7 @@ mod tests {
     #[test]
     fn after_a_misleading_pollout_the_loop_sleeps_instead_of_spinning() {
         let now = Instant::now();
-        let w = Wait::plan(
-            Some(&pending(Direction::FromFrontend, true, now)),
-            true,
-            SECOND,
-            None,
-            now,
-        );
+        let w = Wait::plan(Some(&pending(FRONT, true, now)), true, SECOND, None, now);
         assert_eq!(w.backend, zmq::POLLIN, "replies still flow");
         assert_eq!(w.timeout_ms, 1);
     }
@@ -740,18 +720,12 @@ mod tests {
     #[test]
     fn the_wait_ends_at_the_send_deadline_and_never_polls_with_zero() {
         let now = Instant::now();
-        let fresh = Wait::plan(
-            Some(&pending(Direction::FromFrontend, false, now)),
-            true,
-            SECOND,
-            None,
-            now,
-        );
+        let fresh = Wait::plan(Some(&pending(FRONT, false, now)), true, SECOND, None, now);
         assert_eq!(
             fresh.timeout_ms, POLL_TIMEOUT_MS,
             "capped: shutdown is re-checked"
         );
-        let p = pending(Direction::FromFrontend, false, now);
+        let p = pending(FRONT, false, now);
         let near = Wait::plan(
             Some(&p),
             true,

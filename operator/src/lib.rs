@@ -11,6 +11,7 @@
 //! permissions, for the chart; [`resources`] re-exports former paths.
 
 #![forbid(unsafe_code)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod apply;
 pub mod backoff;

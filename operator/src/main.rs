@@ -4,6 +4,9 @@
 //! into a shutdown request; [`manager::run`] does the rest (leader election,
 //! controllers, discovery refresh, draining and releasing the Lease).
 
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::backoff::CappedBackoff;
 use crate::config::{Engine, RouterMode, Settings, SocketOptions};
 use crate::matchmaker::{self, Matchmaker, ProxyAddresses};
 use crate::native::router::{out_limit_for_hwm, DEFAULT_MAX_MESSAGE};
@@ -26,6 +27,8 @@ use crate::router::{RouterConfig, RouterLoop};
 use crate::shutdown::Shutdown;
 use crate::sockets::{bind, new_socket, proxy_identity, ProxySocket, SocketError};
 use crate::telemetry::{serve_http, Health, Metrics, PeerMonitor, TelemetryError};
+
+mod matchmaker_setup;
 
 /// Time the deregistration gets even when the grace period is over.
 const DEREGISTER_AT_LEAST: Duration = Duration::from_secs(2);
@@ -98,7 +101,7 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
     if let Err(error) = ctx.set_io_threads(settings.io_threads) {
         tracing::warn!(%error, "cannot set libzmq I/O threads");
     }
-    let matchmaker: Arc<dyn Matchmaker> = match matchmaker::from_settings(&settings) {
+    let matchmaker: Arc<dyn Matchmaker> = match matchmaker_setup::from_settings(&settings) {
         Ok(m) => m,
         Err(error) => {
             // Forwarding does not need a matchmaker; running unregistered
@@ -140,29 +143,17 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
         health.registered.store(true, Ordering::SeqCst);
         ((None, None, Some((pub_ep, pub_port))), None)
     } else if settings.local_publisher {
-        let sub = new_socket(&ctx, zmq::SUB, opts, None)?;
-        let publ = new_socket(&ctx, zmq::PUB, opts, None)?;
-        monitor.watch(
-            &ctx,
-            &sub,
-            "subscriber",
-            metrics.socket("subscriber").connected,
-        )?;
-        monitor.watch(
-            &ctx,
-            &publ,
-            "publisher",
-            metrics.socket("publisher").connected,
-        )?;
-        let pub_ep = bind(&publ, addr, settings.publisher_port)?;
+        let mut open = SocketOpener::new(&ctx, &settings, &metrics, &mut monitor);
+        let sub = open.socket(zmq::SUB, "subscriber", None)?;
+        let (publ, pub_ep) = open.bound(zmq::PUB, "publisher", None, settings.publisher_port)?;
         let (tx, rx) = std::sync::mpsc::channel();
         let fixed: BTreeSet<String> = settings.connect_publishers.iter().cloned().collect();
         // The receiver is in the loop; a send can only fail once it stopped.
         let _ = tx.send(fixed.clone());
         spawn_upstream_watch(Arc::clone(&matchmaker), fixed, tx, shutdown.clone());
         let lp = LocalPublisher::new(
-            ProxySocket::new(sub, "subscriber", metrics.socket("subscriber")),
-            ProxySocket::new(publ, "publisher", metrics.socket("publisher")),
+            sub,
+            publ,
             rx,
             settings.batch,
             opts.linger_ms,
@@ -236,31 +227,27 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
         ((Some((fe_ep, fe_port)), be_ep, pub_ep), Some(proxy))
     } else {
         let fe_id = proxy_identity(&settings.host);
-        let front = new_socket(&ctx, zmq::ROUTER, opts, Some(&fe_id))?;
-        monitor.watch(
-            &ctx,
-            &front,
+        let mut open = SocketOpener::new(&ctx, &settings, &metrics, &mut monitor);
+        let (front, fe_ep) = open.bound(
+            zmq::ROUTER,
             "frontend",
-            metrics.socket("frontend").connected,
+            Some(&fe_id),
+            settings.frontend_port,
         )?;
-        let fe_ep = bind(&front, addr, settings.frontend_port)?;
         let (back, be_ep) = if settings.mode == RouterMode::DoubleRouter {
-            let back = new_socket(
-                &ctx,
-                zmq::ROUTER,
-                opts,
-                Some(&proxy_identity(&settings.host)),
-            )?;
-            monitor.watch(&ctx, &back, "backend", metrics.socket("backend").connected)?;
-            let ep = bind(&back, addr, settings.backend_port)?;
-            (
-                Some(ProxySocket::new(back, "backend", metrics.socket("backend"))),
-                Some(ep),
-            )
+            let be_id = proxy_identity(&settings.host);
+            let (back, ep) =
+                open.bound(zmq::ROUTER, "backend", Some(&be_id), settings.backend_port)?;
+            (Some(back), Some(ep))
         } else {
             (None, None)
         };
-        let (publ, pub_ep) = central_publisher(&ctx, &settings, &metrics, &mut monitor)?;
+        let (publ, pub_ep) = if settings.pubsub {
+            let (publ, ep) = open.bound(zmq::PUB, "publisher", None, settings.publisher_port)?;
+            (Some(publ), Some(ep))
+        } else {
+            (None, None)
+        };
         let proxy = ProxyAddresses {
             host: settings.host.clone(),
             frontend_port: fe_ep.1,
@@ -268,7 +255,7 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
             publisher_port: port_of(&pub_ep),
         };
         let router = RouterLoop::new(
-            ProxySocket::new(front, "frontend", metrics.socket("frontend")),
+            front,
             back,
             publ,
             RouterConfig {
@@ -449,33 +436,57 @@ fn native_publisher(
     })
 }
 
-/// The libzmq engine's central PUB, bound and monitored, when pub/sub is
-/// on.
-fn central_publisher(
-    ctx: &zmq::Context,
-    settings: &Settings,
-    metrics: &Metrics,
-    monitor: &mut PeerMonitor,
-) -> Result<(Option<ProxySocket>, Option<Endpoint>), AppError> {
-    if !settings.pubsub {
-        return Ok((None, None));
+/// Opens every libzmq-engine socket the same way: created with the proxy's
+/// socket options, watched by the peer monitor (its `connected` gauge), and
+/// bound to the proxy's address when it listens.
+struct SocketOpener<'a> {
+    ctx: &'a zmq::Context,
+    settings: &'a Settings,
+    metrics: &'a Metrics,
+    monitor: &'a mut PeerMonitor,
+}
+
+impl<'a> SocketOpener<'a> {
+    fn new(
+        ctx: &'a zmq::Context,
+        settings: &'a Settings,
+        metrics: &'a Metrics,
+        monitor: &'a mut PeerMonitor,
+    ) -> SocketOpener<'a> {
+        SocketOpener {
+            ctx,
+            settings,
+            metrics,
+            monitor,
+        }
     }
-    let publ = new_socket(ctx, zmq::PUB, &settings.sockets, None)?;
-    monitor.watch(
-        ctx,
-        &publ,
-        "publisher",
-        metrics.socket("publisher").connected,
-    )?;
-    let ep = bind(&publ, &settings.bind_address, settings.publisher_port)?;
-    Ok((
-        Some(ProxySocket::new(
-            publ,
-            "publisher",
-            metrics.socket("publisher"),
-        )),
-        Some(ep),
-    ))
+
+    /// A configured, monitored socket named `name` (its metrics label).
+    fn socket(
+        &mut self,
+        kind: zmq::SocketType,
+        name: &'static str,
+        identity: Option<&[u8]>,
+    ) -> Result<ProxySocket, AppError> {
+        let socket = new_socket(self.ctx, kind, &self.settings.sockets, identity)?;
+        let counters = self.metrics.socket(name);
+        self.monitor
+            .watch(self.ctx, &socket, name, counters.connected.clone())?;
+        Ok(ProxySocket::new(socket, name, counters))
+    }
+
+    /// [`SocketOpener::socket`], bound to `port` of the bind address.
+    fn bound(
+        &mut self,
+        kind: zmq::SocketType,
+        name: &'static str,
+        identity: Option<&[u8]>,
+        port: u16,
+    ) -> Result<(ProxySocket, Endpoint), AppError> {
+        let socket = self.socket(kind, name, identity)?;
+        let endpoint = bind(socket.socket(), &self.settings.bind_address, port)?;
+        Ok((socket, endpoint))
+    }
 }
 
 /// Waits for SIGTERM or SIGINT (Ok) or for a forwarding loop to die (Err).
@@ -535,17 +546,16 @@ fn spawn_upstream_watch(
     shutdown: Shutdown,
 ) {
     tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = CappedBackoff::registration();
         loop {
             let mut rx = match matchmaker.watch_proxies().await {
                 Ok(rx) => rx,
                 Err(error) => {
                     tracing::warn!(%error, "cannot watch proxies; retrying");
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(backoff.next_wait()) => {}
                         _ = shutdown.stopping() => return,
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
                     continue;
                 }
             };

@@ -8,6 +8,8 @@
 //! succeeds leaves it empty, ready for the next receive. A loop can so keep
 //! one set of frames for its whole life: no per-frame init, close or copy.
 
+use std::ffi::c_void;
+use std::marker::PhantomData;
 use std::ops::Deref;
 
 use zmq_sys::zmq_msg_t;
@@ -22,21 +24,60 @@ pub struct Frame {
 // any one thread at a time, which `&mut` guarantees.
 unsafe impl Send for Frame {}
 
-/// A socket's raw libzmq handle, for the frame calls.
-///
-/// Valid while the `zmq::Socket` it came from lives; whoever holds both must
-/// keep them together (see [`crate::sockets::ProxySocket`]).
-#[derive(Clone, Copy)]
-pub struct RawSocket(*mut std::ffi::c_void);
+/// A socket's raw libzmq handle, for the frame calls, lent by a borrow of
+/// the `zmq::Socket` that owns it: the borrow checker keeps the socket open
+/// while the handle is in use, so safe code cannot use a closed socket's
+/// handle. Neither `Copy` nor `Send` (a raw pointer field), so it cannot
+/// leave its borrow or its thread.
+pub struct RawSocket<'s> {
+    handle: *mut c_void,
+    _socket: PhantomData<&'s zmq::Socket>,
+}
 
-// SAFETY: only the handle moves between threads, with the `zmq::Socket`
-// (itself `Send`) that owns it; it is used by one thread at a time.
-unsafe impl Send for RawSocket {}
+impl<'s> RawSocket<'s> {
+    /// The handle of `socket`, for as long as `socket` stays borrowed.
+    pub fn of(socket: &'s mut zmq::Socket) -> RawSocket<'s> {
+        RawSocket {
+            handle: socket.as_mut_ptr(),
+            _socket: PhantomData,
+        }
+    }
+}
 
-impl RawSocket {
-    /// The handle of `socket`.
-    pub fn of(socket: &mut zmq::Socket) -> RawSocket {
-        RawSocket(socket.as_mut_ptr())
+/// A `zmq::Socket` kept with its raw handle, so that a shared borrow can lend
+/// the handle ([`HandledSocket::raw`]; the `zmq` crate gives it only to a
+/// mutable borrow, and a single-router loop reads and writes one socket
+/// through two shared borrows).
+pub struct HandledSocket {
+    /// Private and never replaced: `handle` is this socket's for its life.
+    socket: zmq::Socket,
+    handle: *mut c_void,
+}
+
+// SAFETY: `zmq::Socket` is `Send`; `handle` is that socket's own handle and
+// moves with it, so both are used by whichever one thread owns the pair.
+// Not `Sync` (the raw pointer): libzmq sockets are not thread-safe.
+unsafe impl Send for HandledSocket {}
+
+impl HandledSocket {
+    /// Keeps `socket` with its handle.
+    pub fn new(mut socket: zmq::Socket) -> HandledSocket {
+        let handle = socket.as_mut_ptr();
+        HandledSocket { socket, handle }
+    }
+
+    /// The socket.
+    pub fn socket(&self) -> &zmq::Socket {
+        &self.socket
+    }
+
+    /// The socket's handle, valid while `self` stays borrowed (the socket
+    /// closes only when `self` is dropped).
+    pub fn raw(&self) -> RawSocket<'_> {
+        RawSocket {
+            handle: self.handle,
+            _socket: PhantomData,
+        }
     }
 }
 
@@ -88,19 +129,19 @@ impl Frame {
     /// size. libzmq releases the old content first, even when the receive
     /// then fails (the frame is left empty).
     #[inline]
-    pub fn recv(&mut self, socket: RawSocket, flags: i32) -> Result<usize, zmq::Error> {
+    pub fn recv(&mut self, socket: &RawSocket<'_>, flags: i32) -> Result<usize, zmq::Error> {
         // SAFETY: the message is initialised and the socket handle is valid
         // (see RawSocket).
-        let size = unsafe { zmq_sys::zmq_msg_recv(&mut self.msg, socket.0, flags) };
+        let size = unsafe { zmq_sys::zmq_msg_recv(&mut self.msg, socket.handle, flags) };
         usize::try_from(size).map_err(|_| last_error())
     }
 
     /// Sends this frame on `socket`. On success the frame is left empty; on
     /// failure it is left exactly as it was, so it can be sent again.
     #[inline]
-    pub fn send(&mut self, socket: RawSocket, flags: i32) -> Result<(), zmq::Error> {
+    pub fn send(&mut self, socket: &RawSocket<'_>, flags: i32) -> Result<(), zmq::Error> {
         // SAFETY: as for recv; zmq_msg_send takes the content only on success.
-        if unsafe { zmq_sys::zmq_msg_send(&mut self.msg, socket.0, flags) } < 0 {
+        if unsafe { zmq_sys::zmq_msg_send(&mut self.msg, socket.handle, flags) } < 0 {
             return Err(last_error());
         }
         Ok(())
@@ -173,19 +214,19 @@ mod tests {
         let big = [7u8; 100];
         let mut first = Frame::from_slice(b"head");
         let mut second = Frame::from(&big[..]);
-        first.send(ra, zmq::SNDMORE).unwrap();
-        second.send(ra, 0).unwrap();
+        first.send(&ra, zmq::SNDMORE).unwrap();
+        second.send(&ra, 0).unwrap();
         assert!(
             first.is_empty() && second.is_empty(),
             "sent frames are left empty"
         );
         let mut r = Frame::new();
-        assert_eq!(r.recv(rb, 0), Ok(4));
+        assert_eq!(r.recv(&rb, 0), Ok(4));
         assert_eq!((&*r, r.more(), r.size()), (&b"head"[..], true, 4));
         // Receiving into a used frame replaces its content.
-        assert_eq!(r.recv(rb, 0), Ok(100));
+        assert_eq!(r.recv(&rb, 0), Ok(100));
         assert_eq!((&*r, r.more()), (&big[..], false));
-        assert_eq!(r.recv(rb, zmq::DONTWAIT), Err(zmq::Error::EAGAIN));
+        assert_eq!(r.recv(&rb, zmq::DONTWAIT), Err(zmq::Error::EAGAIN));
         assert!(
             r.is_empty(),
             "libzmq releases the old content even when nothing came"
@@ -201,7 +242,7 @@ mod tests {
         let id = vec![b'x'; 60];
         let mut frame = Frame::from_slice(&id);
         assert_eq!(
-            frame.send(raw, zmq::SNDMORE | zmq::DONTWAIT),
+            frame.send(&raw, zmq::SNDMORE | zmq::DONTWAIT),
             Err(zmq::Error::EHOSTUNREACH)
         );
         assert_eq!(&*frame, &id[..]);

@@ -12,13 +12,19 @@
 //! - [`matchmaker`]: service discovery trait and its backends;
 //! - [`telemetry`]: metrics, health endpoints, socket monitor;
 //! - [`shutdown`]: the shared shutdown phase;
+//! - [`backoff`], [`lock`], [`loop_thread`]: the retry schedule, poison-tolerant
+//!   locks and loop threads every layer shares;
 //! - [`app`]: the process wiring used by the `zmq-proxy` binary.
 #![warn(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod app;
+pub mod backoff;
 pub mod config;
 pub mod frame;
 pub mod hold;
+pub mod lock;
+pub mod loop_thread;
 pub mod matchmaker;
 pub mod native;
 pub mod protocol;

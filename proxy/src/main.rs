@@ -1,5 +1,7 @@
 //! The `zmq-proxy` binary: parse settings, set up logging, run the proxy.
 
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
 use std::process::ExitCode;
 
 use anyhow::Context as _;

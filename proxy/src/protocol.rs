@@ -57,6 +57,9 @@ pub enum MessageType {
 }
 
 impl MessageType {
+    /// How many types there are: the length of per-type arrays.
+    pub const COUNT: usize = MessageType::ALL.len();
+
     /// Every type, in wire order; index `t as usize - 1`.
     pub const ALL: [MessageType; 6] = [
         MessageType::Call,
@@ -104,7 +107,7 @@ impl MessageType {
         }
     }
 
-    /// Dense index 0..6, for per-type arrays of pre-resolved counters.
+    /// Dense index `0..COUNT`, for per-type arrays of pre-resolved counters.
     pub fn index(self) -> usize {
         self as usize - 1
     }
@@ -149,6 +152,9 @@ pub enum DropReason {
 }
 
 impl DropReason {
+    /// How many reasons there are: the length of per-reason arrays.
+    pub const COUNT: usize = DropReason::ALL.len();
+
     /// Every reason, in label order.
     pub const ALL: [DropReason; 10] = [
         DropReason::TooFewFrames,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::frame::Frame;
+use crate::loop_thread::spawn_loop;
 use crate::protocol::{rewrite_for_publish, MessageType, Publication};
 use crate::shutdown::Shutdown;
 use crate::sockets::{message_bytes, recv_message, send_message, set_close_linger, ProxySocket};
@@ -81,12 +82,7 @@ impl LocalPublisher {
         self,
         guard: crate::telemetry::LoopGuard,
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
-        std::thread::Builder::new()
-            .name("zmq-local-pub".into())
-            .spawn(move || {
-                let _guard = guard;
-                self.run()
-            })
+        spawn_loop("zmq-local-pub", guard, move || self.run())
     }
 
     /// Relays until the shutdown phase reaches `Stopping`.

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::frame::Frame;
 use crate::hold::HoldQueue;
+use crate::loop_thread::spawn_loop;
 use crate::protocol::{decide, rewrite_for_route, Decision, DropReason, MessageType};
 use crate::shutdown::Shutdown;
 use crate::sockets::{message_bytes, recv_message, send_message, set_close_linger, ProxySocket};
@@ -93,12 +94,7 @@ impl RouterLoop {
         self,
         guard: crate::telemetry::LoopGuard,
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
-        std::thread::Builder::new()
-            .name("zmq-router".into())
-            .spawn(move || {
-                let _guard = guard;
-                self.run()
-            })
+        spawn_loop("zmq-router", guard, move || self.run())
     }
 
     /// Forwards until the shutdown phase reaches `Stopping`, then closes the
@@ -161,7 +157,9 @@ impl RouterLoop {
                     }
                 }
                 let dest_writable = match forwarder.pending.as_ref() {
-                    Some(p) if p.from_frontend && double => items[1].is_writable(),
+                    Some(p) if p.from == Direction::FromFrontend && double => {
+                        items[1].is_writable()
+                    }
                     Some(_) => items[0].is_writable(),
                     None => false,
                 };
@@ -177,27 +175,23 @@ impl RouterLoop {
             if forwarder.holding() && Instant::now() >= forwarder.next_hold_retry {
                 handled += forwarder.retry_held([backend.as_ref().unwrap_or(&frontend), &frontend]);
             }
-            if let Some(from_frontend) = forwarder.pending.as_ref().map(|p| p.from_frontend) {
-                let to = if from_frontend {
-                    backend.as_ref().unwrap_or(&frontend)
-                } else {
-                    &frontend
-                };
+            if let Some(from) = forwarder.pending.as_ref().map(|p| p.from) {
+                let to = from.destination(&frontend, backend.as_ref());
                 handled += forwarder.retry_pending(to, dest_writable);
             }
-            let blocked = forwarder.pending.as_ref().map(|p| p.from_frontend);
+            let blocked = forwarder.pending.as_ref().map(|p| p.from);
             match &backend {
                 Some(back) => {
-                    if front_ready && blocked != Some(true) {
-                        handled += forwarder.drain(&frontend, back, true);
+                    if front_ready && blocked != Some(Direction::FromFrontend) {
+                        handled += forwarder.drain(&frontend, back, Direction::FromFrontend);
                     }
-                    if back_ready && blocked != Some(false) {
-                        handled += forwarder.drain(back, &frontend, false);
+                    if back_ready && blocked != Some(Direction::FromBackend) {
+                        handled += forwarder.drain(back, &frontend, Direction::FromBackend);
                     }
                 }
                 None => {
                     if front_ready && blocked.is_none() {
-                        handled += forwarder.drain(&frontend, &frontend, true);
+                        handled += forwarder.drain(&frontend, &frontend, Direction::FromFrontend);
                     }
                 }
             }
@@ -206,11 +200,7 @@ impl RouterLoop {
             }
         }
         if let Some(p) = forwarder.pending.take() {
-            let to = if p.from_frontend {
-                backend.as_ref().unwrap_or(&frontend)
-            } else {
-                &frontend
-            };
+            let to = p.from.destination(&frontend, backend.as_ref());
             to.counters.dropped(DropReason::HighWaterMark);
         }
         forwarder.drop_held([backend.as_ref().unwrap_or(&frontend), &frontend]);
@@ -261,21 +251,50 @@ impl Routed {
     }
 }
 
-/// Which held queue a message from the frontend (or the backend) uses: the
-/// one drained onto the backend (the frontend in single-router mode), or
-/// the one drained onto the frontend.
-fn direction(from_frontend: bool) -> usize {
-    if from_frontend {
-        0
-    } else {
-        1
+/// Which way a message travels: from the frontend (clients; everyone in
+/// single-router mode) to the backend, or from the backend back to the
+/// frontend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// Received on the frontend; sent on the backend (the frontend in
+    /// single-router mode).
+    FromFrontend,
+    /// Received on the backend; sent on the frontend.
+    FromBackend,
+}
+
+impl Direction {
+    /// The index of this direction's held queue in [`Forwarder::held`].
+    fn index(self) -> usize {
+        match self {
+            Direction::FromFrontend => 0,
+            Direction::FromBackend => 1,
+        }
+    }
+
+    /// The socket a message going this way is sent on.
+    fn destination<'s>(
+        self,
+        frontend: &'s ProxySocket,
+        backend: Option<&'s ProxySocket>,
+    ) -> &'s ProxySocket {
+        match self {
+            Direction::FromFrontend => backend.unwrap_or(frontend),
+            Direction::FromBackend => frontend,
+        }
+    }
+
+    /// Whether the message came from the frontend, as the protocol's
+    /// decision wants it (clients publish; servers only route).
+    fn is_from_frontend(self) -> bool {
+        self == Direction::FromFrontend
     }
 }
 
 /// A message waiting for room at its receiver.
 struct Pending {
     message: Routed,
-    from_frontend: bool,
+    from: Direction,
     since: Instant,
     /// The destination reported room (POLLOUT) but still refused this
     /// message: its room is at another peer. Until the next retry, sleep
@@ -340,11 +359,11 @@ impl Wait {
         } else {
             ms_until(p.since + send_timeout, now)
         };
-        let (frontend, backend) = match (double, p.from_frontend) {
+        let (frontend, backend) = match (double, p.from) {
             // Single router: the frontend is both source and destination.
             (false, _) => (room, zmq::PollEvents::empty()),
-            (true, true) => (zmq::PollEvents::empty(), zmq::POLLIN | room),
-            (true, false) => (zmq::POLLIN | room, zmq::PollEvents::empty()),
+            (true, Direction::FromFrontend) => (zmq::PollEvents::empty(), zmq::POLLIN | room),
+            (true, Direction::FromBackend) => (zmq::POLLIN | room, zmq::PollEvents::empty()),
         };
         Wait {
             frontend,
@@ -364,13 +383,13 @@ fn ms_until(at: Instant, now: Instant) -> i64 {
 impl Forwarder<'_> {
     /// Handles up to `batch` messages waiting on `from`; returns how many.
     /// Stops early when a message has to wait for room at its receiver.
-    fn drain(&mut self, from: &ProxySocket, to: &ProxySocket, from_frontend: bool) -> u64 {
+    fn drain(&mut self, from: &ProxySocket, to: &ProxySocket, direction: Direction) -> u64 {
         let mut handled = 0;
         while handled < self.config.batch as u64 && self.pending.is_none() {
             match recv_message(from, &mut self.frames) {
                 Ok(Some(bytes)) => {
                     handled += 1;
-                    self.handle(from, to, from_frontend, bytes);
+                    self.handle(from, to, direction, bytes);
                 }
                 Ok(None) => break,
                 Err(error) => {
@@ -388,9 +407,9 @@ impl Forwarder<'_> {
     }
 
     #[inline]
-    fn handle(&mut self, from: &ProxySocket, to: &ProxySocket, from_frontend: bool, bytes: usize) {
+    fn handle(&mut self, from: &ProxySocket, to: &ProxySocket, direction: Direction, bytes: usize) {
         let publishing = self.config.pubsub && self.publisher.is_some();
-        let decision = match decide(&self.frames, from_frontend, publishing) {
+        let decision = match decide(&self.frames, direction.is_from_frontend(), publishing) {
             Ok(decision) => decision,
             Err(reason) => {
                 from.counters.dropped(reason);
@@ -406,16 +425,16 @@ impl Forwarder<'_> {
             return;
         }
         rewrite_for_route(&mut self.frames);
-        let held = &self.held[direction(from_frontend)];
+        let held = &self.held[direction.index()];
         if !held.is_empty() && self.frames.first().is_some_and(|f| held.holds(f)) {
             // Messages for this receiver wait already: queue behind them.
-            self.hold(to, from_frontend, msg_type, bytes);
+            self.hold(to, direction, msg_type, bytes);
             return;
         }
         match send_message(to, &mut self.frames) {
             Ok(()) => self.routed.add(msg_type, bytes),
             Err(DropReason::Unroutable) if !self.config.unroutable_wait.is_zero() => {
-                self.hold(to, from_frontend, msg_type, bytes);
+                self.hold(to, direction, msg_type, bytes);
             }
             Err(DropReason::HighWaterMark)
                 if !self.config.send_timeout.is_zero() && !self.is_congested() =>
@@ -423,7 +442,7 @@ impl Forwarder<'_> {
                 // Hold the message (it is intact) and stop reading its source.
                 self.pending = Some(Pending {
                     message: self.take_routed(msg_type, bytes),
-                    from_frontend,
+                    from: direction,
                     since: Instant::now(),
                     backoff: false,
                 });
@@ -445,12 +464,18 @@ impl Forwarder<'_> {
 
     /// Holds the (rewritten) message in `self.frames` for its receiver, or
     /// drops it as unroutable when the queue is full.
-    fn hold(&mut self, to: &ProxySocket, from_frontend: bool, msg_type: MessageType, bytes: usize) {
+    fn hold(
+        &mut self,
+        to: &ProxySocket,
+        direction: Direction,
+        msg_type: MessageType,
+        bytes: usize,
+    ) {
         let message = self.take_routed(msg_type, bytes);
         let Some(receiver) = message.frames.first().map(|f| f.to_vec()) else {
             return;
         };
-        let queue = &mut self.held[direction(from_frontend)];
+        let queue = &mut self.held[direction.index()];
         let was_empty = queue.is_empty();
         let deadline = Instant::now() + self.config.unroutable_wait;
         match queue.push(&receiver, deadline, message) {
@@ -613,14 +638,18 @@ impl Forwarder<'_> {
 mod tests {
     use super::*;
 
-    fn pending(from_frontend: bool, backoff: bool, since: Instant) -> Pending {
+    /// Where a pending message came from, short so that each plan fits a line.
+    const FRONT: Direction = Direction::FromFrontend;
+    const BACK: Direction = Direction::FromBackend;
+
+    fn pending(from: Direction, backoff: bool, since: Instant) -> Pending {
         Pending {
             message: Routed {
                 frames: Vec::new(),
                 msg_type: MessageType::Cast,
                 bytes: 0,
             },
-            from_frontend,
+            from,
             since,
             backoff,
         }
@@ -645,13 +674,13 @@ mod tests {
     #[test]
     fn a_pending_message_stops_its_source_and_waits_for_room_at_its_destination() {
         let now = Instant::now();
-        let from_front = Wait::plan(Some(&pending(true, false, now)), true, SECOND, None, now);
+        let from_front = Wait::plan(Some(&pending(FRONT, false, now)), true, SECOND, None, now);
         assert!(from_front.frontend.is_empty(), "the source is not read");
         assert_eq!(from_front.backend, zmq::POLLIN | zmq::POLLOUT);
-        let from_back = Wait::plan(Some(&pending(false, false, now)), true, SECOND, None, now);
+        let from_back = Wait::plan(Some(&pending(BACK, false, now)), true, SECOND, None, now);
         assert_eq!(from_back.frontend, zmq::POLLIN | zmq::POLLOUT);
         assert!(from_back.backend.is_empty());
-        let single = Wait::plan(Some(&pending(true, false, now)), false, SECOND, None, now);
+        let single = Wait::plan(Some(&pending(FRONT, false, now)), false, SECOND, None, now);
         assert_eq!(
             single.frontend,
             zmq::POLLOUT,
@@ -663,7 +692,7 @@ mod tests {
     #[test]
     fn after_a_misleading_pollout_the_loop_sleeps_instead_of_spinning() {
         let now = Instant::now();
-        let w = Wait::plan(Some(&pending(true, true, now)), true, SECOND, None, now);
+        let w = Wait::plan(Some(&pending(FRONT, true, now)), true, SECOND, None, now);
         assert_eq!(w.backend, zmq::POLLIN, "replies still flow");
         assert_eq!(w.timeout_ms, 1);
     }
@@ -691,12 +720,12 @@ mod tests {
     #[test]
     fn the_wait_ends_at_the_send_deadline_and_never_polls_with_zero() {
         let now = Instant::now();
-        let fresh = Wait::plan(Some(&pending(true, false, now)), true, SECOND, None, now);
+        let fresh = Wait::plan(Some(&pending(FRONT, false, now)), true, SECOND, None, now);
         assert_eq!(
             fresh.timeout_ms, POLL_TIMEOUT_MS,
             "capped: shutdown is re-checked"
         );
-        let p = pending(true, false, now);
+        let p = pending(FRONT, false, now);
         let near = Wait::plan(
             Some(&p),
             true,

@@ -5,8 +5,59 @@
 //! messages are reported instead of silently dropped) and ROUTER_HANDOVER (a
 //! peer reconnecting under its identity replaces its stale connection).
 
-use crate::config::SocketOptions;
-use crate::frame::{Frame, RawSocket};
+use crate::frame::{Frame, HandledSocket};
+
+/// ZeroMQ socket options applied to every proxy socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketOptions {
+    /// Send and receive high-water mark in messages per peer; 0 = unlimited
+    /// (oslo's choice). Default 1000: a bounded queue, so a flood pushes back
+    /// on its senders instead of growing the proxy's memory.
+    pub hwm: i32,
+    /// Linger at close in ms; -1 = until the grace period ends.
+    pub linger_ms: i32,
+    /// ZMQ_TCP_KEEPALIVE: -1 OS default, 0 off, 1 on.
+    pub tcp_keepalive: i32,
+    /// ZMQ_TCP_KEEPALIVE_IDLE seconds, -1 OS default.
+    pub tcp_keepalive_idle: i32,
+    /// ZMQ_TCP_KEEPALIVE_INTVL seconds, -1 OS default.
+    pub tcp_keepalive_intvl: i32,
+    /// ZMQ_TCP_KEEPALIVE_CNT, -1 OS default.
+    pub tcp_keepalive_cnt: i32,
+    /// ZMQ_IMMEDIATE on the proxy's sockets (off on bound sockets, as oslo).
+    pub immediate: bool,
+    /// ZMQ_HEARTBEAT_IVL in ms: a PING to every peer quiet this long, so a
+    /// peer that vanished without a FIN (a node lost, a partition) is found
+    /// and its connection and buffers freed; 0 = off.
+    pub heartbeat_ivl_ms: i32,
+    /// ZMQ_HEARTBEAT_TIMEOUT in ms: a peer that sends nothing this long
+    /// after a PING is closed.
+    pub heartbeat_timeout_ms: i32,
+    /// ZMQ_HANDSHAKE_IVL in ms: a connection that has not finished its
+    /// greeting and READY this long after it was accepted is closed, so
+    /// silent connections cannot pile up; 0 = no limit.
+    pub handshake_ivl_ms: i32,
+}
+
+impl Default for SocketOptions {
+    fn default() -> Self {
+        SocketOptions {
+            hwm: 1000,
+            linger_ms: -1,
+            tcp_keepalive: -1,
+            tcp_keepalive_idle: -1,
+            tcp_keepalive_intvl: -1,
+            tcp_keepalive_cnt: -1,
+            immediate: false,
+            // Dead peers are found within 40 s; a live one costs a 10-byte
+            // PING and PONG per 10 quiet seconds.
+            heartbeat_ivl_ms: 10_000,
+            heartbeat_timeout_ms: 30_000,
+            // libzmq's default.
+            handshake_ivl_ms: 30_000,
+        }
+    }
+}
 
 /// Errors creating or binding a socket.
 #[derive(Debug, thiserror::Error)]
@@ -107,37 +158,32 @@ pub fn proxy_identity(host: &str) -> Vec<u8> {
 
 /// A socket of a forwarding loop with its name and pre-resolved counters.
 pub struct ProxySocket {
-    /// The ZeroMQ socket (owned by the loop's thread). Private: `raw` must
-    /// never outlive it, so it cannot be swapped out.
-    socket: zmq::Socket,
+    /// The ZeroMQ socket (owned by the loop's thread), with the raw handle
+    /// [`Frame`] sends and receives use.
+    socket: HandledSocket,
     /// Metrics label, e.g. "frontend".
     pub name: &'static str,
     /// Counters of this socket.
     pub counters: crate::telemetry::SocketCounters,
-    /// `socket`'s raw handle, for [`Frame`] sends and receives; valid as
-    /// long as `socket`, which this struct keeps with it.
-    raw: RawSocket,
 }
 
 impl ProxySocket {
     /// Wraps a configured, bound or connected socket.
     pub fn new(
-        mut socket: zmq::Socket,
+        socket: zmq::Socket,
         name: &'static str,
         counters: crate::telemetry::SocketCounters,
     ) -> ProxySocket {
-        let raw = RawSocket::of(&mut socket);
         ProxySocket {
-            socket,
+            socket: HandledSocket::new(socket),
             name,
             counters,
-            raw,
         }
     }
 
     /// The ZeroMQ socket.
     pub fn socket(&self) -> &zmq::Socket {
-        &self.socket
+        self.socket.socket()
     }
 }
 
@@ -155,7 +201,8 @@ pub fn recv_message(
     if frames.is_empty() {
         frames.push(Frame::new());
     }
-    let mut bytes = match frames[0].recv(socket.raw, zmq::DONTWAIT) {
+    let raw = socket.socket.raw();
+    let mut bytes = match frames[0].recv(&raw, zmq::DONTWAIT) {
         Ok(size) => size,
         Err(zmq::Error::EAGAIN) => return Ok(None),
         Err(e) => return Err(e),
@@ -167,7 +214,7 @@ pub fn recv_message(
             frames.push(Frame::new());
         }
         let frame = &mut frames[received];
-        bytes += frame.recv(socket.raw, 0)?;
+        bytes += frame.recv(&raw, 0)?;
         more = frame.more();
         received += 1;
     }
@@ -199,8 +246,9 @@ pub fn send_message(
     let Some((first, rest)) = frames.split_first_mut() else {
         return Ok(());
     };
+    let raw = socket.socket.raw();
     let more = if rest.is_empty() { 0 } else { zmq::SNDMORE };
-    if let Err(e) = first.send(socket.raw, more | zmq::DONTWAIT) {
+    if let Err(e) = first.send(&raw, more | zmq::DONTWAIT) {
         return Err(match e {
             zmq::Error::EHOSTUNREACH => DropReason::Unroutable,
             zmq::Error::EAGAIN => DropReason::HighWaterMark,
@@ -217,7 +265,7 @@ pub fn send_message(
         } else {
             zmq::DONTWAIT
         };
-        if frame.send(socket.raw, flags).is_err() {
+        if frame.send(&raw, flags).is_err() {
             // Unreachable on ROUTER and PUB (see above).
             frames.clear();
             return Err(DropReason::SendFailed);

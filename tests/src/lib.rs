@@ -11,6 +11,8 @@
 //! `PR_SET_PDEATHSIG`, so it dies with the test process even when a test
 //! panics and statics are never dropped (see [`process`]).
 
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
 pub mod control_plane;
 pub mod http;
 pub mod kubeconfig;

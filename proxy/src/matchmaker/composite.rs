@@ -24,12 +24,15 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
 use super::{BoxFuture, Matchmaker, ProxyAddresses, Result, Target};
+// The guarded state is a few counters updated in one step; a panic cannot
+// leave it inconsistent.
+use crate::lock::lock;
 
 /// Default bound on one secondary write. Short, because it can delay a
 /// registration refresh or the deregistration at shutdown (Redis commands
@@ -143,12 +146,6 @@ impl Secondary {
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The guarded state is a few counters updated in one step; a panic
-    // cannot leave it inconsistent.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Names are `&'static str` in the trait; a composite's name is built at

@@ -95,9 +95,7 @@ impl StaticMatchmaker {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the maps inconsistent
         // (every update is a single insert/remove), so poisoning is ignored.
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::lock::lock(&self.inner)
     }
 
     /// Starts (once) a task that expires registrations even when nobody

@@ -25,6 +25,7 @@ pub mod composite;
 pub mod in_process;
 pub mod kubernetes;
 pub mod redis;
+pub mod url;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -33,6 +34,7 @@ use std::time::Duration;
 pub use futures::future::BoxFuture;
 use tokio::sync::watch;
 
+use crate::backoff::CappedBackoff;
 use crate::shutdown::Shutdown;
 
 /// Errors of matchmaker backends.
@@ -231,107 +233,6 @@ pub trait Matchmaker: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<watch::Receiver<Vec<String>>>>;
 }
 
-/// Builds the backend the settings ask for, and logs which stores are in use.
-///
-/// `kubernetes` with a Redis URL (`-u zmq+redis://...`, what the operator
-/// passes from the ZmqProxy's Secret) registers in both: Kubernetes is the
-/// primary (reads and readiness), Redis a best-effort secondary in oslo's
-/// layout for unmodified oslo services ([`composite`]).
-pub fn from_settings(settings: &crate::config::Settings) -> Result<Arc<dyn Matchmaker>> {
-    use crate::config::MatchmakerKind;
-    match settings.matchmaker {
-        MatchmakerKind::Static => {
-            tracing::info!(backend = "static", "matchmaker: in-process registry");
-            Ok(Arc::new(in_process::StaticMatchmaker::new()))
-        }
-        // oslo's Redis layout; the URL (`-u zmq+redis://...`) names the
-        // servers, oslo's default 127.0.0.1:6379 otherwise.
-        MatchmakerKind::Redis => {
-            let url = settings
-                .url
-                .as_deref()
-                .unwrap_or("zmq+redis://127.0.0.1:6379");
-            let redis = redis_from_settings(url, settings)?;
-            tracing::info!(
-                backend = "redis",
-                redis = %redis_addresses(&redis),
-                "matchmaker: redis (oslo layout)"
-            );
-            Ok(Arc::new(redis))
-        }
-        // Downward-API env and ZMQ_PROXY_SERVICE_NAME; credentials are
-        // found on first use, so a missing API server never stops the start.
-        MatchmakerKind::Kubernetes => {
-            let kubernetes: Arc<dyn Matchmaker> =
-                Arc::new(kubernetes::KubernetesMatchmaker::from_env());
-            let redis_url = settings.url.as_deref().filter(|u| names_redis(u));
-            let Some(url) = redis_url else {
-                tracing::info!(
-                    backend = "kubernetes",
-                    "matchmaker: kubernetes (EndpointSlices)"
-                );
-                return Ok(kubernetes);
-            };
-            match redis_from_settings(url, settings) {
-                Ok(redis) => {
-                    tracing::info!(
-                        backend = "kubernetes+redis",
-                        redis = %redis_addresses(&redis),
-                        "matchmaker: kubernetes (primary: discovery and readiness) \
-                         + redis (secondary, oslo layout, best effort)"
-                    );
-                    Ok(Arc::new(composite::CompositeMatchmaker::new(
-                        kubernetes,
-                        vec![Arc::new(redis)],
-                    )))
-                }
-                // Redis is a courtesy to oslo services: an unusable URL must
-                // not cost the proxy its Kubernetes registration.
-                Err(error) => {
-                    tracing::error!(
-                        %error,
-                        "matchmaker: kubernetes only; the Redis URL is unusable, nothing is written to Redis"
-                    );
-                    Ok(kubernetes)
-                }
-            }
-        }
-    }
-}
-
-/// Whether an oslo transport URL names a Redis matchmaker (`zmq+redis://`,
-/// or `zmq+sentinel://`, which the Redis backend then refuses clearly).
-fn names_redis(url: &str) -> bool {
-    let scheme = url.split("://").next().unwrap_or_default();
-    ["zmq+redis", "redis", "zmq+sentinel"]
-        .iter()
-        .any(|s| scheme.eq_ignore_ascii_case(s))
-}
-
-/// The Redis backend with the proxy's liveness settings (warm-up = refresh
-/// period: by then every registrant has written again).
-fn redis_from_settings(
-    url: &str,
-    settings: &crate::config::Settings,
-) -> Result<redis::RedisMatchmaker> {
-    let config = redis::RedisConfig {
-        warmup: settings.liveness.update,
-        ..redis::RedisConfig::from_url(url)?
-    };
-    redis::RedisMatchmaker::new(config)
-}
-
-/// `host:port,...` of a Redis backend, for logs (never the password).
-fn redis_addresses(redis: &redis::RedisMatchmaker) -> String {
-    redis
-        .config()
-        .hosts
-        .iter()
-        .map(redis::RedisHost::address)
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 /// Keeps this proxy registered until shutdown begins: registers at once,
 /// refreshes every `liveness.update`, and retries failures with capped
 /// exponential backoff. `registered` tells readiness whether the last attempt
@@ -344,7 +245,7 @@ pub async fn maintain_proxy_registration(
     registered: Arc<AtomicBool>,
     shutdown: Shutdown,
 ) {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = CappedBackoff::registration();
     loop {
         let wait = match matchmaker.register_proxy(&proxy, liveness.expire).await {
             Ok(()) => {
@@ -355,15 +256,14 @@ pub async fn maintain_proxy_registration(
                         "registered in the matchmaker"
                     );
                 }
-                backoff = Duration::from_millis(200);
+                backoff.reset();
                 liveness.update
             }
             Err(error) => {
                 // Keep the last state: a refresh that fails leaves the old
                 // registration alive until its TTL, and forwarding goes on.
-                tracing::warn!(backend = matchmaker.backend(), %error, retry_in = ?backoff, "matchmaker registration failed");
-                let wait = backoff;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                let wait = backoff.next_wait();
+                tracing::warn!(backend = matchmaker.backend(), %error, retry_in = ?wait, "matchmaker registration failed");
                 wait
             }
         };
@@ -418,48 +318,6 @@ mod tests {
             ..single
         };
         assert_eq!(v6.frontend_endpoint(), "tcp://[::1]:50001");
-    }
-
-    fn backend_for(env: &[(&str, &str)]) -> &'static str {
-        let env: std::collections::BTreeMap<String, String> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let settings = crate::config::Settings::from_args(
-            ["zmq-proxy".to_string()],
-            |k| env.get(k).cloned(),
-            |_| Ok(String::new()),
-        )
-        .unwrap();
-        from_settings(&settings).unwrap().backend()
-    }
-
-    #[tokio::test]
-    async fn kubernetes_with_a_redis_url_registers_in_both() {
-        let k = ("ZMQ_PROXY_MATCHMAKER", "kubernetes");
-        assert_eq!(backend_for(&[k]), "kubernetes");
-        assert_eq!(
-            backend_for(&[k, ("ZMQ_PROXY_URL", "zmq+redis://127.0.0.1:6379")]),
-            "kubernetes+redis"
-        );
-        assert_eq!(
-            backend_for(&[k, ("ZMQ_PROXY_URL", "zmq+redis://:pw@r1:6379,r2:6380/")]),
-            "kubernetes+redis"
-        );
-        // No Redis named, or one the Redis backend cannot use: Kubernetes only.
-        assert_eq!(
-            backend_for(&[k, ("ZMQ_PROXY_URL", "zmq://h:1/")]),
-            "kubernetes"
-        );
-        assert_eq!(
-            backend_for(&[k, ("ZMQ_PROXY_URL", "zmq+sentinel://h:26379")]),
-            "kubernetes"
-        );
-        assert_eq!(
-            backend_for(&[("ZMQ_PROXY_URL", "zmq+redis://127.0.0.1:6379")]),
-            "redis"
-        );
-        assert_eq!(backend_for(&[]), "static");
     }
 
     #[test]

@@ -35,13 +35,17 @@
 //! Sentinel (`zmq+sentinel://`) is not supported.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 use tokio::sync::watch;
 
+use super::url::{TransportUrl, UrlScheme};
 use super::{BoxFuture, Matchmaker, MatchmakerError, ProxyAddresses, Result, Target};
+// Every critical section is a plain map update; a panic cannot leave it
+// half done, so poisoning carries no information here.
+use crate::lock::lock;
 
 /// oslo's key of the set of proxy publishers (and frontends).
 pub const PUBLISHERS_KEY: &str = "PUBLISHERS";
@@ -100,11 +104,11 @@ impl RedisConfig {
     /// oslo always uses database 0.
     pub fn from_url(url: &str) -> Result<RedisConfig> {
         let invalid = |why: &str| MatchmakerError::InvalidConfig(format!("{why}: {url}"));
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| invalid("not a URL"))?;
-        if !matches!(scheme, "zmq+redis" | "redis") {
+        let parsed = TransportUrl::parse(url).map_err(|e| invalid(&e.to_string()))?;
+        if !matches!(parsed.scheme(), UrlScheme::ZmqRedis | UrlScheme::Redis) {
             return Err(invalid("expected a zmq+redis:// URL"));
         }
-        let netloc = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let netloc = parsed.netloc();
         let mut hosts = Vec::new();
         for part in netloc.split(',').filter(|p| !p.is_empty()) {
             let (userinfo, hostport) = match part.rsplit_once('@') {
@@ -343,12 +347,6 @@ struct Watches {
 /// A watched list, updated by the poller while it has receivers.
 struct Watched<T> {
     tx: watch::Sender<Vec<T>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section is a plain map update; a panic cannot leave
-    // it half done, so poisoning carries no information here.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl RedisMatchmaker {

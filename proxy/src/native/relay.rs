@@ -123,14 +123,11 @@ impl Relay {
         self,
         guard: crate::telemetry::LoopGuard,
     ) -> io::Result<std::thread::JoinHandle<()>> {
-        std::thread::Builder::new()
-            .name("native-local-pub".into())
-            .spawn(move || {
-                let _guard = guard;
-                if let Err(error) = self.run() {
-                    tracing::error!(%error, "local publisher loop failed");
-                }
-            })
+        crate::loop_thread::spawn_loop("native-local-pub", guard, move || {
+            if let Err(error) = self.run() {
+                tracing::error!(%error, "local publisher loop failed");
+            }
+        })
     }
 
     /// Relays until the shutdown phase reaches `Stopping`, then gives the

@@ -192,14 +192,11 @@ impl NativeRouter {
         self,
         guard: crate::telemetry::LoopGuard,
     ) -> io::Result<std::thread::JoinHandle<()>> {
-        std::thread::Builder::new()
-            .name("native-router".into())
-            .spawn(move || {
-                let _guard = guard;
-                if let Err(error) = self.run() {
-                    tracing::error!(%error, "native router loop failed");
-                }
-            })
+        crate::loop_thread::spawn_loop("native-router", guard, move || {
+            if let Err(error) = self.run() {
+                tracing::error!(%error, "native router loop failed");
+            }
+        })
     }
 
     /// Forwards until the shutdown phase reaches `Stopping`, then gives the

@@ -117,7 +117,7 @@ type Waiters = Arc<Mutex<HashMap<Vec<u8>, Waiter>>>;
 
 fn lock_waiters(w: &Waiters) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Waiter>> {
     // A panic while the map is locked cannot leave an entry half written.
-    w.lock().unwrap_or_else(|p| p.into_inner())
+    crate::lock::lock(w)
 }
 
 /// Removes a message id's waiter when its request finishes (or is dropped).

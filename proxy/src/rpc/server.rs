@@ -30,6 +30,7 @@ use super::dedup::{Dedup, Seen};
 use super::payload::{decode_pair, encode_reply, RemoteError};
 use super::socket_thread::{Command, Monitor, SocketThread};
 use super::{configure_socket, default_host, RpcError};
+use crate::backoff::CappedBackoff;
 use crate::matchmaker::{BoxFuture, Liveness, Matchmaker, Target};
 use crate::protocol::{dealer_request, Delivery, MessageType, Publication};
 
@@ -304,7 +305,7 @@ async fn keep_registered(
         r = connected.wait_for(|n| *n > 0) => if r.is_err() { return },
         _ = stop.wait_for(|s| *s) => return,
     }
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = CappedBackoff::registration();
     loop {
         let mut ok = true;
         for target in &targets {
@@ -312,19 +313,17 @@ async fn keep_registered(
                 .register_server(target, &identity, liveness.expire)
                 .await
             {
-                tracing::warn!(%error, ?target, retry_in = ?backoff, "rpc server registration failed");
+                tracing::warn!(%error, ?target, retry_in = ?backoff.peek(), "rpc server registration failed");
                 ok = false;
                 break;
             }
         }
         let wait = if ok {
             registered.send_replace(true);
-            backoff = Duration::from_millis(200);
+            backoff.reset();
             liveness.update
         } else {
-            let w = backoff;
-            backoff = (backoff * 2).min(Duration::from_secs(30));
-            w
+            backoff.next_wait()
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}

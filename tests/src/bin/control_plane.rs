@@ -3,6 +3,9 @@
 //! keeps it up until SIGTERM/SIGINT. tests/control-plane.sh drives it.
 //! Everything it started dies with it.
 
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Context, Result};

@@ -3,6 +3,9 @@
 //! a Node and runs the pods kube-scheduler binds to it as local processes
 //! until Ctrl-C.
 
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Context, Result};

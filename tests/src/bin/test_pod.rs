@@ -7,6 +7,9 @@
 //! tests); `KUBE_CHECK=1` reads its own Pod through `$KUBECONFIG` and prints
 //! the outcome; `UNHEALTHY_FILE` answers /healthz 503 while that file exists.
 
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
 use std::time::Duration;
 
 use anyhow::{Context, Result};

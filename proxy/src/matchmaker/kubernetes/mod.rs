@@ -35,7 +35,7 @@ pub mod server_lease;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -43,7 +43,6 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions};
 use kube::core::ApiResource;
-use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
@@ -53,6 +52,10 @@ use tokio::task::AbortHandle;
 use self::endpoint_slice::EndpointState;
 use self::server_lease::ServerRecord;
 use super::{BoxFuture, Matchmaker, MatchmakerError, ProxyAddresses, Result, Target};
+use crate::backoff::CappedBackoff;
+// Every critical section is a few map operations that cannot leave the
+// state half-updated, so a poisoned lock is still consistent.
+use crate::lock::lock;
 
 /// Field manager of every server-side apply this backend makes.
 pub const FIELD_MANAGER: &str = "zmq-proxy";
@@ -199,12 +202,6 @@ fn replace_if_changed<T: PartialEq>(slot: &mut T, value: T) -> bool {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section is a few map operations that cannot leave the
-    // state half-updated, so a poisoned lock is still consistent.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Drop for KubernetesMatchmaker {
     fn drop(&mut self) {
         for task in lock(&self.tasks).drain(..) {
@@ -233,31 +230,8 @@ fn is_not_found(error: &kube::Error) -> bool {
 /// Capped exponential backoff for watch retries (kube's default starts at
 /// 800 ms and grows to 30 s, too slow to find proxies again after an
 /// API-server restart).
-struct WatchBackoff {
-    next: Duration,
-}
-
-impl WatchBackoff {
-    fn new() -> WatchBackoff {
-        WatchBackoff {
-            next: WATCH_BACKOFF_MIN,
-        }
-    }
-}
-
-impl Iterator for WatchBackoff {
-    type Item = Duration;
-    fn next(&mut self) -> Option<Duration> {
-        let current = self.next;
-        self.next = (self.next * 2).min(WATCH_BACKOFF_MAX);
-        Some(current)
-    }
-}
-
-impl Backoff for WatchBackoff {
-    fn reset(&mut self) {
-        self.next = WATCH_BACKOFF_MIN;
-    }
+fn watch_backoff() -> CappedBackoff {
+    CappedBackoff::new(WATCH_BACKOFF_MIN, WATCH_BACKOFF_MAX)
 }
 
 impl KubernetesMatchmaker {
@@ -518,7 +492,7 @@ async fn run_proxy_watch(
         .labels(&selector)
         .timeout(WATCH_TIMEOUT_SECS);
     let mut stream = watcher::watcher(api, config)
-        .backoff(WatchBackoff::new())
+        .backoff(watch_backoff())
         .boxed();
     let mut current: BTreeMap<String, Vec<ProxyAddresses>> = BTreeMap::new();
     let mut relist: Option<BTreeMap<String, Vec<ProxyAddresses>>> = None;
@@ -583,7 +557,7 @@ async fn run_server_watch(
         .labels(&server_lease::all_servers_selector())
         .timeout(WATCH_TIMEOUT_SECS);
     let mut stream = watcher::watcher(api.clone(), config)
-        .backoff(WatchBackoff::new())
+        .backoff(watch_backoff())
         .boxed();
     let mut relist: Option<BTreeMap<String, (ServerRecord, Option<String>)>> = None;
     let mut failing = false;
@@ -903,7 +877,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_to_a_cap_and_resets() {
-        let mut b = WatchBackoff::new();
+        let mut b = watch_backoff();
         let first: Vec<Duration> = b.by_ref().take(7).collect();
         assert_eq!(first[0], WATCH_BACKOFF_MIN);
         assert_eq!(first[1], WATCH_BACKOFF_MIN * 2);

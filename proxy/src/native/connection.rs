@@ -16,6 +16,7 @@ use zmtp::{Assembler, DecodeError, Decoder, FrameHeader, Limits};
 
 use super::handshake::Handshake;
 use super::heartbeat::Liveness;
+use super::keepalive::Keepalive;
 use super::outbox::Outbox;
 
 /// Most bytes asked of the socket per read, for a busy connection.
@@ -25,6 +26,32 @@ pub const READ_CHUNK: usize = 64 * 1024;
 /// buffer (libzmq's is 8 KiB too); a read that fills it doubles it, up to
 /// [`READ_CHUNK`].
 pub const FIRST_CHUNK: usize = 8 * 1024;
+
+/// The socket options every native connection gets, as libzmq sets them:
+/// TCP_NODELAY (small RPC messages and notifications must not wait for
+/// Nagle) and the configured keepalive. A failure is logged and not
+/// fatal: the connection works without them.
+pub fn tune(stream: &TcpStream, keepalive: &Keepalive) {
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%error, "cannot set TCP_NODELAY");
+    }
+    if let Err(error) = keepalive.apply(stream) {
+        tracing::debug!(%error, "cannot set TCP keepalive");
+    }
+}
+
+/// The index for a new entry of a connection table: a slot left `free`
+/// by a closed connection, else a new one at the end (so indexes, which
+/// are the connections' poll tokens, stay small and dense).
+pub fn free_slot<T>(table: &mut Vec<Option<T>>, free: &mut Vec<usize>) -> usize {
+    match free.pop() {
+        Some(idx) => idx,
+        None => {
+            table.push(None);
+            table.len() - 1
+        }
+    }
+}
 
 /// Which of the proxy's ROUTERs a connection came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

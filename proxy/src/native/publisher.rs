@@ -31,7 +31,7 @@ use zmtp::{
     encode_header, Command, Decoder, Flags, Limits, Push, SocketType, Subscription, Version,
 };
 
-use super::connection::{Connection, Next, Phase, Side};
+use super::connection::{free_slot, tune, Connection, Next, Phase, Side};
 use super::handshake::{opening_as, Step};
 use super::heartbeat::{ping, pong, Due, Heartbeat};
 use super::keepalive::Keepalive;
@@ -372,20 +372,8 @@ impl Publisher {
                     return;
                 }
             };
-            // As libzmq: small notifications must not wait for Nagle.
-            if let Err(error) = stream.set_nodelay(true) {
-                tracing::debug!(%error, "cannot set TCP_NODELAY");
-            }
-            if let Err(error) = self.config.keepalive.apply(&stream) {
-                tracing::debug!(%error, "cannot set TCP keepalive");
-            }
-            let idx = match self.free.pop() {
-                Some(i) => i,
-                None => {
-                    self.subs.push(None);
-                    self.subs.len() - 1
-                }
-            };
+            tune(&stream, &self.config.keepalive);
+            let idx = free_slot(&mut self.subs, &mut self.free);
             if let Err(error) = registry.register(
                 &mut stream,
                 Token(self.base + 1 + idx),

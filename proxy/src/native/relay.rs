@@ -26,9 +26,10 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use zmtp::{Command, Decoder, Limits, Push, SocketType, Subscription, Version};
 
-use super::connection::{Connection, Next, Phase, Side};
+use super::connection::{free_slot, tune, Connection, Next, Phase, Side};
 use super::handshake::{opening_as, Step};
 use super::heartbeat::{ping, pong, Due, Liveness};
+use super::keepalive::Keepalive;
 use super::publisher::{Publisher, Timeouts};
 use crate::protocol::{DropReason, Publication};
 use crate::shutdown::Shutdown;
@@ -274,13 +275,7 @@ impl Loop {
             if self.by_endpoint.contains_key(&endpoint) {
                 continue;
             }
-            let idx = match self.free.pop() {
-                Some(i) => i,
-                None => {
-                    self.ups.push(None);
-                    self.ups.len() - 1
-                }
-            };
+            let idx = free_slot(&mut self.ups, &mut self.free);
             tracing::info!(%endpoint, "subscribing to central publisher");
             self.ups[idx] = Some(Upstream {
                 endpoint: endpoint.clone(),
@@ -642,10 +637,9 @@ impl Loop {
 fn start_connect(endpoint: &str) -> io::Result<TcpStream> {
     let addr = resolve(endpoint)?;
     let stream = TcpStream::connect(addr)?;
-    // As libzmq: small notifications must not wait for Nagle.
-    if let Err(error) = stream.set_nodelay(true) {
-        tracing::debug!(%error, "cannot set TCP_NODELAY");
-    }
+    // Keepalive stays the OS default on these outbound connections, as
+    // before: heartbeats find a dead central publisher.
+    tune(&stream, &Keepalive::default());
     Ok(stream)
 }
 

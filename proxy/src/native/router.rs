@@ -36,7 +36,7 @@ use zmtp::{
     encode_header, Command, Decoder, DropReason as CutReason, Flags, Limits, Push, Version,
 };
 
-use super::connection::{Blocked, Connection, Next, Phase, Side};
+use super::connection::{free_slot, tune, Blocked, Connection, Next, Phase, Side};
 use super::handshake::{opening, Step};
 use super::heartbeat::{ping, pong, Due, Heartbeat};
 use super::identity::{Claim, Duplicates, Generated, PeerTable};
@@ -491,21 +491,8 @@ impl Engine {
                     return;
                 }
             };
-            // libzmq sets TCP_NODELAY on every connection; small RPC
-            // messages must not wait for Nagle.
-            if let Err(error) = stream.set_nodelay(true) {
-                tracing::debug!(%error, "cannot set TCP_NODELAY");
-            }
-            if let Err(error) = self.config.keepalive.apply(&stream) {
-                tracing::debug!(%error, "cannot set TCP keepalive");
-            }
-            let idx = match self.free.pop() {
-                Some(i) => i,
-                None => {
-                    self.conns.push(None);
-                    self.conns.len() - 1
-                }
-            };
+            tune(&stream, &self.config.keepalive);
+            let idx = free_slot(&mut self.conns, &mut self.free);
             if let Err(error) = self.poll.registry().register(
                 &mut stream,
                 Token(idx + LISTENERS),

@@ -271,6 +271,23 @@ async fn scenario(cp: &ControlPlane, node: &RealNode) -> Result<()> {
         .spec
         .and_then(|s| s.cluster_ip)
         .context("Service without a ClusterIP")?;
+    // kube-proxy programs the Service within its sync period; until then a
+    // SYN to the ClusterIP is lost and TCP backs off for seconds. The
+    // proxy's /readyz through the ClusterIP says the rules are in.
+    let t0 = Instant::now();
+    let metrics = format!("{cluster_ip}:9090");
+    until(
+        "the Service to reach the proxy's /readyz",
+        TIMEOUT,
+        || async {
+            Ok(matches!(harness::http::get(&metrics, "/readyz").await, Ok((200, _))).then_some(()))
+        },
+    )
+    .await?;
+    println!(
+        "ClusterIP {cluster_ip} answered /readyz {:.1?} after the Service was created",
+        t0.elapsed()
+    );
     let (answer, took) = round_trip(&cluster_ip, json!({"via": "service"})).await?;
     assert_eq!(answer, json!({"via": "service"}));
     println!("RPC through the ClusterIP {cluster_ip} answered in {took:.1?}");

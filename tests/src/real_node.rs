@@ -444,10 +444,11 @@ impl Ctr {
     }
 }
 
-/// CoreDNS's readiness port on the node's address.
+/// CoreDNS's readiness port on the node's address. The node's fixed ports
+/// (this, 53, the kubelet's 10250, kube-proxy's 10249 and 10256) are on the bridge
+/// address only we use; only a wildcard listener elsewhere on the machine
+/// could take one, and none of the suites binds these ports.
 const DNS_READY_PORT: u16 = 8181;
-/// CoreDNS's liveness port on the node's address.
-const DNS_HEALTH_PORT: u16 = 8080;
 /// The objects' field manager.
 const FIELD_MANAGER: &str = "zmq-proxy-real-node";
 
@@ -456,7 +457,6 @@ fn corefile_text(kubeconfig: &Path) -> String {
         r#".:53 {{
     bind {NODE_IP}
     errors
-    health {NODE_IP}:{DNS_HEALTH_PORT}
     ready {NODE_IP}:{DNS_READY_PORT}
     kubernetes cluster.local in-addr.arpa ip6.arpa {{
         kubeconfig {kc}

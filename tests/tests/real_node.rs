@@ -8,12 +8,14 @@
 //!
 //! Needs root, `bash tests/install.sh` and `bash tests/images.sh build`.
 
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use futures::FutureExt;
 use harness::real_node::{self, RealNode};
 use harness::wait::until;
 use harness::ControlPlane;
@@ -170,9 +172,16 @@ async fn proxy_image_runs_restricted_on_a_real_node_and_forwards_rpc() -> Result
         node.startup_duration(),
         cp.startup_duration()
     );
-    let result = scenario(cp, &node).await;
-    if result.is_err() {
-        for log in ["kubelet.log", "containerd.log", "kube-proxy.log"] {
+    // Stop the node whatever happens: a failed assertion must not leave
+    // containers behind (the next node would reclaim them, but slower).
+    let result = AssertUnwindSafe(scenario(cp, &node)).catch_unwind().await;
+    if !matches!(result, Ok(Ok(()))) {
+        for log in [
+            "kubelet.log",
+            "containerd.log",
+            "kube-proxy.log",
+            "coredns.log",
+        ] {
             eprintln!(
                 "--- {log} ---\n{}",
                 harness::control_plane::log_tail(&node.dir().join(log))
@@ -180,7 +189,10 @@ async fn proxy_image_runs_restricted_on_a_real_node_and_forwards_rpc() -> Result
         }
     }
     node.stop().await?;
-    result
+    match result {
+        Ok(outcome) => outcome,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
 }
 
 async fn scenario(cp: &ControlPlane, node: &RealNode) -> Result<()> {

@@ -357,43 +357,61 @@ impl RealNode {
         .run(args)
     }
 
-    /// Deletes the pods on the node and waits until their containers are
-    /// gone, then stops kube-proxy, the kubelet and containerd (by PID)
-    /// and removes kube-proxy's rules, the bridge and the routes it added.
+    /// Cordons the node and taints it `NoExecute` (controllers stop placing
+    /// pods here, DaemonSets included), deletes its pods and waits until
+    /// their containers are gone, then stops CoreDNS, kube-proxy, the
+    /// kubelet and containerd (by PID) and removes kube-proxy's rules, the
+    /// bridge and the routes it added.
     pub async fn stop(self) -> Result<()> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let fence = serde_json::json!({
+            "spec": {
+                "unschedulable": true,
+                "taints": [{ "key": "zmq-proxy.io/node-stopping", "effect": "NoExecute" }],
+            },
+        });
+        if let Err(e) = nodes
+            .patch(NODE_NAME, &PatchParams::default(), &Patch::Merge(&fence))
+            .await
+        {
+            tracing::warn!("cannot cordon {NODE_NAME}: {e}");
+        }
         let pods: Api<Pod> = Api::all(self.client.clone());
         let on_node = ListParams::default().fields(&format!("spec.nodeName={NODE_NAME}"));
         let ctr = Ctr {
             socket: self.socket.clone(),
         };
-        if let Ok(list) = pods.list(&on_node).await {
-            for pod in list {
-                let (Some(ns), Some(name)) = (pod.metadata.namespace, pod.metadata.name) else {
-                    continue;
-                };
-                let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
-                let _ = api
-                    .delete(&name, &DeleteParams::default().grace_period(1))
-                    .await;
-            }
-        }
-        // The kubelet stops each pod's containers and tears its sandbox
-        // down (CNI DEL) once the pod is gone.
+        // The kubelet stops each deleted pod's containers and tears its
+        // sandbox down (CNI DEL). Deleting again each round catches pods a
+        // controller created before the taint took effect.
         let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            match ctr.running_tasks() {
-                Ok(tasks) if tasks.is_empty() => break,
-                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        loop {
+            if let Ok(list) = pods.list(&on_node).await {
+                for pod in list {
+                    let (Some(ns), Some(name)) = (pod.metadata.namespace, pod.metadata.name) else {
+                        continue;
+                    };
+                    let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+                    let _ = api
+                        .delete(&name, &DeleteParams::default().grace_period(1))
+                        .await;
+                }
             }
+            let idle = ctr.running_tasks().is_ok_and(|t| t.is_empty());
+            if idle || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
         let grace = Duration::from_secs(10);
         self.coredns.terminate(grace).await;
         self.kube_proxy.terminate(grace).await;
         self.kubelet.terminate(grace).await;
         // Containers the kubelet did not stop in time: SIGKILL through the
-        // runtime, so the shims exit too.
-        for task in ctr.running_tasks().unwrap_or_default() {
+        // runtime and delete the tasks, so their shims exit too.
+        for task in ctr.tasks(|_| true).unwrap_or_default() {
             let _ = ctr.run(&["tasks", "kill", "-s", "SIGKILL", &task]);
+            let _ = ctr.run(&["tasks", "delete", "--force", &task]);
         }
         self.containerd.terminate(grace).await;
         if let Ok(bin) = tools::kube_proxy() {
@@ -431,6 +449,11 @@ impl Ctr {
 
     /// IDs of running tasks (containers and sandboxes).
     fn running_tasks(&self) -> Result<Vec<String>> {
+        self.tasks(|status| status == "RUNNING")
+    }
+
+    /// IDs of tasks whose status (RUNNING, STOPPED, ...) passes `keep`.
+    fn tasks(&self, keep: impl Fn(&str) -> bool) -> Result<Vec<String>> {
         // Columns: TASK PID STATUS.
         Ok(self
             .run(&["tasks", "ls"])?
@@ -438,7 +461,7 @@ impl Ctr {
             .skip(1)
             .filter_map(|l| {
                 let cols: Vec<&str> = l.split_whitespace().collect();
-                (cols.len() >= 3 && cols[2] == "RUNNING").then(|| cols[0].to_string())
+                (cols.len() >= 3 && keep(cols[2])).then(|| cols[0].to_string())
             })
             .collect())
     }

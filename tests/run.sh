@@ -17,8 +17,11 @@ export PATH="$CACHE/k8s-$K8S_VERSION/bin:$CACHE/venv/bin:$PATH"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
-# Binaries first, so tests that start them find them built.
+# Binaries first, so tests that start them find them built; then the
+# container images the real node runs (tests/images.sh: release binaries,
+# the repository's Dockerfiles, buildah).
 cargo build --workspace --bins
+bash tests/images.sh build
 if cargo nextest --version >/dev/null 2>&1; then
     # One process per test (each end-to-end test gets its own control
     # plane); tests/nextest.toml kills a test hung for 5 minutes.

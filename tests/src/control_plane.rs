@@ -16,13 +16,17 @@
 //!
 //! The API server authenticates with a static token file (an admin in
 //! `system:masters`, the controller manager and the scheduler as their
-//! `system:` users), authorizes with RBAC only, and signs ServiceAccount
-//! tokens so the TokenRequest API works. The controller manager runs its
+//! `system:` users) and with client certificates of its CA (a real node's
+//! kubelet and kube-proxy, [`crate::RealNode`]), authorizes with the Node
+//! authorizer and RBAC (with the NodeRestriction admission plugin, as in a
+//! real cluster), and signs ServiceAccount tokens so the TokenRequest API
+//! works. The controller manager runs its
 //! default controller set (garbage collector, deployment, replicaset,
 //! endpoint(slice), serviceaccount, namespace, node lifecycle, ...) with
 //! per-controller ServiceAccount credentials, and kube-scheduler binds pods
-//! to nodes, as in a real cluster. There is no kubelet: [`crate::NodeAgent`]
-//! plays it.
+//! to nodes, as in a real cluster. Pods run on [`crate::RealNode`] (kubelet,
+//! containerd, kube-proxy) or on [`crate::NodeAgent`], which plays the
+//! kubelet with local processes.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -64,6 +68,7 @@ pub struct ControlPlane {
     dir: PathBuf,
     names: AtomicU64,
     startup: Duration,
+    pki: Option<pki::Pki>,
 }
 
 /// The processes of a local plane.
@@ -240,6 +245,7 @@ impl ControlPlane {
             dir,
             names: AtomicU64::new(0),
             startup: Duration::ZERO,
+            pki: None,
         };
         cp.client()?
             .apiserver_version()
@@ -387,6 +393,7 @@ impl ControlPlane {
             dir: dir.clone(),
             names: AtomicU64::new(0),
             startup: Duration::ZERO,
+            pki: Some(pki.clone()),
         };
         cp.local = Some(Local {
             _address: address,
@@ -463,6 +470,12 @@ impl ControlPlane {
     /// Scratch directory of this plane (logs, PKI, pod directories).
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The plane's certificates and keys (a local plane only): a real node
+    /// gets its client certificates from this CA.
+    pub fn pki(&self) -> Option<&pki::Pki> {
+        self.pki.as_ref()
     }
 
     /// True for a plane this process started (false for an external cluster).
@@ -688,7 +701,19 @@ fn apiserver_args(f: &ApiserverFiles<'_>) -> Vec<String> {
         format!("--tls-private-key-file={}", f.pki.server_key.display()),
         format!("--client-ca-file={}", f.pki.ca_cert.display()),
         format!("--token-auth-file={}", f.token_file.display()),
-        "--authorization-mode=RBAC".into(),
+        // Node: kubelets reach only their own node's objects, as in a real
+        // cluster (RealNode's kubelet is `system:node:<name>`).
+        "--authorization-mode=Node,RBAC".into(),
+        "--enable-admission-plugins=NodeRestriction".into(),
+        format!(
+            "--kubelet-client-certificate={}",
+            f.pki.kubelet_client_cert.display()
+        ),
+        format!(
+            "--kubelet-client-key={}",
+            f.pki.kubelet_client_key.display()
+        ),
+        "--kubelet-preferred-address-types=InternalIP".into(),
         format!("--service-account-issuer={ISSUER}"),
         format!("--api-audiences={ISSUER}"),
         format!(
@@ -878,6 +903,8 @@ mod tests {
             server_key: dir.join("s.key"),
             sa_key: dir.join("sa.key"),
             sa_pub: dir.join("sa.pub"),
+            kubelet_client_cert: dir.join("k.crt"),
+            kubelet_client_key: dir.join("k.key"),
         };
         let args = apiserver_args(&ApiserverFiles {
             etcd: "10.252.0.3:1".into(),
@@ -889,7 +916,7 @@ mod tests {
         });
         assert!(args.contains(&"--bind-address=10.252.0.3".to_string()));
         assert!(args.contains(&"--etcd-servers=http://10.252.0.3:1".to_string()));
-        assert!(args.contains(&"--authorization-mode=RBAC".to_string()));
+        assert!(args.contains(&"--authorization-mode=Node,RBAC".to_string()));
         assert!(args.contains(&"--secure-port=2".to_string()));
         assert!(args
             .iter()

@@ -53,6 +53,34 @@ pub enum KubeconfigFileError {
 
 /// Renders a kubeconfig with one cluster, one token user and one context.
 pub fn render(cluster: &ClusterAccess, user: &str, token: &str, namespace: Option<&str>) -> String {
+    render_user(
+        cluster,
+        user,
+        serde_json::json!({ "token": token }),
+        namespace,
+    )
+}
+
+/// Renders a kubeconfig whose user authenticates with a client certificate
+/// (kubelet, kube-proxy: the API server takes the user from its CN).
+pub fn render_cert(cluster: &ClusterAccess, user: &str, cert: &Path, key: &Path) -> String {
+    render_user(
+        cluster,
+        user,
+        serde_json::json!({
+            "client-certificate": cert.display().to_string(),
+            "client-key": key.display().to_string(),
+        }),
+        None,
+    )
+}
+
+fn render_user(
+    cluster: &ClusterAccess,
+    user: &str,
+    credential: serde_json::Value,
+    namespace: Option<&str>,
+) -> String {
     let mut c = serde_json::Map::new();
     c.insert("server".into(), cluster.server.clone().into());
     if let Some(ca) = &cluster.certificate_authority {
@@ -75,7 +103,7 @@ pub fn render(cluster: &ClusterAccess, user: &str, token: &str, namespace: Optio
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{ "name": "harness", "cluster": c }],
-        "users": [{ "name": user, "user": { "token": token } }],
+        "users": [{ "name": user, "user": credential }],
         "contexts": [{ "name": "harness", "context": context }],
         "current-context": "harness",
     });
@@ -91,6 +119,21 @@ pub fn write(
     token: &str,
     namespace: Option<&str>,
 ) -> Result<(), KubeconfigFileError> {
+    write_text(path, &render(cluster, user, token, namespace))
+}
+
+/// Writes [`render_cert`]'s output to `path`.
+pub fn write_cert(
+    path: &Path,
+    cluster: &ClusterAccess,
+    user: &str,
+    cert: &Path,
+    key: &Path,
+) -> Result<(), KubeconfigFileError> {
+    write_text(path, &render_cert(cluster, user, cert, key))
+}
+
+fn write_text(path: &Path, text: &str) -> Result<(), KubeconfigFileError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let err = |source| KubeconfigFileError::Write {
@@ -104,8 +147,7 @@ pub fn write(
         .mode(0o600)
         .open(path)
         .map_err(err)?;
-    f.write_all(render(cluster, user, token, namespace).as_bytes())
-        .map_err(err)
+    f.write_all(text.as_bytes()).map_err(err)
 }
 
 /// The current context's cluster of an existing kubeconfig file.

@@ -5,6 +5,9 @@
 //!   `ZMQ_PROXY_TEST_KUBECONFIG`), with admin and ServiceAccount clients.
 //! - [`NodeAgent`]: a kubelet stand-in that binds pending pods to its Node and
 //!   runs their containers as local processes (image repository -> binary).
+//! - [`RealNode`]: a real node for the plane: containerd, kubelet,
+//!   kube-proxy and a CNI bridge; pods are containers of the project's
+//!   images (one per machine).
 //! - [`workspace_binary`]: where the test command put the workspace's binaries.
 //!
 //! Every process the harness starts is forked from one long-lived thread with
@@ -21,11 +24,13 @@ pub mod net;
 pub mod node_agent;
 pub mod pki;
 pub mod process;
+pub mod real_node;
 pub mod tools;
 pub mod wait;
 
 pub use control_plane::ControlPlane;
 pub use node_agent::NodeAgent;
+pub use real_node::RealNode;
 pub use tools::workspace_binary;
 
 /// Installs a tracing subscriber writing to the test's captured output

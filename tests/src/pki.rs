@@ -1,6 +1,10 @@
 //! Certificates and keys for the test control plane, made with the openssl
-//! command line: a CA, the API server's serving certificate signed by it, and
-//! the ServiceAccount token signing key pair.
+//! command line: a CA, the API server's serving certificate signed by it,
+//! the API server's client certificate for kubelets, the ServiceAccount token
+//! signing key pair, and client certificates for node components
+//! ([`client_cert`]: the kubelet as `system:node:<name>`, kube-proxy as
+//! `system:kube-proxy`, the identities Kubernetes' Node authorizer and default
+//! RBAC bindings expect).
 //!
 //! The serving certificate must satisfy rustls (kube-rs's TLS): the address
 //! the client dials (the plane's own host-local address) has to be an IP SAN, and the certificate must
@@ -46,6 +50,19 @@ pub struct Pki {
     pub sa_key: PathBuf,
     /// ServiceAccount token verification key (public).
     pub sa_pub: PathBuf,
+    /// The API server's client certificate towards kubelets (logs, exec).
+    pub kubelet_client_cert: PathBuf,
+    /// Its key.
+    pub kubelet_client_key: PathBuf,
+}
+
+/// A client certificate and its key.
+#[derive(Clone, Debug)]
+pub struct ClientCert {
+    /// Certificate (PEM), signed by the plane's CA.
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
 }
 
 /// Subject alternative names of the serving certificate: the address the
@@ -96,6 +113,8 @@ pub fn generate(dir: &Path, listen_ip: &str, service_ip: &str) -> Result<Pki, Pk
         server_key: dir.join("apiserver.key"),
         sa_key: dir.join("sa.key"),
         sa_pub: dir.join("sa.pub"),
+        kubelet_client_cert: dir.join("apiserver-kubelet-client.crt"),
+        kubelet_client_key: dir.join("apiserver-kubelet-client.key"),
     };
     let csr = dir.join("apiserver.csr");
     let ext = dir.join("apiserver.ext");
@@ -147,13 +166,7 @@ pub fn generate(dir: &Path, listen_ip: &str, service_ip: &str) -> Result<Pki, Pk
         path: ext.clone(),
         source,
     })?;
-    let serial = format!(
-        "0x{:x}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(1)
-    );
+    let serial = serial();
     openssl(
         "serving certificate",
         &[
@@ -191,7 +204,101 @@ pub fn generate(dir: &Path, listen_ip: &str, service_ip: &str) -> Result<Pki, Pk
             s(&pki.sa_pub),
         ],
     )?;
+    // Kubelets authorize their API (logs, exec, port-forward) by client
+    // certificate; the API server presents this one.
+    sign_client(
+        &pki,
+        "kube-apiserver-kubelet-client",
+        "system:masters",
+        &pki.kubelet_client_cert,
+        &pki.kubelet_client_key,
+    )?;
     Ok(pki)
+}
+
+/// A client certificate for `cn` in group `org` (none if empty), signed by the plane's CA,
+/// written to `dir/<stem>.crt` and `dir/<stem>.key`. The API server maps
+/// CN to the user and O to its groups.
+pub fn client_cert(
+    pki: &Pki,
+    dir: &Path,
+    stem: &str,
+    cn: &str,
+    org: &str,
+) -> Result<ClientCert, PkiError> {
+    let out = ClientCert {
+        cert: dir.join(format!("{stem}.crt")),
+        key: dir.join(format!("{stem}.key")),
+    };
+    sign_client(pki, cn, org, &out.cert, &out.key)?;
+    Ok(out)
+}
+
+fn sign_client(pki: &Pki, cn: &str, org: &str, cert: &Path, key: &Path) -> Result<(), PkiError> {
+    let csr = cert.with_extension("csr");
+    let ext = cert.with_extension("ext");
+    openssl(
+        "client CSR",
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-sha256",
+            "-keyout",
+            s(key),
+            "-out",
+            s(&csr),
+            "-subj",
+            &if org.is_empty() {
+                format!("/CN={cn}")
+            } else {
+                format!("/O={org}/CN={cn}")
+            },
+        ],
+    )?;
+    std::fs::write(
+        &ext,
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
+    )
+    .map_err(|source| PkiError::Io {
+        path: ext.clone(),
+        source,
+    })?;
+    openssl(
+        "client certificate",
+        &[
+            "x509",
+            "-req",
+            "-sha256",
+            "-days",
+            "3650",
+            "-in",
+            s(&csr),
+            "-CA",
+            s(&pki.ca_cert),
+            "-CAkey",
+            s(&pki.ca_key),
+            "-set_serial",
+            &serial(),
+            "-extfile",
+            s(&ext),
+            "-out",
+            s(cert),
+        ],
+    )
+}
+
+/// A serial number unique enough for certificates of one CA.
+fn serial() -> String {
+    format!(
+        "0x{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(1)
+    )
 }
 
 #[cfg(test)]

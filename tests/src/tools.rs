@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 pub const K8S_VERSION: &str = "1.37.2";
 /// etcd version tests/install.sh builds.
 pub const ETCD_VERSION: &str = "3.7.3";
+/// CoreDNS version tests/install.sh builds (the real node's cluster DNS).
+pub const COREDNS_VERSION: &str = "v1.15.0";
 /// Prometheus module version tests/install.sh builds (Prometheus 3.x is
 /// published as Go module versions v0.3xx.y).
 pub const PROMETHEUS_VERSION: &str = "v0.316.0";
@@ -98,6 +100,41 @@ pub fn kube_controller_manager() -> Result<PathBuf, ToolError> {
 /// kube-scheduler from the cache.
 pub fn kube_scheduler() -> Result<PathBuf, ToolError> {
     in_dirs("kube-scheduler", &[k8s_bin_dir()])
+}
+
+/// kubelet from the cache (same version as the control plane).
+pub fn kubelet() -> Result<PathBuf, ToolError> {
+    in_dirs("kubelet", &[k8s_bin_dir()])
+}
+
+/// kube-proxy from the cache.
+pub fn kube_proxy() -> Result<PathBuf, ToolError> {
+    in_dirs("kube-proxy", &[k8s_bin_dir()])
+}
+
+/// CoreDNS from the cache.
+pub fn coredns() -> Result<PathBuf, ToolError> {
+    in_dirs(
+        "coredns",
+        &[cache_dir()
+            .join(format!("coredns-{COREDNS_VERSION}"))
+            .join("bin")],
+    )
+}
+
+/// The sandbox image's docker-archive (tests/images.sh `pause`, keyed by
+/// the Kubernetes version whose pause.c it compiles).
+pub fn pause_image() -> Result<PathBuf, ToolError> {
+    let dir = cache_dir().join(format!("pause-{K8S_VERSION}"));
+    let path = dir.join("pause.tar");
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(ToolError::NotFound {
+            name: "pause.tar".into(),
+            looked: dir.display().to_string(),
+        })
+    }
 }
 
 /// kubectl: the cached client of the plane's version first, then PATH.

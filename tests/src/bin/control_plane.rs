@@ -1,7 +1,8 @@
 //! `zmq-proxy-control-plane`: starts the tests' control plane (etcd,
-//! kube-apiserver, kube-controller-manager; optionally a node agent) and
-//! keeps it up until SIGTERM/SIGINT. tests/control-plane.sh drives it.
-//! Everything it started dies with it.
+//! kube-apiserver, kube-controller-manager, kube-scheduler; optionally a
+//! real node or a node agent) and keeps it up until SIGTERM/SIGINT.
+//! tests/control-plane.sh drives it. Everything it started dies with it; a
+//! real node is stopped (its pods deleted, containers gone) before it exits.
 
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
@@ -10,7 +11,7 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, Context, Result};
 use clap::Parser;
-use harness::{ControlPlane, NodeAgent};
+use harness::{ControlPlane, NodeAgent, RealNode};
 use tokio::signal::unix::{signal, SignalKind};
 
 /// Starts a local Kubernetes control plane for tests.
@@ -20,6 +21,10 @@ struct Args {
     /// Also run a node agent; `repository=/path/to/binary`, repeatable.
     #[arg(long = "image")]
     images: Vec<String>,
+    /// Also run a real node (containerd, kubelet, kube-proxy) with the
+    /// images of tests/images.sh imported.
+    #[arg(long, conflicts_with = "images")]
+    node: bool,
     /// Write `KUBECONFIG=...` (shell syntax) here once ready.
     #[arg(long)]
     env_file: Option<PathBuf>,
@@ -46,6 +51,14 @@ async fn main() -> Result<()> {
             .map_err(|e| anyhow!(e))?;
         Some(NodeAgent::start(&cp, images).await?)
     };
+    let node = if args.node {
+        let images = harness::real_node::workspace_images()?;
+        let node = RealNode::start(&cp, &images).await?;
+        println!("real node ready in {:.1?}", node.startup_duration());
+        Some(node)
+    } else {
+        None
+    };
     let env = format!(
         "export KUBECONFIG={}\nexport ZMQ_PROXY_CONTROL_PLANE_DIR={}\n",
         cp.kubeconfig().display(),
@@ -55,7 +68,9 @@ async fn main() -> Result<()> {
         std::fs::write(path, &env).with_context(|| format!("cannot write {}", path.display()))?;
     }
     if let Some(path) = &args.pids_file {
-        let mut pids: Vec<String> = cp.pids().iter().map(|p| p.to_string()).collect();
+        let mut pids = cp.pids();
+        pids.extend(node.iter().flat_map(RealNode::pids));
+        let mut pids: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
         pids.push(String::new());
         std::fs::write(path, pids.join("\n"))
             .with_context(|| format!("cannot write {}", path.display()))?;
@@ -75,6 +90,9 @@ async fn main() -> Result<()> {
     }
     if let Some(agent) = agent {
         agent.stop().await?;
+    }
+    if let Some(node) = node {
+        node.stop().await?;
     }
     Ok(())
 }

@@ -9,7 +9,11 @@
 //! ```
 //! Proxies come from `--proxy host:frontend[:backend[:publisher]]` (static
 //! matchmaker; default the proxy defaults 127.0.0.1:50001:50002:50003) or
-//! from Redis with `--url zmq+redis://host:port`. The server answers
+//! from Redis with `--url zmq+redis://host:port`. Servers are found through
+//! the matchmaker's registry: the static matchmaker's lives in the process,
+//! so a `serve` and a `call` in two processes need a shared one (`--url`
+//! with the Redis the proxies and servers register in); with `--proxy`
+//! alone, `call` answers "no server registered". The server answers
 //! `echo` (returns its args), `fail` (raises ValueError) and `sleep`
 //! (`{"ms": N}`), and prints every request it gets.
 

@@ -116,8 +116,6 @@ pub fn generate(dir: &Path, listen_ip: &str, service_ip: &str) -> Result<Pki, Pk
         kubelet_client_cert: dir.join("apiserver-kubelet-client.crt"),
         kubelet_client_key: dir.join("apiserver-kubelet-client.key"),
     };
-    let csr = dir.join("apiserver.csr");
-    let ext = dir.join("apiserver.ext");
     openssl(
         "CA",
         &[
@@ -141,53 +139,16 @@ pub fn generate(dir: &Path, listen_ip: &str, service_ip: &str) -> Result<Pki, Pk
             "keyUsage=critical,keyCertSign,cRLSign",
         ],
     )?;
-    openssl(
-        "serving CSR",
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-sha256",
-            "-keyout",
-            s(&pki.server_key),
-            "-out",
-            s(&csr),
-            "-subj",
-            "/CN=kube-apiserver",
-        ],
-    )?;
-    let ext_text = format!(
-        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName={}\n",
-        serving_sans(listen_ip, service_ip)
-    );
-    std::fs::write(&ext, ext_text).map_err(|source| PkiError::Io {
-        path: ext.clone(),
-        source,
-    })?;
-    let serial = serial();
-    openssl(
-        "serving certificate",
-        &[
-            "x509",
-            "-req",
-            "-sha256",
-            "-days",
-            "3650",
-            "-in",
-            s(&csr),
-            "-CA",
-            s(&pki.ca_cert),
-            "-CAkey",
-            s(&pki.ca_key),
-            "-set_serial",
-            &serial,
-            "-extfile",
-            s(&ext),
-            "-out",
-            s(&pki.server_cert),
-        ],
+    issue(
+        &pki,
+        ["serving CSR", "serving certificate"],
+        "/CN=kube-apiserver",
+        &format!(
+            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName={}\n",
+            serving_sans(listen_ip, service_ip)
+        ),
+        &pki.server_cert,
+        &pki.server_key,
     )?;
     openssl(
         "ServiceAccount key",
@@ -235,10 +196,37 @@ pub fn client_cert(
 }
 
 fn sign_client(pki: &Pki, cn: &str, org: &str, cert: &Path, key: &Path) -> Result<(), PkiError> {
+    let subject = if org.is_empty() {
+        format!("/CN={cn}")
+    } else {
+        format!("/O={org}/CN={cn}")
+    };
+    issue(
+        pki,
+        ["client CSR", "client certificate"],
+        &subject,
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
+        cert,
+        key,
+    )
+}
+
+/// A new key at `key` and its certificate at `cert`, for `subject` with
+/// the X.509 `extensions`, signed by the plane's CA. The CSR and the
+/// extensions file are left beside `cert`; `steps` name the CSR and the
+/// signing in errors.
+fn issue(
+    pki: &Pki,
+    steps: [&'static str; 2],
+    subject: &str,
+    extensions: &str,
+    cert: &Path,
+    key: &Path,
+) -> Result<(), PkiError> {
     let csr = cert.with_extension("csr");
     let ext = cert.with_extension("ext");
     openssl(
-        "client CSR",
+        steps[0],
         &[
             "req",
             "-new",
@@ -251,23 +239,15 @@ fn sign_client(pki: &Pki, cn: &str, org: &str, cert: &Path, key: &Path) -> Resul
             "-out",
             s(&csr),
             "-subj",
-            &if org.is_empty() {
-                format!("/CN={cn}")
-            } else {
-                format!("/O={org}/CN={cn}")
-            },
+            subject,
         ],
     )?;
-    std::fs::write(
-        &ext,
-        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
-    )
-    .map_err(|source| PkiError::Io {
+    std::fs::write(&ext, extensions).map_err(|source| PkiError::Io {
         path: ext.clone(),
         source,
     })?;
     openssl(
-        "client certificate",
+        steps[1],
         &[
             "x509",
             "-req",

@@ -592,4 +592,21 @@ mod tests {
         };
         assert_eq!(l.line(), "zmq-proxy listening frontend=tcp://127.0.0.1:1 publisher=tcp://127.0.0.1:3 metrics=http://127.0.0.1:9");
     }
+
+    /// Every suite starts the proxy through the harness's launcher, which
+    /// reads this line back: the two must agree.
+    #[test]
+    fn the_test_launcher_reads_the_line_back() {
+        let l = Listening {
+            frontend: Some("tcp://10.0.0.1:50001".into()),
+            backend: Some("tcp://10.0.0.1:50002".into()),
+            publisher: None,
+            metrics: "10.0.0.1:9090".parse().unwrap(),
+        };
+        let parsed = harness::proxy::Listening::parse(&l.line()).unwrap();
+        assert_eq!(parsed.frontend, l.frontend);
+        assert_eq!(parsed.backend, l.backend);
+        assert_eq!(parsed.publisher, l.publisher);
+        assert_eq!(parsed.metrics, l.metrics.to_string());
+    }
 }

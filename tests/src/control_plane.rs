@@ -46,6 +46,7 @@ use crate::kubeconfig::{self, ClusterAccess};
 use crate::loopback::{self, IpLease, Pool};
 use crate::pki;
 use crate::process::{remove_at_exit, Process, ProcessSpec};
+use crate::startup::{self, StartupError, STARTUP_TIMEOUT};
 use crate::tools;
 
 /// Environment variable naming an existing cluster's kubeconfig.
@@ -56,8 +57,6 @@ pub const NAMESPACE_LABEL: &str = "zmq-proxy.io/test-harness";
 const SERVICE_CIDR: &str = "10.0.0.0/24";
 const SERVICE_IP: &str = "10.0.0.1";
 const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
-/// Startup deadline per component (generous: tests share 2 cores with builds).
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A running control plane (local) or a handle on an existing cluster.
 pub struct ControlPlane {
@@ -176,39 +175,25 @@ pub async fn with_port_retry<const N: usize, T>(
     bail!("{what} could not get a port on {ip} in {PORT_ATTEMPTS} attempts")
 }
 
-/// Waits until `ready` says the process works, it exits, or the startup
-/// deadline passes. An exit whose log says the port was taken is
-/// [`StartError::PortTaken`].
+/// Waits until `ready` says the process works; an exit whose log says the
+/// port was taken is [`StartError::PortTaken`], so [`with_port_retry`]
+/// tries other ports.
 async fn await_start(
     process: &Process,
     dir: &Path,
     mut ready: impl AsyncFnMut() -> bool,
 ) -> Result<(), StartError> {
-    let deadline = Instant::now() + STARTUP_TIMEOUT;
-    let log = dir.join(format!("{}.log", process.name()));
-    loop {
-        if let Some(info) = process.exited() {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if text.contains(PORT_TAKEN) {
-                return Err(StartError::PortTaken(text));
-            }
-            return Err(StartError::Other(anyhow!(
-                "{} exited during startup ({info}); log tail:\n{}",
-                process.name(),
-                log_tail(&log)
-            )));
+    let what = format!("{} ready", process.name());
+    match startup::process_working(process, dir, &what, async || {
+        startup::answer(ready().await, "not ready")
+    })
+    .await
+    {
+        Ok(()) => Ok(()),
+        Err(StartupError::Exited { log, .. }) if log.contains(PORT_TAKEN) => {
+            Err(StartError::PortTaken(log))
         }
-        if ready().await {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(StartError::Other(anyhow!(
-                "{} not ready within {STARTUP_TIMEOUT:?}; log tail:\n{}",
-                process.name(),
-                log_tail(&log)
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        Err(e) => Err(StartError::Other(e.into())),
     }
 }
 
@@ -420,30 +405,24 @@ impl ControlPlane {
     /// error. Either exiting fails the start with its log.
     async fn wait_controllers(&self) -> Result<()> {
         let sas: Api<ServiceAccount> = Api::namespaced(self.client()?, "default");
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        loop {
-            if let Some(local) = &self.local {
-                for p in [&local.controller_manager, &local.scheduler] {
-                    if let Some(info) = p.exited() {
-                        bail!(
-                            "{} exited ({info}); log tail:\n{}",
-                            p.name(),
-                            log_tail(&self.dir.join(format!("{}.log", p.name())))
-                        );
-                    }
-                }
-            }
-            if let Ok(Some(_)) = sas.get_opt("default").await {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "kube-controller-manager did not create the default ServiceAccount within {STARTUP_TIMEOUT:?}; log tail:\n{}",
-                    log_tail(&self.dir.join("kube-controller-manager.log"))
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let watched: Vec<&Process> = self
+            .local
+            .iter()
+            .flat_map(|l| [&l.controller_manager, &l.scheduler])
+            .collect();
+        startup::until_working(
+            &watched,
+            &self.dir,
+            &self.dir.join("kube-controller-manager.log"),
+            "the default ServiceAccount (kube-controller-manager)",
+            async || match sas.get_opt("default").await {
+                Ok(Some(_)) => Ok(()),
+                Ok(None) => Err("not created yet".into()),
+                Err(e) => Err(e.to_string()),
+            },
+        )
+        .await?;
+        Ok(())
     }
 
     /// A new admin client (created per call so it belongs to the caller's
@@ -760,41 +739,27 @@ fn free_port_on(ip: Ipv4Addr) -> std::io::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// Polls /readyz until it answers `ok`, failing early if a process exits.
+/// Waits until the API server answers /readyz with `ok`, failing early if
+/// etcd (`processes`) exits.
 async fn wait_ready(client: &Client, processes: &[&Process], dir: &Path) -> Result<()> {
-    let deadline = Instant::now() + STARTUP_TIMEOUT;
-    let mut last;
-    loop {
-        for p in processes {
-            if let Some(info) = p.exited() {
-                bail!(
-                    "{} exited during startup ({info}); log tail:\n{}",
-                    p.name(),
-                    log_tail(&dir.join(format!("{}.log", p.name())))
-                );
+    startup::until_working(
+        processes,
+        dir,
+        &dir.join("kube-apiserver.log"),
+        "kube-apiserver ready",
+        async || {
+            let req = http::Request::get("/readyz")
+                .body(Vec::new())
+                .map_err(|e| e.to_string())?;
+            match client.request_text(req).await {
+                Ok(text) if text.trim() == "ok" => Ok(()),
+                Ok(text) => Err(text),
+                Err(e) => Err(e.to_string()),
             }
-        }
-        let req = http::Request::get("/readyz").body(Vec::new())?;
-        match client.request_text(req).await {
-            Ok(text) if text.trim() == "ok" => return Ok(()),
-            Ok(text) => last = text,
-            Err(e) => last = e.to_string(),
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "kube-apiserver not ready within {STARTUP_TIMEOUT:?} (last answer: {last}); log tail:\n{}",
-                log_tail(&dir.join("kube-apiserver.log"))
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Last lines of a log file, for error messages.
-pub fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
+        },
+    )
+    .await?;
+    Ok(())
 }
 
 /// A fresh directory /tmp/zmq-proxy-harness/<pid>-<n>, deleted at exit;

@@ -24,7 +24,9 @@ pub mod net;
 pub mod node_agent;
 pub mod pki;
 pub mod process;
+pub mod proxy;
 pub mod real_node;
+pub mod startup;
 pub mod tools;
 pub mod wait;
 

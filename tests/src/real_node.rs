@@ -55,10 +55,11 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 
-use crate::control_plane::{log_tail, ControlPlane};
+use crate::control_plane::ControlPlane;
 use crate::kubeconfig;
 use crate::pki;
 use crate::process::{Process, ProcessSpec};
+use crate::startup::{answer, process_working};
 use crate::tools;
 
 /// The Node's name (fixed: one node per machine).
@@ -85,8 +86,6 @@ pub const RUN_DIR: &str = "/run/zmq-proxy-node";
 pub const LOCK_FILE: &str = "/tmp/zmq-proxy-harness/real-node.lock";
 /// How long [`RealNode::start`] waits for another node to stop.
 const LOCK_TIMEOUT: Duration = Duration::from_secs(900);
-/// Deadline for each component to come up (2 shared cores).
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
 /// The iptables rule that keeps pod traffic on this host.
 const FORWARD_GUARD: [&str; 7] = ["FORWARD", "-s", POD_CIDR, "!", "-o", BRIDGE, "-j"];
 
@@ -224,8 +223,10 @@ impl RealNode {
         let ctr = Ctr {
             socket: socket.clone(),
         };
-        wait_for(&containerd, &dir, "containerd answering", || {
-            ctr.run(&["version"]).is_ok()
+        process_working(&containerd, &dir, "containerd answering", async || {
+            ctr.run(&["version"])
+                .map(drop)
+                .map_err(|e| format!("{e:#}"))
         })
         .await?;
         let t_import = Instant::now();
@@ -254,13 +255,14 @@ impl RealNode {
         )?;
         let client = cp.client()?;
         let nodes: Api<Node> = Api::all(client.clone());
-        wait_for_async(&kubelet, &dir, "the Node Ready", async || {
-            nodes
+        process_working(&kubelet, &dir, "the Node Ready", async || {
+            let ready = nodes
                 .get_opt(NODE_NAME)
                 .await
                 .ok()
                 .flatten()
-                .is_some_and(|n| node_ready(&n))
+                .is_some_and(|n| node_ready(&n));
+            answer(ready, "Node not Ready")
         })
         .await?;
 
@@ -288,8 +290,9 @@ impl RealNode {
         // kube-proxy's /healthz answers 200 once its first sync programmed
         // the rules (the `kubernetes` Service among them).
         let healthz = format!("{NODE_IP}:10256");
-        wait_for_async(&kube_proxy, &dir, "kube-proxy synced", async || {
-            matches!(crate::http::get(&healthz, "/healthz").await, Ok((200, _)))
+        process_working(&kube_proxy, &dir, "kube-proxy synced", async || {
+            let synced = matches!(crate::http::get(&healthz, "/healthz").await, Ok((200, _)));
+            answer(synced, "/healthz not 200")
         })
         .await?;
 
@@ -302,8 +305,9 @@ impl RealNode {
         )?;
         // /ready answers 200 once the kubernetes plugin has synced.
         let ready = format!("{NODE_IP}:{DNS_READY_PORT}");
-        wait_for_async(&coredns, &dir, "CoreDNS ready", async || {
-            matches!(crate::http::get(&ready, "/ready").await, Ok((200, _)))
+        process_working(&coredns, &dir, "CoreDNS ready", async || {
+            let ok = matches!(crate::http::get(&ready, "/ready").await, Ok((200, _)));
+            answer(ok, "/ready not 200")
         })
         .await?;
 
@@ -774,47 +778,6 @@ fn kubelet_config_json(client_ca: &Path, socket: &Path) -> serde_json::Value {
         "serializeImagePulls": false,
         "maxPods": 110,
     })
-}
-
-/// Polls `ready` every 100 ms until true; fails if `process` exits or the
-/// startup deadline passes, with its log tail.
-async fn wait_for(
-    process: &Process,
-    dir: &Path,
-    what: &str,
-    mut ready: impl FnMut() -> bool,
-) -> Result<()> {
-    wait_for_async(process, dir, what, async || ready()).await
-}
-
-async fn wait_for_async(
-    process: &Process,
-    dir: &Path,
-    what: &str,
-    mut ready: impl AsyncFnMut() -> bool,
-) -> Result<()> {
-    let deadline = Instant::now() + STARTUP_TIMEOUT;
-    let log = dir.join(format!("{}.log", process.name()));
-    loop {
-        if let Some(info) = process.exited() {
-            bail!(
-                "{} exited ({info}) before {what}; log tail:\n{}",
-                process.name(),
-                log_tail(&log)
-            );
-        }
-        if ready().await {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "no {what} within {STARTUP_TIMEOUT:?}; {} log tail:\n{}",
-                process.name(),
-                log_tail(&log)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[cfg(test)]

@@ -184,7 +184,7 @@ async fn proxy_image_runs_restricted_on_a_real_node_and_forwards_rpc() -> Result
         ] {
             eprintln!(
                 "--- {log} ---\n{}",
-                harness::control_plane::log_tail(&node.dir().join(log))
+                harness::startup::log_tail(&node.dir().join(log))
             );
         }
     }

@@ -1,13 +1,15 @@
-//! Test support: the real `zmq-proxy` binary as a child process, raw
+//! Test support: the real `zmq-proxy` binary as a child process (through
+//! the harness's one launcher), raw
 //! DEALER/SUB peers speaking protocol 1.0, and a tiny HTTP client for
 //! /metrics, /healthz and /readyz.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::io::{Read, Write};
+use std::path::Path;
 use std::time::{Duration, Instant};
+
+use harness::process::ExitInfo;
+use harness::proxy::LocalProxy;
 
 /// Default wait for anything that should happen promptly.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -49,14 +51,14 @@ macro_rules! per_engine {
     };
 }
 
-/// A running proxy, stopped (SIGKILL) when dropped.
+/// A running proxy (the harness's [`LocalProxy`]), stopped (SIGKILL) when
+/// dropped, with the endpoints of its listening line and /metrics helpers.
 pub struct Proxy {
-    child: Child,
+    inner: LocalProxy,
     pub frontend: Option<String>,
     pub backend: Option<String>,
     pub publisher: Option<String>,
     pub metrics: String,
-    pub log: PathBuf,
 }
 
 impl Proxy {
@@ -69,78 +71,20 @@ impl Proxy {
 
     /// Starts the proxy on 127.0.0.1 with random ports (unless `args` sets them).
     pub fn start(args: &[&str]) -> Proxy {
-        let log = std::env::temp_dir().join(format!(
-            "zmq-proxy-test-{}-{}.log",
-            std::process::id(),
-            uuid::Uuid::new_v4()
-        ));
-        let stderr = std::fs::File::create(&log).expect("log file");
-        let mut all: Vec<&str> = vec![
-            "-H",
-            "127.0.0.1",
-            "--bind-address",
-            "127.0.0.1",
-            "--metrics-address",
-            "127.0.0.1:0",
-        ];
-        for (flag, long) in [
-            ("-f", "--frontend-port"),
-            ("-b", "--backend-port"),
-            ("-p", "--publisher-port"),
-        ] {
-            if !args.contains(&flag) && !args.contains(&long) {
-                all.extend([flag, "0"]);
-            }
-        }
-        all.extend(args);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_zmq-proxy"))
-            .args(&all)
-            .env_remove("RUST_LOG")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr))
-            .spawn()
-            .expect("spawn zmq-proxy");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let line = match rx.recv_timeout(WAIT) {
-            Ok(l) => l,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "no listening line; log:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-        };
-        assert!(
-            line.starts_with("zmq-proxy listening "),
-            "unexpected line {line:?}"
-        );
-        let field = |k: &str| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(&format!("{k}=")).map(str::to_string))
-        };
-        let metrics = field("metrics").expect("metrics address");
+        let inner = LocalProxy::start(Path::new(env!("CARGO_BIN_EXE_zmq-proxy")), args, WAIT)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let l = inner.listening().clone();
         Proxy {
-            frontend: field("frontend"),
-            backend: field("backend"),
-            publisher: field("publisher"),
-            metrics: metrics.trim_start_matches("http://").to_string(),
-            child,
-            log,
+            frontend: l.frontend,
+            backend: l.backend,
+            publisher: l.publisher,
+            metrics: l.metrics,
+            inner,
         }
     }
 
     pub fn pid(&self) -> i32 {
-        self.child.id() as i32
+        self.inner.pid()
     }
 
     pub fn frontend(&self) -> &str {
@@ -161,24 +105,12 @@ impl Proxy {
 
     /// Sends SIGTERM.
     pub fn sigterm(&self) {
-        // SAFETY: kill(2) with a child PID we own.
-        unsafe {
-            libc::kill(self.pid(), libc::SIGTERM);
-        }
+        self.inner.signal(libc::SIGTERM);
     }
 
     /// Waits for the process to exit.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitInfo> {
+        self.inner.wait_exit(timeout)
     }
 
     /// HTTP GET on the metrics listener: (status, body).
@@ -212,21 +144,7 @@ impl Proxy {
     }
 
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_file(&self.log);
-        } else {
-            eprintln!("proxy log kept at {}", self.log.display());
-        }
+        self.inner.log_text()
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use harness::loopback::{self, IpLease};
 use harness::process::{Process, ProcessSpec};
+use harness::proxy::{port_of, ProxyChild};
 use harness::wait::until;
 use harness::ControlPlane;
 use k8s_openapi::api::core::v1::Pod;
@@ -202,38 +203,26 @@ impl ProxyProcess {
         spec.env
             .extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         spec.clear_env = true;
-        let process = Process::spawn(&spec)?;
-        let line = until("the proxy's listening line", TIMEOUT, || async {
-            if let Some(exit) = process.exited() {
-                bail!(
-                    "zmq-proxy exited ({exit}): {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            Ok(text
-                .lines()
-                .find(|l| l.starts_with("zmq-proxy listening"))
-                .map(str::to_string))
-        })
-        .await?;
-        let field = |key: &str| -> Result<String> {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(&format!("{key}=")))
-                .map(str::to_string)
-                .ok_or_else(|| anyhow!("no {key} in {line:?}"))
+        let child = ProxyChild::start(&spec, TIMEOUT)?;
+        let port = |endpoint: &Option<String>| -> Result<u16> {
+            endpoint
+                .as_deref()
+                .and_then(port_of)
+                .ok_or_else(|| anyhow!("no port in {endpoint:?}"))
         };
-        let port = |endpoint: String| -> Result<u16> {
-            Ok(endpoint.rsplit(':').next().unwrap_or_default().parse()?)
-        };
+        let l = &child.listening;
         Ok(ProxyProcess {
-            process,
             ip,
-            frontend: port(field("frontend")?)?,
-            backend: port(field("backend")?)?,
-            publisher: field("publisher").ok().map(port).transpose()?,
-            metrics: field("metrics")?.trim_start_matches("http://").to_string(),
+            frontend: port(&l.frontend)?,
+            backend: port(&l.backend)?,
+            publisher: l
+                .publisher
+                .is_some()
+                .then(|| port(&l.publisher))
+                .transpose()?,
+            metrics: l.metrics.clone(),
             log,
+            process: child.process,
             _ip: lease,
         })
     }

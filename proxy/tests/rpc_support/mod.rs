@@ -3,25 +3,20 @@
 //! when dropped), a raw Redis client, and a static matchmaker listing proxies.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Arc};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use harness::process::ExitInfo;
+use harness::proxy::{port_of, LocalProxy};
 
 use zmq_proxy::matchmaker::in_process::StaticMatchmaker;
 use zmq_proxy::matchmaker::{Matchmaker, ProxyAddresses};
 
 /// Default wait for anything that should happen promptly.
 pub const WAIT: Duration = Duration::from_secs(15);
-
-fn signal(pid: u32, sig: i32) {
-    // SAFETY: kill(2) on a child PID this test started.
-    unsafe {
-        libc::kill(pid as i32, sig);
-    }
-}
 
 /// Polls `f` every 20 ms until it returns `Some` or `timeout` passes.
 pub async fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
@@ -37,13 +32,12 @@ pub async fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) ->
     }
 }
 
-/// A running `zmq-proxy`, SIGKILLed when dropped.
+/// A running `zmq-proxy` (the harness's [`LocalProxy`]), SIGKILLed when
+/// dropped, with its addresses as the matchmaker lists them.
 pub struct Proxy {
-    child: Child,
+    inner: LocalProxy,
     /// Parsed from the listening line.
     pub addresses: ProxyAddresses,
-    /// stderr log file.
-    pub log: PathBuf,
 }
 
 impl Proxy {
@@ -58,110 +52,43 @@ impl Proxy {
 
     /// Starts the proxy on 127.0.0.1 with random ports plus `args`.
     pub fn start(args: &[&str]) -> Proxy {
-        let log = std::env::temp_dir().join(format!(
-            "zmq-proxy-rpc-test-{}-{}.log",
-            std::process::id(),
-            uuid::Uuid::new_v4()
-        ));
-        let stderr = std::fs::File::create(&log).expect("log file");
-        let mut all = vec![
-            "-H",
-            "127.0.0.1",
-            "--bind-address",
-            "127.0.0.1",
-            "--metrics-address",
-            "127.0.0.1:0",
-            "-f",
-            "0",
-            "-b",
-            "0",
-            "-p",
-            "0",
-        ];
-        all.extend(args);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_zmq-proxy"))
-            .args(&all)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr))
-            .spawn()
-            .expect("spawn zmq-proxy");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let Ok(line) = rx.recv_timeout(WAIT) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "no listening line; log:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        };
-        let port = |k: &str| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(&format!("{k}=")))
-                .and_then(|ep| ep.rsplit(':').next())
-                .and_then(|p| p.parse::<u16>().ok())
-        };
+        let inner = LocalProxy::start(Path::new(env!("CARGO_BIN_EXE_zmq-proxy")), args, WAIT)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let l = inner.listening();
+        let port = |endpoint: &Option<String>| endpoint.as_deref().and_then(port_of);
         let addresses = ProxyAddresses {
             host: "127.0.0.1".into(),
-            frontend_port: port("frontend").expect("frontend in listening line"),
-            backend_port: port("backend"),
-            publisher_port: port("publisher"),
+            frontend_port: port(&l.frontend).expect("frontend in listening line"),
+            backend_port: port(&l.backend),
+            publisher_port: port(&l.publisher),
         };
-        Proxy {
-            child,
-            addresses,
-            log,
-        }
+        Proxy { inner, addresses }
     }
 
     /// Process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+    pub fn pid(&self) -> i32 {
+        self.inner.pid()
     }
 
     /// SIGTERM (clean shutdown).
     pub fn sigterm(&self) {
-        signal(self.pid(), libc::SIGTERM);
+        self.inner.signal(libc::SIGTERM);
     }
 
-    /// SIGKILL (crash).
+    /// SIGKILL (crash); returns once the process is gone.
     pub fn sigkill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.inner.signal(libc::SIGKILL);
+        let _ = self.inner.wait_exit(WAIT);
     }
 
     /// Waits for the process to exit.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitInfo> {
+        self.inner.wait_exit(timeout)
     }
 
     /// The proxy's log so far.
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
+        self.inner.log_text()
     }
 }
 

@@ -6,7 +6,7 @@
 //! Kubernetes matchmaker as a client would), pods' process IDs (the node
 //! agent reports `containerID: harness://<pid>`), the operator's leader.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -31,10 +31,6 @@ use zmq_proxy::matchmaker::Matchmaker;
 pub const RELEASE: &str = "zp";
 /// The ZmqProxy (and its headless Service, the proxies' service name).
 pub const NAME: &str = "e2e";
-/// Image repositories the node agent maps to the workspace's binaries.
-pub const PROXY_REPO: &str = "ghcr.io/zmq-proxy/zmq-proxy";
-/// See [`PROXY_REPO`].
-pub const OPERATOR_REPO: &str = "ghcr.io/zmq-proxy/zmq-proxy-operator";
 /// Label selector of the proxy pods.
 pub const PROXY_SELECTOR: &str = "app.kubernetes.io/instance=e2e,app.kubernetes.io/component=proxy";
 /// Label selector of the operator pods.
@@ -143,23 +139,7 @@ impl Cluster {
         let client = cp.client()?;
         let release_ns = cp.namespace("e2e-operator").await?;
         let ns = cp.namespace("e2e").await?;
-        let images = HashMap::from([
-            (
-                PROXY_REPO.to_string(),
-                harness::workspace_binary("zmq-proxy"),
-            ),
-            (
-                OPERATOR_REPO.to_string(),
-                harness::workspace_binary("zmq-proxy-operator"),
-            ),
-        ]);
-        for bin in images.values() {
-            ensure!(
-                bin.exists(),
-                "{} missing: build the workspace binaries first (cargo build --workspace --bins)",
-                bin.display()
-            );
-        }
+        let images = harness::tools::project_images()?;
         let agent = NodeAgent::start(cp, images).await?;
         let observer = KubernetesMatchmaker::new(
             client.clone(),

@@ -13,11 +13,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use zmq_proxy::matchmaker::Target;
-use zmq_proxy::rpc::{
-    ClientConfig, Incoming, RemoteError, Request, RpcClient, RpcServer, ServerConfig,
-};
+use zmq_proxy::rpc::{ClientConfig, Incoming, RemoteError, Request, ServerConfig};
 
-use rpc_support::{static_matchmaker, Proxy, WAIT};
+use rpc_support::{client_config, connect, serve, server_config, static_matchmaker, Proxy, WAIT};
 
 const WORKERS: usize = 8;
 
@@ -46,36 +44,32 @@ async fn a_proxy_killed_mid_stream_loses_no_call_and_duplicates_no_cast() {
                 }
             }
         };
-        let server = RpcServer::start(
-            Arc::clone(&mm),
+        let server = serve(
+            &mm,
             ServerConfig {
-                host: "127.0.0.1".into(),
                 acks: true,
                 shutdown_grace: Duration::from_millis(100),
-                ..ServerConfig::new(target.clone())
+                ..server_config(target.clone())
             },
             handler,
+            3,
         )
-        .await
-        .unwrap();
-        assert!(server.wait_ready(3, WAIT).await);
+        .await;
         servers.push(server);
     }
-    let client = RpcClient::connect(
-        Arc::clone(&mm),
+    let client = connect(
+        &mm,
         ClientConfig {
-            host: "127.0.0.1".into(),
             acks: true,
             ack_timeout: Duration::from_millis(250),
             ack_timeout_multiplier: 2,
             retries: 5,
             call_timeout: Duration::from_secs(20),
-            ..ClientConfig::default()
+            ..client_config()
         },
+        3,
     )
-    .await
-    .unwrap();
-    assert!(client.wait_for_proxies(3, WAIT).await);
+    .await;
     // Warm up: every proxy has seen both servers and the client.
     for n in 0..12 {
         assert_eq!(

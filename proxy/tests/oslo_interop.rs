@@ -19,10 +19,10 @@ use zmq_proxy::matchmaker::redis::{RedisConfig, RedisMatchmaker};
 use zmq_proxy::matchmaker::{Matchmaker, Target};
 use zmq_proxy::protocol::MessageType;
 use zmq_proxy::rpc::{
-    ClientConfig, Incoming, RemoteError, Request, RpcClient, RpcError, RpcServer, ServerConfig,
+    ClientConfig, Incoming, RemoteError, Request, RpcError, RpcServer, ServerConfig,
 };
 
-use rpc_support::{Proxy, Redis, WAIT};
+use rpc_support::{client_config, connect, serve, server_config, Proxy, Redis, WAIT};
 
 fn oslo_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oslo")
@@ -148,19 +148,17 @@ async fn rust_and_oslo_calls(engine: &str) {
     // oslo server (acks on), called by a Rust client with acks on.
     let oslo_server = Py::start(&["serve", &oslo_url, "oslo_topic"], true);
     oslo_server.expect_line(Duration::from_secs(60), |l| l == "ready");
-    let client = RpcClient::connect(
-        Arc::clone(&mm),
+    let client = connect(
+        &mm,
         ClientConfig {
-            host: "127.0.0.1".into(),
             acks: true,
             ack_timeout: Duration::from_secs(5),
             call_timeout: Duration::from_secs(20),
-            ..ClientConfig::default()
+            ..client_config()
         },
+        1,
     )
-    .await
-    .unwrap();
-    assert!(client.wait_for_proxies(1, WAIT).await);
+    .await;
     let target = Target::topic("oslo_topic");
     let reply = client
         .call(
@@ -214,19 +212,17 @@ async fn rust_and_oslo_calls(engine: &str) {
     };
     let mut servers = Vec::new();
     for acks in [false, true] {
-        let server = RpcServer::start(
-            Arc::clone(&mm),
+        let target = Target::topic(format!("rust_acks_{acks}"));
+        let server = serve(
+            &mm,
             ServerConfig {
-                host: "127.0.0.1".into(),
                 acks,
-                shutdown_grace: Duration::ZERO,
-                ..ServerConfig::new(Target::topic(format!("rust_acks_{acks}")))
+                ..server_config(target)
             },
             handler,
+            1,
         )
-        .await
-        .unwrap();
-        assert!(server.wait_ready(1, WAIT).await);
+        .await;
         servers.push(server);
     }
     for acks in [false, true] {
@@ -279,17 +275,15 @@ async fn casts_and_fanouts(engine: &str) {
     // oslo's SUB subscription has reached the proxy's PUB).
     let oslo_server = Py::start_with(&["serve", &oslo_url, "oslo_fan"], false, true);
     oslo_server.expect_line(Duration::from_secs(60), |l| l == "ready");
-    let client = RpcClient::connect(
-        Arc::clone(&mm),
+    let client = connect(
+        &mm,
         ClientConfig {
-            host: "127.0.0.1".into(),
             pubsub: true,
-            ..ClientConfig::default()
+            ..client_config()
         },
+        1,
     )
-    .await
-    .unwrap();
-    assert!(client.wait_for_proxies(1, WAIT).await);
+    .await;
     client
         .cast(
             &Target::topic("oslo_fan"),

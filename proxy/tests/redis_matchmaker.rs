@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use zmq_proxy::matchmaker::redis::{RedisConfig, RedisMatchmaker};
 use zmq_proxy::matchmaker::{Matchmaker, ProxyAddresses, Target};
-use zmq_proxy::rpc::{
-    ClientConfig, Incoming, RemoteError, Request, RpcClient, RpcServer, ServerConfig,
-};
+use zmq_proxy::rpc::{Incoming, RemoteError, Request, RpcServer, ServerConfig};
 
-use rpc_support::{wait_for, Proxy, Redis, WAIT};
+use rpc_support::{
+    client_config, connect, echo_args, serve, server_config, wait_for, Proxy, Redis, WAIT,
+};
 
 fn matchmaker(redis: &Redis, poll: Duration, warmup: Duration) -> Arc<dyn Matchmaker> {
     Arc::new(
@@ -259,33 +259,8 @@ async fn redis_restart_loses_no_registration_and_no_call() {
     let proxy = Proxy::start(&["-u", &url, "--target-update", "120"]);
     let mm = matchmaker(&redis, Duration::from_millis(200), Duration::from_secs(2));
     let target = Target::topic("svc");
-    let handler = |inc: Incoming| async move { Ok::<Value, RemoteError>(inc.args().clone()) };
-    let server = RpcServer::start(
-        Arc::clone(&mm),
-        ServerConfig {
-            host: "127.0.0.1".into(),
-            shutdown_grace: Duration::ZERO,
-            ..ServerConfig::new(target.clone())
-        },
-        handler,
-    )
-    .await
-    .unwrap();
-    assert!(
-        server.wait_ready(1, WAIT).await,
-        "server registered and connected"
-    );
-    let client = RpcClient::connect(
-        Arc::clone(&mm),
-        ClientConfig {
-            host: "127.0.0.1".into(),
-            call_timeout: Duration::from_secs(5),
-            ..ClientConfig::default()
-        },
-    )
-    .await
-    .unwrap();
-    assert!(client.wait_for_proxies(1, WAIT).await);
+    let server = serve(&mm, server_config(target.clone()), echo_args(), 1).await;
+    let client = connect(&mm, client_config(), 1).await;
     let before = redis.keys();
     // PUBLISHERS, ROUTERS, DEALER/svc and three liveness keys.
     assert_eq!(before.len(), 6, "{before:?}");
@@ -342,30 +317,8 @@ async fn clients_follow_proxies_appearing_and_leaving_in_redis() {
     let mm = matchmaker(&redis, poll, Duration::ZERO);
     let mut first = Proxy::start(&["-u", &url]);
     let target = Target::topic("svc");
-    let handler = |inc: Incoming| async move { Ok::<Value, RemoteError>(inc.args().clone()) };
-    let server = RpcServer::start(
-        Arc::clone(&mm),
-        ServerConfig {
-            host: "127.0.0.1".into(),
-            shutdown_grace: Duration::ZERO,
-            ..ServerConfig::new(target.clone())
-        },
-        handler,
-    )
-    .await
-    .unwrap();
-    assert!(server.wait_ready(1, WAIT).await);
-    let client = RpcClient::connect(
-        Arc::clone(&mm),
-        ClientConfig {
-            host: "127.0.0.1".into(),
-            call_timeout: Duration::from_secs(5),
-            ..ClientConfig::default()
-        },
-    )
-    .await
-    .unwrap();
-    assert!(client.wait_for_proxies(1, WAIT).await);
+    let server = serve(&mm, server_config(target.clone()), echo_args(), 1).await;
+    let client = connect(&mm, client_config(), 1).await;
     assert_eq!(
         client
             .call(&target, &Request::new("echo", json!(1)))
@@ -478,30 +431,8 @@ async fn single_router_proxies_are_found_and_used_through_redis() {
     let mm = matchmaker(&redis, Duration::from_millis(200), Duration::ZERO);
     assert_eq!(mm.proxies().await.unwrap(), vec![proxy.addresses.clone()]);
     let target = Target::topic("single");
-    let handler = |inc: Incoming| async move { Ok::<Value, RemoteError>(inc.args().clone()) };
-    let server = RpcServer::start(
-        Arc::clone(&mm),
-        ServerConfig {
-            host: "127.0.0.1".into(),
-            shutdown_grace: Duration::ZERO,
-            ..ServerConfig::new(target.clone())
-        },
-        handler,
-    )
-    .await
-    .unwrap();
-    assert!(server.wait_ready(1, WAIT).await);
-    let client = RpcClient::connect(
-        Arc::clone(&mm),
-        ClientConfig {
-            host: "127.0.0.1".into(),
-            call_timeout: Duration::from_secs(5),
-            ..ClientConfig::default()
-        },
-    )
-    .await
-    .unwrap();
-    assert!(client.wait_for_proxies(1, WAIT).await);
+    let server = serve(&mm, server_config(target.clone()), echo_args(), 1).await;
+    let client = connect(&mm, client_config(), 1).await;
     for i in 0..5 {
         assert_eq!(
             client

@@ -18,7 +18,7 @@ use zmq_proxy::rpc::{
     ServerConfig,
 };
 
-use rpc_support::{static_matchmaker, Proxy, WAIT};
+use rpc_support::{connect as client, serve, static_matchmaker, Proxy, WAIT};
 
 fn server_config(target: Target) -> ServerConfig {
     ServerConfig {
@@ -71,22 +71,7 @@ async fn start_server(
     seen: &mpsc::UnboundedSender<(String, Incoming)>,
     proxies: usize,
 ) -> RpcServer {
-    let server = RpcServer::start(Arc::clone(mm), config, handler(name, seen.clone()))
-        .await
-        .expect("server starts");
-    assert!(server.wait_ready(proxies, WAIT).await, "server ready");
-    server
-}
-
-async fn client(mm: &Arc<dyn Matchmaker>, config: ClientConfig, proxies: usize) -> RpcClient {
-    let c = RpcClient::connect(Arc::clone(mm), config)
-        .await
-        .expect("client");
-    assert!(
-        c.wait_for_proxies(proxies, WAIT).await,
-        "client sees proxies"
-    );
-    c
+    serve(mm, config, handler(name, seen.clone()), proxies).await
 }
 
 async fn recv_n(

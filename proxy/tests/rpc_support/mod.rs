@@ -12,8 +12,12 @@ use std::time::{Duration, Instant};
 use harness::process::ExitInfo;
 use harness::proxy::{port_of, LocalProxy};
 
+use serde_json::Value;
 use zmq_proxy::matchmaker::in_process::StaticMatchmaker;
-use zmq_proxy::matchmaker::{Matchmaker, ProxyAddresses};
+use zmq_proxy::matchmaker::{Matchmaker, ProxyAddresses, Target};
+use zmq_proxy::rpc::{
+    ClientConfig, Handler, Incoming, RemoteError, RpcClient, RpcServer, ServerConfig,
+};
 
 /// Default wait for anything that should happen promptly.
 pub const WAIT: Duration = Duration::from_secs(15);
@@ -90,6 +94,58 @@ impl Proxy {
     pub fn log_text(&self) -> String {
         self.inner.log_text()
     }
+}
+
+/// A server config on 127.0.0.1 that stops at once (no drain grace).
+pub fn server_config(target: Target) -> ServerConfig {
+    ServerConfig {
+        host: "127.0.0.1".into(),
+        shutdown_grace: Duration::ZERO,
+        ..ServerConfig::new(target)
+    }
+}
+
+/// A client config on 127.0.0.1 with a 5 s call timeout.
+pub fn client_config() -> ClientConfig {
+    ClientConfig {
+        host: "127.0.0.1".into(),
+        call_timeout: Duration::from_secs(5),
+        ..ClientConfig::default()
+    }
+}
+
+/// A handler answering every request with its args.
+pub fn echo_args() -> impl Handler {
+    |inc: Incoming| async move { Ok::<Value, RemoteError>(inc.args().clone()) }
+}
+
+/// Starts an RPC server and waits until it is ready on `proxies` proxies.
+pub async fn serve(
+    mm: &Arc<dyn Matchmaker>,
+    config: ServerConfig,
+    handler: impl Handler,
+    proxies: usize,
+) -> RpcServer {
+    let server = RpcServer::start(Arc::clone(mm), config, handler)
+        .await
+        .expect("server starts");
+    assert!(
+        server.wait_ready(proxies, WAIT).await,
+        "server ready on {proxies} proxies"
+    );
+    server
+}
+
+/// Connects an RPC client and waits until it sees `proxies` proxies.
+pub async fn connect(mm: &Arc<dyn Matchmaker>, config: ClientConfig, proxies: usize) -> RpcClient {
+    let client = RpcClient::connect(Arc::clone(mm), config)
+        .await
+        .expect("client connects");
+    assert!(
+        client.wait_for_proxies(proxies, WAIT).await,
+        "client sees {proxies} proxies"
+    );
+    client
 }
 
 /// A static matchmaker listing `proxies` (fixed, never expiring).

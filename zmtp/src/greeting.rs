@@ -81,8 +81,10 @@ pub struct Greeting {
     pub major: u8,
     /// Version minor as the peer sent it.
     pub minor: u8,
-    /// The peer's as-server flag. RFC 37 wants it zero under NULL; libzmq
-    /// ignores it, and so do we, but it is kept for logging.
+    /// The peer's as-server flag. RFC 37 wants it zero under NULL and RFC 26
+    /// set by a CURVE server, but libzmq 4.3 sends zero in every case
+    /// (seen in tests/curve_interop.rs) and ignores it; so do we, but it is
+    /// kept for logging.
     pub as_server: bool,
 }
 

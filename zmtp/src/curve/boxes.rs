@@ -309,3 +309,196 @@ impl Session {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::curve::{KeyPair, OsRng};
+    use crate::frame::Decoder;
+    use crypto_box::{PublicKey, SecretKey};
+
+    /// The key two long-term key pairs share, from `ours`' side.
+    fn shared(ours: &KeyPair, theirs: &KeyPair) -> SalsaBox {
+        SalsaBox::new(
+            &PublicKey::from_bytes(theirs.public()),
+            &SecretKey::from_bytes(ours.secret().to_bytes()),
+        )
+    }
+
+    /// A server and a client session sharing one key, as after a handshake
+    /// where the client used nonces 1 and 2 and the server 1.
+    fn pair() -> (Session, Session) {
+        let server = KeyPair::generate(&mut OsRng);
+        let client = KeyPair::generate(&mut OsRng);
+        (
+            Session::server(shared(&server, &client), 2, 2),
+            Session::client(shared(&client, &server), 3, 1),
+        )
+    }
+
+    /// Splits the frames of `wire` into (command flag, more flag, body).
+    fn frames(wire: &[u8]) -> Vec<(bool, bool, Vec<u8>)> {
+        let mut rest = wire;
+        let mut out = Vec::new();
+        while !rest.is_empty() {
+            let Ok(Some((header, used))) = Decoder::new(1 << 24).decode(rest) else {
+                panic!("not a frame");
+            };
+            out.push((
+                header.command(),
+                header.more(),
+                rest[header.body.clone()].to_vec(),
+            ));
+            rest = &rest[used..];
+        }
+        out
+    }
+
+    fn open(session: &mut Session, body: &[u8]) -> Result<(Opened, Vec<u8>), MessageError> {
+        let mut body = body.to_vec();
+        let opened = session.open(&mut body)?;
+        let payload = body[opened.payload.clone()].to_vec();
+        Ok((opened, payload))
+    }
+
+    #[test]
+    fn frames_and_commands_round_trip_both_ways() {
+        let (mut server, mut client) = pair();
+        let mut wire = Vec::new();
+        client.seal_frame(true, b"topic", &mut wire).expect("seal");
+        client.seal_frame(false, b"", &mut wire).expect("seal");
+        client
+            .seal_command(&Command::Subscribe(b"news."), &mut wire)
+            .expect("seal");
+        let got = frames(&wire);
+        assert_eq!(got.len(), 3);
+        // Outer frames are plain, with no flags, as libzmq sends them.
+        assert!(got.iter().all(|(command, more, _)| !command && !more));
+        // Client nonces continue after INITIATE's 2.
+        assert_eq!(got[0].2[8..16], 3u64.to_be_bytes());
+        assert_eq!(got[0].2.len(), MIN_MESSAGE + 5);
+
+        let (first, payload) = open(&mut server, &got[0].2).expect("opens");
+        assert!(first.more && !first.command);
+        assert_eq!(payload, b"topic");
+        let (second, payload) = open(&mut server, &got[1].2).expect("opens");
+        assert!(!second.more && !second.command);
+        assert!(payload.is_empty());
+        let (third, payload) = open(&mut server, &got[2].2).expect("opens");
+        assert!(third.command);
+        assert_eq!(Command::parse(&payload), Ok(Command::Subscribe(b"news.")));
+
+        let mut wire = Vec::new();
+        let big = vec![0xA5; 70_000];
+        server.seal_frame(false, &big, &mut wire).expect("seal");
+        let got = frames(&wire);
+        // Server nonces continue after READY's 1.
+        assert_eq!(got[0].2[8..16], 2u64.to_be_bytes());
+        let (_, payload) = open(&mut client, &got[0].2).expect("opens");
+        assert_eq!(payload, big);
+    }
+
+    #[test]
+    fn a_replayed_or_old_nonce_is_refused() {
+        let (mut server, mut client) = pair();
+        let mut wire = Vec::new();
+        client.seal_frame(false, b"once", &mut wire).expect("seal");
+        let body = frames(&wire).remove(0).2;
+        assert!(open(&mut server, &body).is_ok());
+        assert_eq!(
+            open(&mut server, &body),
+            Err(MessageError::Replay { nonce: 3, last: 3 })
+        );
+        // Nonce 2 was INITIATE's: a MESSAGE cannot reuse it either.
+        let (mut server, mut client) = pair();
+        client.next = 2;
+        let mut wire = Vec::new();
+        client.seal_frame(false, b"x", &mut wire).expect("seal");
+        assert_eq!(
+            open(&mut server, &frames(&wire)[0].2),
+            Err(MessageError::Replay { nonce: 2, last: 2 })
+        );
+    }
+
+    #[test]
+    fn an_altered_box_is_refused_and_does_not_move_the_nonce() {
+        let (mut server, mut client) = pair();
+        let mut wire = Vec::new();
+        client
+            .seal_frame(false, b"payload", &mut wire)
+            .expect("seal");
+        let good = frames(&wire).remove(0).2;
+        for at in [8, 15, 16, 31, 32, good.len() - 1] {
+            let mut bad = good.clone();
+            bad[at] ^= 0x01;
+            let err = open(&mut server, &bad).expect_err("altered box opened");
+            // A changed nonce may be a lower one, refused before opening.
+            assert!(
+                matches!(err, MessageError::Crypto | MessageError::Replay { .. }),
+                "byte {at}: {err:?}"
+            );
+        }
+        // A forged nonce did not advance the peer's: the real box opens.
+        let mut forged = good.clone();
+        forged[8..16].copy_from_slice(&u64::MAX.to_be_bytes());
+        assert_eq!(open(&mut server, &forged), Err(MessageError::Crypto));
+        assert!(open(&mut server, &good).is_ok());
+    }
+
+    #[test]
+    fn another_connections_key_cannot_open() {
+        let (_, mut client) = pair();
+        let (mut other_server, _) = pair();
+        let mut wire = Vec::new();
+        client
+            .seal_frame(false, b"secret", &mut wire)
+            .expect("seal");
+        assert_eq!(
+            open(&mut other_server, &frames(&wire)[0].2),
+            Err(MessageError::Crypto)
+        );
+    }
+
+    #[test]
+    fn a_box_from_our_own_direction_cannot_open() {
+        // Server and client prefixes differ: a box reflected back to its
+        // sender does not open.
+        let server_keys = KeyPair::generate(&mut OsRng);
+        let client_keys = KeyPair::generate(&mut OsRng);
+        let mut server = Session::server(shared(&server_keys, &client_keys), 2, 0);
+        let mut twin = Session::server(shared(&server_keys, &client_keys), 2, 0);
+        let mut wire = Vec::new();
+        twin.seal_frame(false, b"echo", &mut wire).expect("seal");
+        assert_eq!(
+            open(&mut server, &frames(&wire)[0].2),
+            Err(MessageError::Crypto)
+        );
+    }
+
+    #[test]
+    fn non_messages_and_short_messages_are_refused() {
+        let (mut server, _) = pair();
+        assert!(matches!(
+            open(&mut server, b"\x04PING\x00\x00"),
+            Err(MessageError::NotMessage { len: 7, .. })
+        ));
+        let mut short = b"\x07MESSAGE".to_vec();
+        short.extend_from_slice(&[0; 24]);
+        assert_eq!(
+            open(&mut server, &short),
+            Err(MessageError::TooShort { len: 32 })
+        );
+    }
+
+    #[test]
+    fn nonces_do_not_wrap() {
+        let (_, mut client) = pair();
+        client.next = u64::MAX;
+        let mut wire = vec![1, 2, 3];
+        assert_eq!(
+            client.seal_frame(false, b"x", &mut wire),
+            Err(MessageError::NonceExhausted)
+        );
+        assert_eq!(wire, [1, 2, 3], "nothing appended");
+    }
+}

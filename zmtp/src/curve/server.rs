@@ -302,3 +302,302 @@ pub(crate) fn unexpected(expected: &'static str, body: &[u8]) -> HandshakeError 
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::curve::{AwaitingWelcome, OsRng};
+    use crate::frame::Decoder;
+    use crate::socket_type::SocketType;
+
+    /// The body of the single command frame in `wire`.
+    fn body(wire: &[u8]) -> Vec<u8> {
+        let Ok(Some((header, used))) = Decoder::new(1 << 20).decode(wire) else {
+            panic!("not a frame");
+        };
+        assert_eq!(used, wire.len(), "exactly one frame");
+        assert!(header.command(), "handshake frames are commands");
+        wire[header.body].to_vec()
+    }
+
+    struct Keys {
+        server: KeyPair,
+        client: KeyPair,
+    }
+
+    fn keys() -> Keys {
+        Keys {
+            server: KeyPair::generate(&mut OsRng),
+            client: KeyPair::generate(&mut OsRng),
+        }
+    }
+
+    /// Runs HELLO and WELCOME; returns the client's INITIATE body.
+    fn to_initiate(keys: &Keys) -> (Welcomed, Vec<u8>, crate::curve::AwaitingReady) {
+        let mut out = Vec::new();
+        let client = AwaitingWelcome::hello(
+            keys.client.clone(),
+            keys.server.public(),
+            &mut OsRng,
+            &mut out,
+        )
+        .expect("HELLO");
+        let hello = body(&out);
+        assert_eq!(hello.len(), HELLO_LEN);
+        out.clear();
+        let welcomed = Server::new(keys.server.clone())
+            .welcome(&hello, &mut OsRng, &mut out)
+            .expect("HELLO accepted");
+        let welcome = body(&out);
+        assert_eq!(welcome.len(), WELCOME_LEN);
+        out.clear();
+        let ours = Metadata::basic(SocketType::Dealer, Some(b"client-7")).expect("metadata");
+        let client = client
+            .initiate(&welcome, &ours, &mut OsRng, &mut out)
+            .expect("WELCOME accepted");
+        (welcomed, body(&out), client)
+    }
+
+    #[test]
+    fn client_and_server_complete_the_handshake_in_memory() {
+        let keys = keys();
+        let (welcomed, initiate, client) = to_initiate(&keys);
+        // INITIATE = 257 bytes + metadata (Socket-Type DEALER, Identity).
+        assert_eq!(initiate.len(), MIN_INITIATE_LEN + 22 + 21);
+        let pending = welcomed.initiate(&initiate).expect("INITIATE accepted");
+        assert_eq!(pending.client_key(), &keys.client.public());
+        assert_eq!(pending.metadata().identity(), Some(&b"client-7"[..]));
+        assert_eq!(pending.metadata().socket_type(), Some(&b"DEALER"[..]));
+
+        let mut out = Vec::new();
+        let ours = Metadata::basic(SocketType::Router, None).expect("metadata");
+        let mut server = pending.accept(&ours, &mut out).expect("READY");
+        let (mut client, theirs) = client.ready(&body(&out)).expect("READY accepted");
+        assert_eq!(theirs.metadata().socket_type(), Some(&b"ROUTER"[..]));
+
+        let mut wire = Vec::new();
+        client.seal_frame(false, b"up", &mut wire).expect("seal");
+        let Ok(Some((header, _))) = Decoder::new(1 << 20).decode(&wire) else {
+            panic!("not a frame");
+        };
+        let mut up = wire[header.body].to_vec();
+        let opened = server.open(&mut up).expect("opens");
+        assert_eq!(&up[opened.payload], b"up");
+    }
+
+    #[test]
+    fn a_client_with_another_server_key_is_refused_at_hello() {
+        let keys = keys();
+        let mut out = Vec::new();
+        AwaitingWelcome::hello(
+            keys.client.clone(),
+            KeyPair::generate(&mut OsRng).public(),
+            &mut OsRng,
+            &mut out,
+        )
+        .expect("HELLO");
+        let hello = body(&out);
+        let mut welcome = Vec::new();
+        let err = Server::new(keys.server)
+            .welcome(&hello, &mut OsRng, &mut welcome)
+            .expect_err("HELLO to another key accepted");
+        assert_eq!(err, HandshakeError::WrongServerKey);
+        assert!(welcome.is_empty());
+    }
+
+    #[test]
+    fn malformed_hellos_are_refused() {
+        let keys = keys();
+        let mut out = Vec::new();
+        AwaitingWelcome::hello(keys.client, keys.server.public(), &mut OsRng, &mut out)
+            .expect("HELLO");
+        let hello = body(&out);
+        let server = || Server::new(keys.server.clone());
+        let welcome = |body: &[u8]| {
+            server()
+                .welcome(body, &mut OsRng, &mut Vec::new())
+                .map(|_| ())
+        };
+        assert_eq!(
+            welcome(&hello[..199]),
+            Err(HandshakeError::Malformed {
+                command: "HELLO",
+                len: 199
+            })
+        );
+        let mut v2 = hello.clone();
+        v2[6] = 2;
+        assert_eq!(
+            welcome(&v2),
+            Err(HandshakeError::Version { major: 2, minor: 0 })
+        );
+        assert!(matches!(
+            welcome(b"\x05READY"),
+            Err(HandshakeError::UnexpectedCommand {
+                expected: "HELLO",
+                ..
+            })
+        ));
+        let mut altered = hello.clone();
+        altered[150] ^= 1;
+        assert_eq!(welcome(&altered), Err(HandshakeError::WrongServerKey));
+    }
+
+    #[test]
+    fn an_altered_initiate_is_refused() {
+        let keys = keys();
+        let (welcomed, initiate, _) = to_initiate(&keys);
+        // Cookie nonce, cookie, short nonce, box, metadata inside the box.
+        for (at, expected) in [
+            (9, HandshakeError::Crypto { what: "cookie" }),
+            (60, HandshakeError::Crypto { what: "cookie" }),
+            (105, HandshakeError::Crypto { what: "INITIATE" }),
+            (200, HandshakeError::Crypto { what: "INITIATE" }),
+            (
+                initiate.len() - 1,
+                HandshakeError::Crypto { what: "INITIATE" },
+            ),
+        ] {
+            let mut bad = initiate.clone();
+            bad[at] ^= 1;
+            assert_eq!(
+                welcomed.clone().initiate(&bad).map(|_| ()),
+                Err(expected),
+                "byte {at}"
+            );
+        }
+        assert_eq!(
+            welcomed.clone().initiate(&initiate[..256]).map(|_| ()),
+            Err(HandshakeError::Malformed {
+                command: "INITIATE",
+                len: 256
+            })
+        );
+        assert!(welcomed.initiate(&initiate).is_ok());
+    }
+
+    #[test]
+    fn an_initiate_is_bound_to_its_connection() {
+        // Another connection's INITIATE carries another cookie key's cookie.
+        let keys = keys();
+        let (welcomed, _, _) = to_initiate(&keys);
+        let (_, other_initiate, _) = to_initiate(&keys);
+        assert_eq!(
+            welcomed.initiate(&other_initiate).map(|_| ()),
+            Err(HandshakeError::Crypto { what: "cookie" })
+        );
+    }
+
+    #[test]
+    fn a_refused_client_gets_an_error_it_reports() {
+        let keys = keys();
+        let (welcomed, initiate, client) = to_initiate(&keys);
+        let pending = welcomed.initiate(&initiate).expect("INITIATE accepted");
+        let mut out = Vec::new();
+        pending.refuse(b"client key not authorized", &mut out);
+        let error = body(&out);
+        assert_eq!(&error[..7], b"\x05ERROR\x19");
+        assert_eq!(
+            client.ready(&error).map(|_| ()),
+            Err(HandshakeError::Refused {
+                reason: "client key not authorized".into()
+            })
+        );
+    }
+
+    #[test]
+    fn an_altered_ready_or_welcome_is_refused_by_the_client() {
+        let keys = keys();
+        let (welcomed, initiate, client) = to_initiate(&keys);
+        let mut out = Vec::new();
+        let ours = Metadata::basic(SocketType::Router, None).expect("metadata");
+        welcomed
+            .initiate(&initiate)
+            .expect("INITIATE accepted")
+            .accept(&ours, &mut out)
+            .expect("READY");
+        let mut ready = body(&out);
+        let last = ready.len() - 1;
+        ready[last] ^= 1;
+        assert_eq!(
+            client.ready(&ready).map(|_| ()),
+            Err(HandshakeError::Crypto { what: "READY" })
+        );
+
+        let mut out = Vec::new();
+        let client = AwaitingWelcome::hello(
+            keys.client.clone(),
+            keys.server.public(),
+            &mut OsRng,
+            &mut out,
+        )
+        .expect("HELLO");
+        let hello = body(&out);
+        out.clear();
+        // A WELCOME from a server with another long-term key.
+        let impostor = Server::new(KeyPair::generate(&mut OsRng));
+        assert!(impostor.welcome(&hello, &mut OsRng, &mut out).is_err());
+        out.clear();
+        Server::new(keys.server)
+            .welcome(&hello, &mut OsRng, &mut out)
+            .expect("HELLO accepted");
+        let mut welcome = body(&out);
+        welcome[100] ^= 1;
+        assert_eq!(
+            client
+                .initiate(&welcome, &Metadata::default(), &mut OsRng, &mut Vec::new())
+                .map(|_| ()),
+            Err(HandshakeError::Crypto { what: "WELCOME" })
+        );
+    }
+
+    #[test]
+    fn a_vouch_from_another_long_term_key_is_refused() {
+        // A client that claims key C but vouches with another key's secret
+        // cannot be built from the public API; forge its INITIATE by hand.
+        let keys = keys();
+        let (welcomed, _, _) = to_initiate(&keys);
+        let mut plain = Vec::new();
+        plain.extend_from_slice(&keys.client.public());
+        let vouch_random = [7u8; 16];
+        plain.extend_from_slice(&vouch_random);
+        let liar = KeyPair::generate(&mut OsRng);
+        let server_ephemeral = welcomed.ephemeral_secret.public_key();
+        let mut vouch_plain = welcomed.client_ephemeral.as_bytes().to_vec();
+        vouch_plain.extend_from_slice(&keys.server.public());
+        seal(
+            &SalsaBox::new(&server_ephemeral, liar.secret()),
+            &random_nonce(b"VOUCH---", vouch_random),
+            &vouch_plain,
+            &mut plain,
+        )
+        .expect("seal");
+        // The rest of INITIATE is genuine: we know the cookie key here.
+        let cookie_random = [9u8; 16];
+        let mut cookie_plain = welcomed.client_ephemeral.as_bytes().to_vec();
+        cookie_plain.extend_from_slice(&welcomed.ephemeral_secret.to_bytes());
+        let mut initiate = b"\x08INITIATE".to_vec();
+        initiate.extend_from_slice(&cookie_random);
+        seal(
+            &XSalsa20Poly1305::new(&welcomed.cookie_key.into()),
+            &random_nonce(b"COOKIE--", cookie_random),
+            &cookie_plain,
+            &mut initiate,
+        )
+        .expect("seal");
+        initiate.extend_from_slice(&2u64.to_be_bytes());
+        // Sealed from C' to S': only the server's test has C''s secret, so
+        // seal from S' to C', the same shared key.
+        seal(
+            &SalsaBox::new(&welcomed.client_ephemeral, &welcomed.ephemeral_secret),
+            &counter_nonce(b"CurveZMQINITIATE", 2u64.to_be_bytes()),
+            &plain,
+            &mut initiate,
+        )
+        .expect("seal");
+        assert_eq!(
+            welcomed.initiate(&initiate).map(|_| ()),
+            Err(HandshakeError::Crypto { what: "vouch" })
+        );
+    }
+}

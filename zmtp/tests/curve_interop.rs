@@ -153,6 +153,12 @@ fn our_server_admits_a_libzmq_curve_dealer() {
         .set_curve_secretkey(&client_keys.secret_key)
         .expect("secretkey");
     dealer.set_identity(b"client-1").expect("routing id");
+    // libzmq heartbeats: it must send its PINGs boxed too. A long timeout
+    // keeps a slow test run from being dropped for a late PONG.
+    dealer.set_heartbeat_ivl(50).expect("heartbeat ivl");
+    dealer
+        .set_heartbeat_timeout(ZMQ_DEADLINE_MS)
+        .expect("heartbeat timeout");
     dealer
         .connect(&format!("tcp://127.0.0.1:{port}"))
         .expect("connect");
@@ -188,7 +194,7 @@ fn our_server_admits_a_libzmq_curve_dealer() {
     wire.send(&out);
     out.clear();
 
-    let (parts, _) = wire.message(&mut session);
+    let (parts, mut commands) = wire.message(&mut session);
     assert_eq!(parts, [b"hello".to_vec(), b"world".to_vec()]);
 
     // A boxed PING gets a boxed PONG echoing its context: libzmq reads the
@@ -214,12 +220,49 @@ fn our_server_admits_a_libzmq_curve_dealer() {
 
     // The PONG came before or after: send one more message to flush it.
     dealer.send(&b"last"[..], 0).expect("send");
-    let (parts, commands) = wire.message(&mut session);
+    let (parts, more_commands) = wire.message(&mut session);
     assert_eq!(parts, [b"last".to_vec()]);
-    assert_eq!(commands.len(), 1, "one PONG");
+    commands.extend(more_commands);
+    // libzmq's PINGs (every 50 ms) may not have come yet: wait for one,
+    // bounded by the read deadline.
+    let is_ping = |body: &Vec<u8>| matches!(Command::parse(body), Ok(Command::Ping { .. }));
+    while !commands.iter().any(is_ping) {
+        let mut frame = wire.frame().expect("peer closed");
+        let opened = session.open(&mut frame.body).expect("MESSAGE opens");
+        assert!(opened.command, "only PINGs are expected now");
+        commands.push(frame.body[opened.payload].to_vec());
+    }
+    let pongs: Vec<_> = commands
+        .iter()
+        .filter_map(|body| match Command::parse(body) {
+            Ok(Command::Pong { context }) => Some(context.to_vec()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(pongs, [b"ctx-42".to_vec()], "one PONG, for our PING");
+    let Some(Ok(Command::Ping { ttl, context })) = commands
+        .iter()
+        .map(|body| Command::parse(body))
+        .find(|c| matches!(c, Ok(Command::Ping { .. })))
+    else {
+        unreachable!("a PING was seen above");
+    };
     assert_eq!(
-        Command::parse(&commands[0]),
-        Ok(Command::Pong { context: b"ctx-42" })
+        (ttl, context),
+        (0, &b""[..]),
+        "libzmq's PING: no TTL, no context"
+    );
+    // Our boxed PONG is accepted: the connection still carries messages.
+    session
+        .seal_command(&Command::pong_for(context), &mut out)
+        .expect("seal PONG");
+    session
+        .seal_frame(false, b"after-pong", &mut out)
+        .expect("seal");
+    wire.send(&out);
+    assert_eq!(
+        dealer.recv_bytes(0).expect("libzmq received our message"),
+        b"after-pong"
     );
 }
 

@@ -9,8 +9,9 @@
 use crypto_box::{PublicKey, SalsaBox, SecretKey};
 
 use super::boxes::{counter_nonce, open, random_nonce, seal, Reader, Session, TAG_LEN};
-use super::server::unexpected;
-use super::{ephemeral, random, CryptoRngCore, HandshakeError, KeyPair, PeerMetadata, KEY_LEN};
+use super::{
+    ephemeral, random, unexpected, CryptoRngCore, HandshakeError, KeyPair, PeerMetadata, KEY_LEN,
+};
 use crate::command::Metadata;
 use crate::frame::{encode_header, Flags};
 

@@ -40,7 +40,7 @@ pub use server::{Pending, Server, Welcomed};
 use crypto_box::{PublicKey, SecretKey};
 use thiserror::Error;
 
-use crate::command::{CommandError, Metadata};
+use crate::command::{Command, CommandError, Metadata};
 
 /// Length of a CURVE key, public or secret.
 pub const KEY_LEN: usize = 32;
@@ -173,6 +173,24 @@ impl PeerMetadata {
         // `new` parsed these very bytes successfully, so the default (no
         // properties) is never returned.
         Metadata::parse(&self.bytes).unwrap_or_default()
+    }
+}
+
+/// The error for a body that is not the expected command; an ERROR from
+/// the peer says why it gave up.
+fn unexpected(expected: &'static str, body: &[u8]) -> HandshakeError {
+    match Command::parse(body) {
+        Ok(Command::Error { reason }) => HandshakeError::Refused {
+            reason: String::from_utf8_lossy(reason).into_owned(),
+        },
+        Ok(command) => HandshakeError::UnexpectedCommand {
+            expected,
+            got: String::from_utf8_lossy(command.name()).into_owned(),
+        },
+        Err(err) => HandshakeError::UnexpectedCommand {
+            expected,
+            got: err.to_string(),
+        },
     }
 }
 

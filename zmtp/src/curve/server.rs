@@ -26,7 +26,9 @@ use crypto_box::{PublicKey, SalsaBox, SecretKey};
 use crypto_secretbox::{KeyInit, XSalsa20Poly1305};
 
 use super::boxes::{counter_nonce, open, random_nonce, seal, Reader, Session, TAG_LEN};
-use super::{ephemeral, random, CryptoRngCore, HandshakeError, KeyPair, PeerMetadata, KEY_LEN};
+use super::{
+    ephemeral, random, unexpected, CryptoRngCore, HandshakeError, KeyPair, PeerMetadata, KEY_LEN,
+};
 use crate::command::{Command, Metadata};
 use crate::frame::{encode_header, Flags};
 
@@ -282,24 +284,6 @@ impl Pending {
     /// as libzmq sends when ZAP denies; the caller then closes.
     pub fn refuse(self, reason: &[u8], out: &mut Vec<u8>) {
         Command::Error { reason }.encode(out);
-    }
-}
-
-/// The error for a body that is not the expected command; an ERROR from
-/// the peer says why it gave up.
-pub(crate) fn unexpected(expected: &'static str, body: &[u8]) -> HandshakeError {
-    match Command::parse(body) {
-        Ok(Command::Error { reason }) => HandshakeError::Refused {
-            reason: String::from_utf8_lossy(reason).into_owned(),
-        },
-        Ok(command) => HandshakeError::UnexpectedCommand {
-            expected,
-            got: String::from_utf8_lossy(command.name()).into_owned(),
-        },
-        Err(err) => HandshakeError::UnexpectedCommand {
-            expected,
-            got: err.to_string(),
-        },
     }
 }
 

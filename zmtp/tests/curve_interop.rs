@@ -267,6 +267,63 @@ fn our_server_admits_a_libzmq_curve_dealer() {
 }
 
 #[test]
+fn a_refused_libzmq_client_reports_the_zap_status_code() {
+    let server_keys = KeyPair::generate(&mut OsRng);
+    let client_keys = zmq::CurveKeyPair::new().expect("keypair");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+
+    let ctx = zmq::Context::new();
+    let dealer = zmq_socket(&ctx, zmq::DEALER);
+    dealer
+        .set_curve_serverkey(&server_keys.public())
+        .expect("serverkey");
+    dealer
+        .set_curve_publickey(&client_keys.public_key)
+        .expect("publickey");
+    dealer
+        .set_curve_secretkey(&client_keys.secret_key)
+        .expect("secretkey");
+    let auth_failed = zmq::SocketEvent::HANDSHAKE_FAILED_AUTH;
+    dealer
+        .monitor("inproc://dealer-events", i32::from(auth_failed.to_raw()))
+        .expect("monitor");
+    let events = zmq_socket(&ctx, zmq::PAIR);
+    events
+        .connect("inproc://dealer-events")
+        .expect("monitor socket");
+    dealer
+        .connect(&format!("tcp://127.0.0.1:{port}"))
+        .expect("connect");
+
+    let (stream, _) = listener.accept().expect("accept");
+    let mut wire = Wire::new(stream);
+    wire.greet(true);
+    let mut out = Vec::new();
+    let welcomed = Server::new(server_keys)
+        .welcome(&wire.command(), &mut OsRng, &mut out)
+        .expect("HELLO accepted");
+    wire.send(&out);
+    out.clear();
+    let pending = welcomed
+        .initiate(&wire.command())
+        .expect("INITIATE accepted");
+    assert_eq!(pending.client_key(), &client_keys.public_key);
+    // "400" is what libzmq's own ZAP refusal sends.
+    pending.refuse(b"400", &mut out);
+    wire.send(&out);
+
+    let event = events.recv_multipart(0).expect("a monitor event");
+    let (kind, value) = event[0].split_at(2);
+    assert_eq!(u16::from_ne_bytes([kind[0], kind[1]]), auth_failed.to_raw());
+    assert_eq!(
+        u32::from_ne_bytes([value[0], value[1], value[2], value[3]]),
+        400,
+        "libzmq reports the status code"
+    );
+}
+
+#[test]
 fn our_client_talks_to_a_libzmq_curve_router() {
     let server_keys = zmq::CurveKeyPair::new().expect("keypair");
     let ctx = zmq::Context::new();

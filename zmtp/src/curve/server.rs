@@ -281,7 +281,11 @@ impl Pending {
     }
 
     /// Refuses the client: appends a plain ERROR frame (cut to 255 bytes),
-    /// as libzmq sends when ZAP denies; the caller then closes.
+    /// as libzmq sends when ZAP denies; the caller then closes. A libzmq
+    /// client reports a reason of `300`, `400` or `500` (a ZAP status
+    /// code; libzmq's own refusals send `400`) as the monitor event
+    /// `ZMQ_EVENT_HANDSHAKE_FAILED_AUTH` with that code, and any other
+    /// reason silently.
     pub fn refuse(self, reason: &[u8], out: &mut Vec<u8>) {
         Command::Error { reason }.encode(out);
     }

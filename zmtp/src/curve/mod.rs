@@ -26,6 +26,53 @@
 //! (ephemeral keys, cookie key, random nonces) takes the generator as an
 //! argument: the engine passes [`OsRng`]. [`z85`] reads and writes keys in
 //! their printable form.
+//!
+//! Every step takes the body of one received command frame (the bytes
+//! after the frame header) and appends whole frames, headers included, to
+//! an output buffer:
+//!
+//! ```
+//! use zmtp::curve::{AwaitingWelcome, KeyPair, OsRng, Server};
+//! use zmtp::{Decoder, Metadata, SocketType};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // The body of the one frame in `wire`.
+//! let body = |wire: &[u8]| -> Vec<u8> {
+//!     match Decoder::new(1 << 20).decode(wire) {
+//!         Ok(Some((frame, _))) => wire[frame.body].to_vec(),
+//!         _ => Vec::new(),
+//!     }
+//! };
+//! let server_keys = KeyPair::generate(&mut OsRng);
+//! let (mut to_server, mut to_client) = (Vec::new(), Vec::new());
+//!
+//! let client = AwaitingWelcome::hello(
+//!     KeyPair::generate(&mut OsRng),
+//!     server_keys.public(),
+//!     &mut OsRng,
+//!     &mut to_server,
+//! )?;
+//! let server = Server::new(server_keys).welcome(&body(&to_server), &mut OsRng, &mut to_client)?;
+//! let ours = Metadata::basic(SocketType::Dealer, Some(b"me"))?;
+//! to_server.clear();
+//! let client = client.initiate(&body(&to_client), &ours, &mut OsRng, &mut to_server)?;
+//!
+//! let pending = server.initiate(&body(&to_server))?;
+//! // Authorize here: pending.client_key(), pending.metadata().identity().
+//! assert_eq!(pending.metadata().identity(), Some(&b"me"[..]));
+//! to_client.clear();
+//! let mut server_session =
+//!     pending.accept(&Metadata::basic(SocketType::Router, None)?, &mut to_client)?;
+//! let (mut client_session, _server_metadata) = client.ready(&body(&to_client))?;
+//!
+//! let mut wire = Vec::new();
+//! client_session.seal_frame(false, b"hello", &mut wire)?;
+//! let mut received = body(&wire);
+//! let opened = server_session.open(&mut received)?;
+//! assert_eq!(&received[opened.payload], b"hello");
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod boxes;
 pub mod client;

@@ -314,6 +314,15 @@ impl<'a> Metadata<'a> {
     fn encoded_len(&self) -> usize {
         self.properties.iter().map(Property::encoded_len).sum()
     }
+
+    /// Appends the properties in READY's wire form (name length, name,
+    /// value length, value), as CURVE's INITIATE and READY boxes carry them.
+    pub(crate) fn encode_properties(&self, out: &mut Vec<u8>) {
+        out.reserve(self.encoded_len());
+        for property in &self.properties {
+            property.encode(out);
+        }
+    }
 }
 
 /// What a valid peer READY told us.
@@ -472,27 +481,23 @@ impl<'a> Command<'a> {
     /// (both are length-prefixed by one byte); an empty `Other` name is sent
     /// as is, since only a peer's parser can refuse it.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let name = &self.name()[..self.name().len().min(usize::from(u8::MAX))];
-        let data_len = match self {
-            Command::Ready(metadata) => metadata.encoded_len(),
-            Command::Error { reason } => 1 + reason.len().min(usize::from(u8::MAX)),
-            Command::Subscribe(topic) | Command::Cancel(topic) => topic.len(),
-            Command::Ping { context, .. } => 2 + context.len(),
-            Command::Pong { context } => context.len(),
-            Command::Other { data, .. } => data.len(),
-        };
-        let body_len = 1 + name.len() + data_len;
+        let body_len = self.body_len();
         out.reserve(crate::frame::MAX_HEADER_LEN + body_len);
         out.extend_from_slice(encode_header(Flags::COMMAND, body_len).as_bytes());
-        // name.len() <= 255 by the cut above.
+        self.encode_body(out);
+    }
+
+    /// Appends the command body alone (name and data, no frame header) to
+    /// `out`, with the cuts of [`Command::encode`]. CURVE sends commands
+    /// after the handshake inside MESSAGE boxes (see [`crate::curve`]),
+    /// where only the body is boxed.
+    pub fn encode_body(&self, out: &mut Vec<u8>) {
+        let name = self.cut_name();
+        // name.len() <= 255 by the cut.
         out.push(name.len() as u8);
         out.extend_from_slice(name);
         match self {
-            Command::Ready(metadata) => {
-                for property in &metadata.properties {
-                    property.encode(out);
-                }
-            }
+            Command::Ready(metadata) => metadata.encode_properties(out),
             Command::Error { reason } => {
                 let reason = &reason[..reason.len().min(usize::from(u8::MAX))];
                 out.push(reason.len() as u8);
@@ -506,6 +511,25 @@ impl<'a> Command<'a> {
             Command::Pong { context } => out.extend_from_slice(context),
             Command::Other { data, .. } => out.extend_from_slice(data),
         }
+    }
+
+    /// The name as sent: cut to the 255 bytes its length byte can say.
+    fn cut_name(&self) -> &'a [u8] {
+        let name = self.name();
+        &name[..name.len().min(usize::from(u8::MAX))]
+    }
+
+    /// Length of the body [`Command::encode_body`] appends.
+    fn body_len(&self) -> usize {
+        let data_len = match self {
+            Command::Ready(metadata) => metadata.encoded_len(),
+            Command::Error { reason } => 1 + reason.len().min(usize::from(u8::MAX)),
+            Command::Subscribe(topic) | Command::Cancel(topic) => topic.len(),
+            Command::Ping { context, .. } => 2 + context.len(),
+            Command::Pong { context } => context.len(),
+            Command::Other { data, .. } => data.len(),
+        };
+        1 + self.cut_name().len() + data_len
     }
 }
 

@@ -12,6 +12,12 @@
 //! handed to [`parse`] as they accumulate; it rejects a non-ZMTP or pre-3.0
 //! peer as soon as the deciding byte arrives (byte 0, 9 or 10), which is when
 //! libzmq itself decides.
+//!
+//! The security mechanism is the caller's choice: [`encode`] and [`parse`]
+//! speak NULL, [`encode_with`] and [`parse_with`] the given [`Mechanism`]
+//! (CURVE, see [`crate::curve`]). As in libzmq, both sides must be
+//! configured with the same mechanism; a greeting naming another one is
+//! refused, never negotiated.
 
 use thiserror::Error;
 
@@ -29,6 +35,30 @@ const AS_SERVER: usize = 32;
 
 /// The NULL mechanism as it stands in a greeting: the name, NUL-padded.
 const NULL_MECHANISM: [u8; 20] = *b"NULL\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
+/// The CURVE mechanism as it stands in a greeting.
+const CURVE_MECHANISM: [u8; 20] = *b"CURVE\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
+
+/// The security mechanism a connection is configured for. Both peers must
+/// name the same one in their greetings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mechanism {
+    /// No security (RFC 37's NULL): the default.
+    #[default]
+    Null,
+    /// CurveZMQ (RFC 26): the handshake and message boxes of
+    /// [`crate::curve`]. The server sets the as-server flag.
+    Curve,
+}
+
+impl Mechanism {
+    /// The 20-byte, NUL-padded name field of a greeting.
+    fn field(self) -> [u8; 20] {
+        match self {
+            Mechanism::Null => NULL_MECHANISM,
+            Mechanism::Curve => CURVE_MECHANISM,
+        }
+    }
+}
 
 /// The protocol spoken on a connection once both greetings are known.
 ///
@@ -51,8 +81,10 @@ pub struct Greeting {
     pub major: u8,
     /// Version minor as the peer sent it.
     pub minor: u8,
-    /// The peer's as-server flag. RFC 37 wants it zero under NULL; libzmq
-    /// ignores it, and so do we, but it is kept for logging.
+    /// The peer's as-server flag. RFC 37 wants it zero under NULL and RFC 26
+    /// set by a CURVE server, but libzmq 4.3 sends zero in every case
+    /// (seen in tests/curve_interop.rs) and ignores it; so do we, but it is
+    /// kept for logging.
     pub as_server: bool,
 }
 
@@ -106,8 +138,11 @@ pub enum GreetingError {
         /// The major version byte received.
         major: u8,
     },
-    /// The peer wants a security mechanism other than NULL.
-    #[error("peer asks for security mechanism {name:?}; only NULL is supported")]
+    /// The peer wants a security mechanism other than the configured one
+    /// (NULL unless [`parse_with`] was given another).
+    #[error(
+        "peer asks for security mechanism {name:?}, not the one this connection is configured for"
+    )]
     Mechanism {
         /// The mechanism name, NULs trimmed, non-UTF-8 bytes replaced.
         name: String,
@@ -120,12 +155,18 @@ pub enum GreetingError {
 /// greeting at once (libzmq puts its identity length there for ZMTP 1.0
 /// detection, which we do not do).
 pub fn encode(as_server: bool) -> [u8; GREETING_LEN] {
+    encode_with(Mechanism::Null, as_server)
+}
+
+/// Our greeting for `mechanism`: as [`encode`], with that mechanism's name.
+/// Under CURVE the server must set `as_server` (RFC 26).
+pub fn encode_with(mechanism: Mechanism, as_server: bool) -> [u8; GREETING_LEN] {
     let mut greeting = [0u8; GREETING_LEN];
     greeting[0] = 0xFF;
     greeting[9] = 0x7F;
     greeting[MAJOR] = 3;
     greeting[MINOR] = 1;
-    greeting[MECHANISM].copy_from_slice(&NULL_MECHANISM);
+    greeting[MECHANISM].copy_from_slice(&mechanism.field());
     greeting[AS_SERVER] = u8::from(as_server);
     greeting
 }
@@ -138,6 +179,12 @@ pub fn encode(as_server: bool) -> [u8; GREETING_LEN] {
 /// checked: RFC 37 forbids giving the padding any meaning, and libzmq fills
 /// it with its identity length.
 pub fn parse(received: &[u8]) -> Result<Progress, GreetingError> {
+    parse_with(received, Mechanism::Null)
+}
+
+/// Parses the peer's greeting as [`parse`] does, expecting `mechanism`.
+/// The as-server flag is reported, not checked, as libzmq does not check it.
+pub fn parse_with(received: &[u8], mechanism: Mechanism) -> Result<Progress, GreetingError> {
     let got = received.len().min(GREETING_LEN);
     let bytes = &received[..got];
     if let Some(&byte) = bytes.first() {
@@ -155,12 +202,12 @@ pub fn parse(received: &[u8]) -> Result<Progress, GreetingError> {
             return Err(GreetingError::UnsupportedVersion { major });
         }
     }
-    if let Some(mechanism) = bytes.get(MECHANISM) {
+    if let Some(field) = bytes.get(MECHANISM) {
         // All 20 bytes are compared, as libzmq does: "NULL" followed by
         // anything but NULs is some other mechanism.
-        if mechanism != NULL_MECHANISM {
+        if field != mechanism.field() {
             return Err(GreetingError::Mechanism {
-                name: mechanism_name(mechanism),
+                name: mechanism_name(field),
             });
         }
     }
@@ -296,5 +343,29 @@ mod tests {
         assert!(err.to_string().contains("\"CURVE\""));
         // A partial mechanism field is not judged yet.
         assert!(matches!(parse(&g[..20]), Ok(Progress::NeedMore { .. })));
+    }
+
+    #[test]
+    fn curve_is_accepted_only_when_configured() {
+        let server = encode_with(Mechanism::Curve, true);
+        assert_eq!(&server[12..17], b"CURVE");
+        assert!(server[17..32].iter().all(|&b| b == 0));
+        assert_eq!(server[AS_SERVER], 1);
+        assert_eq!(
+            parse_with(&server, Mechanism::Curve),
+            Ok(Progress::Done(Greeting {
+                major: 3,
+                minor: 1,
+                as_server: true
+            }))
+        );
+        // A NULL peer is refused by a CURVE connection, by name.
+        assert_eq!(
+            parse_with(&encode(false), Mechanism::Curve),
+            Err(GreetingError::Mechanism {
+                name: "NULL".into()
+            })
+        );
+        assert_eq!(encode_with(Mechanism::Null, false), encode(false));
     }
 }

@@ -14,16 +14,19 @@
 //!   3.0 message form;
 //! - [`socket_type`]: socket type names and which pairs may connect;
 //! - [`message`]: frames grouped into whole messages, with cut and oversized
-//!   messages reported for dropping.
+//!   messages reported for dropping;
+//! - [`curve`]: the CURVE security mechanism (RFC 26): server and client
+//!   handshakes, MESSAGE boxes, Z85 keys.
 //!
-//! Only the NULL security mechanism is supported, and only ZMTP 3.0 and
-//! later peers (libzmq 4.0 and later).
+//! The NULL and CURVE security mechanisms are supported, and only ZMTP 3.0
+//! and later peers (libzmq 4.0 and later).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod command;
+pub mod curve;
 pub mod frame;
 pub mod greeting;
 pub mod message;
@@ -34,7 +37,7 @@ pub use command::{Command, CommandError, Metadata, Peer, PeerError, Property, Pr
 pub use frame::{
     encode_header, DecodeError, Decoder, EncodedHeader, Flags, FrameHeader, Header, SizeForm,
 };
-pub use greeting::{Greeting, GreetingError, Progress, Version, GREETING_LEN};
+pub use greeting::{Greeting, GreetingError, Mechanism, Progress, Version, GREETING_LEN};
 pub use message::{Assembler, DropReason, Dropped, Limits, Push};
 pub use socket_type::SocketType;
 pub use subscription::Subscription;

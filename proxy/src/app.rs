@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::backoff::CappedBackoff;
 use crate::config::{Engine, RouterMode, Settings, SocketOptions};
+use crate::loop_thread::ForwardingLoop;
 use crate::matchmaker::{self, Matchmaker, ProxyAddresses};
 use crate::native::router::{out_limit_for_hwm, DEFAULT_MAX_MESSAGE};
 use crate::native::{

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::frame::Frame;
-use crate::loop_thread::spawn_loop;
+use crate::loop_thread::ForwardingLoop;
 use crate::protocol::{rewrite_for_publish, MessageType, Publication};
 use crate::shutdown::Shutdown;
 use crate::sockets::{message_bytes, recv_message, send_message, set_close_linger, ProxySocket};
@@ -77,16 +77,8 @@ impl LocalPublisher {
         }
     }
 
-    /// Starts the loop on its own thread.
-    pub fn spawn(
-        self,
-        guard: crate::telemetry::LoopGuard,
-    ) -> std::io::Result<std::thread::JoinHandle<()>> {
-        spawn_loop("zmq-local-pub", guard, move || self.run())
-    }
-
     /// Relays until the shutdown phase reaches `Stopping`.
-    pub fn run(self) {
+    fn relay(self) {
         let mut limiter = LogLimiter::new(20, Duration::from_secs(10));
         if let Err(error) = self.subscriber.socket().set_subscribe(b"") {
             tracing::error!(%error, "cannot subscribe; local publisher stops");
@@ -168,5 +160,14 @@ impl LocalPublisher {
             }
         }
         *connected = now_connected;
+    }
+}
+
+impl ForwardingLoop for LocalPublisher {
+    const THREAD: &'static str = "zmq-local-pub";
+
+    fn run(self) -> std::io::Result<()> {
+        self.relay();
+        Ok(())
     }
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::frame::Frame;
 use crate::hold::HoldQueue;
-use crate::loop_thread::spawn_loop;
+use crate::loop_thread::ForwardingLoop;
 use crate::protocol::{decide, rewrite_for_route, Decision, DropReason, MessageType};
 use crate::shutdown::Shutdown;
 use crate::sockets::{message_bytes, recv_message, send_message, set_close_linger, ProxySocket};
@@ -89,17 +89,9 @@ impl RouterLoop {
         }
     }
 
-    /// Starts the loop on its own thread.
-    pub fn spawn(
-        self,
-        guard: crate::telemetry::LoopGuard,
-    ) -> std::io::Result<std::thread::JoinHandle<()>> {
-        spawn_loop("zmq-router", guard, move || self.run())
-    }
-
     /// Forwards until the shutdown phase reaches `Stopping`, then closes the
     /// sockets with a bounded linger.
-    pub fn run(self) {
+    fn forward(self) {
         let RouterLoop {
             frontend,
             backend,
@@ -631,6 +623,15 @@ impl Forwarder<'_> {
         } else {
             tracing::warn!(socket, %reason, frames, ?sender, "invalid message dropped");
         }
+    }
+}
+
+impl ForwardingLoop for RouterLoop {
+    const THREAD: &'static str = "zmq-router";
+
+    fn run(self) -> std::io::Result<()> {
+        self.forward();
+        Ok(())
     }
 }
 

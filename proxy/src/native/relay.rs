@@ -31,6 +31,7 @@ use super::handshake::{opening_as, Step};
 use super::heartbeat::{ping, pong, Due, Liveness};
 use super::keepalive::Keepalive;
 use super::publisher::{Publisher, Timeouts};
+use crate::loop_thread::ForwardingLoop;
 use crate::protocol::{DropReason, Publication};
 use crate::shutdown::Shutdown;
 use crate::telemetry::{LogLimiter, SocketCounters, Tally};
@@ -119,21 +120,9 @@ impl Relay {
         }
     }
 
-    /// Starts the loop on its own thread.
-    pub fn spawn(
-        self,
-        guard: crate::telemetry::LoopGuard,
-    ) -> io::Result<std::thread::JoinHandle<()>> {
-        crate::loop_thread::spawn_loop("native-local-pub", guard, move || {
-            if let Err(error) = self.run() {
-                tracing::error!(%error, "local publisher loop failed");
-            }
-        })
-    }
-
     /// Relays until the shutdown phase reaches `Stopping`, then gives the
     /// PUB's outputs the linger to drain.
-    pub fn run(self) -> io::Result<()> {
+    fn relay(self) -> io::Result<()> {
         let Relay {
             mut publisher,
             subscriber,
@@ -667,6 +656,14 @@ fn connect_result(stream: &TcpStream) -> io::Result<bool> {
         Ok(_) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
         Err(e) => Err(e),
+    }
+}
+
+impl ForwardingLoop for Relay {
+    const THREAD: &'static str = "native-local-pub";
+
+    fn run(self) -> std::io::Result<()> {
+        self.relay()
     }
 }
 

@@ -44,6 +44,7 @@ use super::keepalive::Keepalive;
 use super::outbox::{write_parts, Outbox};
 use super::publisher::Publisher;
 use crate::hold::HoldQueue;
+use crate::loop_thread::ForwardingLoop;
 use crate::protocol::{
     decide, proxy_ack, rewrite_for_publish, rewrite_for_route, Decision, DropReason, MessageType,
 };
@@ -187,21 +188,9 @@ impl NativeRouter {
         }
     }
 
-    /// Starts the loop on its own thread.
-    pub fn spawn(
-        self,
-        guard: crate::telemetry::LoopGuard,
-    ) -> io::Result<std::thread::JoinHandle<()>> {
-        crate::loop_thread::spawn_loop("native-router", guard, move || {
-            if let Err(error) = self.run() {
-                tracing::error!(%error, "native router loop failed");
-            }
-        })
-    }
-
     /// Forwards until the shutdown phase reaches `Stopping`, then gives the
     /// outputs the linger to drain.
-    pub fn run(self) -> io::Result<()> {
+    fn forward(self) -> io::Result<()> {
         let NativeRouter {
             frontend,
             backend,
@@ -1142,6 +1131,14 @@ fn encode_into(outbox: &mut Outbox, frames: &[&[u8]]) {
     for (i, f) in frames.iter().enumerate() {
         outbox.push(encode_header(Flags::message(i < last), f.len()).as_bytes());
         outbox.push(f);
+    }
+}
+
+impl ForwardingLoop for NativeRouter {
+    const THREAD: &'static str = "native-router";
+
+    fn run(self) -> std::io::Result<()> {
+        self.forward()
     }
 }
 

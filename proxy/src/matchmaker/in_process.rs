@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::{BoxFuture, Matchmaker, ProxyAddresses, Result, Target};
+use super::{replace_if_changed, BoxFuture, Matchmaker, ProxyAddresses, Result, Target};
 
 /// How often a background task expires registrations once somebody watches.
 const SWEEP_PERIOD: Duration = Duration::from_millis(500);
@@ -67,15 +67,6 @@ impl State {
                 tx.send_if_modified(|v| replace_if_changed(v, current));
             }
         }
-    }
-}
-
-fn replace_if_changed<T: PartialEq>(slot: &mut T, value: T) -> bool {
-    if *slot == value {
-        false
-    } else {
-        *slot = value;
-        true
     }
 }
 

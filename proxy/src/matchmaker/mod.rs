@@ -286,6 +286,18 @@ pub(crate) fn test_proxy(port: u16) -> ProxyAddresses {
     }
 }
 
+/// Stores `value` in a watch channel's slot only when it differs, for
+/// `watch::Sender::send_if_modified`: watchers wake on a change, not on
+/// every refresh that found the same list.
+pub(crate) fn replace_if_changed<T: PartialEq>(slot: &mut T, value: T) -> bool {
+    if *slot == value {
+        false
+    } else {
+        *slot = value;
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -51,7 +51,9 @@ use tokio::task::AbortHandle;
 
 use self::endpoint_slice::EndpointState;
 use self::server_lease::ServerRecord;
-use super::{BoxFuture, Matchmaker, MatchmakerError, ProxyAddresses, Result, Target};
+use super::{
+    replace_if_changed, BoxFuture, Matchmaker, MatchmakerError, ProxyAddresses, Result, Target,
+};
 use crate::backoff::CappedBackoff;
 // Every critical section is a few map operations that cannot leave the
 // state half-updated, so a poisoned lock is still consistent.
@@ -190,15 +192,6 @@ impl ServerState {
                 server_lease::live_identities(self.records.values().map(|(r, _)| r), target, now);
             tx.send_if_modified(|v| replace_if_changed(v, live));
         }
-    }
-}
-
-fn replace_if_changed<T: PartialEq>(slot: &mut T, value: T) -> bool {
-    if *slot == value {
-        false
-    } else {
-        *slot = value;
-        true
     }
 }
 

@@ -122,11 +122,11 @@ image() {
 build() {
     base
     local t0=$SECONDS
-    cargo build -q --profile image --locked -p zmq-proxy --bin zmq-proxy --example rpc \
+    cargo build -q --profile image --locked -p zmq-proxy --bin zmq-proxy --bin zmq-proxy-rpc \
         -p zmq-proxy-operator --bin zmq-proxy-operator
     echo "images.sh: binaries built in $((SECONDS - t0)) s"
     mkdir -p "$TARGET/images"
-    image proxy/Dockerfile zmq-proxy zmq-proxy examples/rpc
+    image proxy/Dockerfile zmq-proxy zmq-proxy zmq-proxy-rpc
     image operator/Dockerfile zmq-proxy-operator zmq-proxy-operator
 }
 

@@ -1490,11 +1490,11 @@ fn dockerfiles_take_host_built_stripped_binaries_onto_the_debootstrap_base() {
         );
         assert!(ignore.lines().any(|l| l == format!("!target/image/{bin}")));
     }
-    // The proxy image also carries the `rpc` example (clients and servers
-    // as pods of the same image), and its base carries libzmq5.
+    // The proxy image also carries the RPC CLI (clients and servers as pods
+    // of the same image), and its base carries libzmq5.
     let proxy = read(root().join("proxy/Dockerfile"));
-    assert!(proxy.contains("COPY target/image/examples/rpc /usr/local/bin/rpc"));
-    assert!(proxy.contains("--example rpc"));
+    assert!(proxy.contains("COPY target/image/zmq-proxy-rpc /usr/local/bin/zmq-proxy-rpc"));
+    assert!(proxy.contains("--bin zmq-proxy-rpc"));
     assert!(images_sh
         .lines()
         .any(|l| l.starts_with("BASE_PACKAGES=") && l.contains("libzmq5")));

@@ -1,11 +1,12 @@
-//! `rpc`: try the RPC library against running proxies from a shell.
+//! `zmq-proxy-rpc`: the RPC library from a shell (and in the proxy image,
+//! for clients and servers as pods): serve, call, cast, fanout, notify.
 //!
 //! ```text
-//! cargo run -p zmq-proxy --example rpc -- serve  --topic demo
-//! cargo run -p zmq-proxy --example rpc -- call   --topic demo --method echo --args '{"x": 1}'
-//! cargo run -p zmq-proxy --example rpc -- cast   --topic demo --method echo
-//! cargo run -p zmq-proxy --example rpc -- fanout --topic demo --method echo
-//! cargo run -p zmq-proxy --example rpc -- notify --topic notifications --priority info --message '{"event_type": "x"}'
+//! cargo run -p zmq-proxy --bin zmq-proxy-rpc -- serve  --topic demo
+//! cargo run -p zmq-proxy --bin zmq-proxy-rpc -- call   --topic demo --method echo --args '{"x": 1}'
+//! cargo run -p zmq-proxy --bin zmq-proxy-rpc -- cast   --topic demo --method echo
+//! cargo run -p zmq-proxy --bin zmq-proxy-rpc -- fanout --topic demo --method echo
+//! cargo run -p zmq-proxy --bin zmq-proxy-rpc -- notify --topic notifications --priority info --message '{"event_type": "x"}'
 //! ```
 //! Proxies come from `--proxy host:frontend[:backend[:publisher]]` (static
 //! matchmaker; default the proxy defaults 127.0.0.1:50001:50002:50003) or
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 use zmq_proxy::matchmaker::in_process::StaticMatchmaker;
 use zmq_proxy::matchmaker::redis::RedisMatchmaker;
@@ -58,26 +59,54 @@ struct Cli {
     command: Cmd,
 }
 
+/// Where a request goes: a topic, optionally one server of it.
+#[derive(Args)]
+struct TargetArgs {
+    #[arg(long)]
+    topic: String,
+    /// One server of the topic (oslo `server=`); default: round-robin.
+    #[arg(long)]
+    server: Option<String>,
+}
+
+impl TargetArgs {
+    fn target(&self) -> Target {
+        match &self.server {
+            Some(s) => Target::server(&self.topic, s),
+            None => Target::topic(&self.topic),
+        }
+    }
+}
+
+/// A method and its keyword arguments.
+#[derive(Args)]
+struct MethodArgs {
+    #[arg(long)]
+    method: String,
+    /// Keyword arguments, a JSON object.
+    #[arg(long, default_value = "{}")]
+    args: String,
+}
+
+impl MethodArgs {
+    fn request(&self) -> anyhow::Result<Request> {
+        Ok(Request::new(&self.method, json_arg(&self.args)?))
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Serve a target until Ctrl-C.
     Serve {
-        #[arg(long)]
-        topic: String,
-        #[arg(long)]
-        server: Option<String>,
+        #[command(flatten)]
+        to: TargetArgs,
     },
     /// Call a method and print the result.
     Call {
-        #[arg(long)]
-        topic: String,
-        #[arg(long)]
-        server: Option<String>,
-        #[arg(long)]
-        method: String,
-        /// Keyword arguments, a JSON object.
-        #[arg(long, default_value = "{}")]
-        args: String,
+        #[command(flatten)]
+        to: TargetArgs,
+        #[command(flatten)]
+        method: MethodArgs,
         /// Seconds.
         #[arg(long, default_value_t = 30.0)]
         timeout: f64,
@@ -87,23 +116,17 @@ enum Cmd {
     },
     /// Cast a method (no reply).
     Cast {
-        #[arg(long)]
-        topic: String,
-        #[arg(long)]
-        server: Option<String>,
-        #[arg(long)]
-        method: String,
-        #[arg(long, default_value = "{}")]
-        args: String,
+        #[command(flatten)]
+        to: TargetArgs,
+        #[command(flatten)]
+        method: MethodArgs,
     },
     /// Cast to every server of a topic.
     Fanout {
         #[arg(long)]
         topic: String,
-        #[arg(long)]
-        method: String,
-        #[arg(long, default_value = "{}")]
-        args: String,
+        #[command(flatten)]
+        method: MethodArgs,
     },
     /// Send a notification to `{topic}.{priority}`.
     Notify {
@@ -133,13 +156,6 @@ fn parse_proxy(s: &str) -> anyhow::Result<ProxyAddresses> {
         backend_port: port(2)?,
         publisher_port: port(3)?,
     })
-}
-
-fn target(topic: &str, server: &Option<String>) -> Target {
-    match server {
-        Some(s) => Target::server(topic, s),
-        None => Target::topic(topic),
-    }
 }
 
 fn json_arg(s: &str) -> anyhow::Result<Value> {
@@ -194,40 +210,40 @@ async fn main() -> anyhow::Result<()> {
         retries: cli.retries,
         ..ClientConfig::default()
     };
+    // Every command but serve is a client that needs a proxy first.
+    let client = async || -> anyhow::Result<RpcClient> {
+        let client = RpcClient::connect(Arc::clone(&matchmaker), client_config.clone()).await?;
+        client.wait_for_proxies(1, Duration::from_secs(5)).await;
+        Ok(client)
+    };
     match &cli.command {
-        Cmd::Serve { topic, server } => {
+        Cmd::Serve { to } => {
             let config = ServerConfig {
                 host: cli.host.clone(),
                 acks: cli.acks,
                 pubsub: cli.pubsub,
-                ..ServerConfig::new(target(topic, server))
+                ..ServerConfig::new(to.target())
             };
-            let server = RpcServer::start(matchmaker, config, handle).await?;
+            let server = RpcServer::start(Arc::clone(&matchmaker), config, handle).await?;
             println!("serving as {} (Ctrl-C stops)", server.identity());
             tokio::signal::ctrl_c().await?;
             server.stop().await;
         }
         Cmd::Call {
-            topic,
-            server,
+            to,
             method,
-            args,
             timeout,
             count,
         } => {
-            let client = RpcClient::connect(matchmaker, client_config).await?;
-            client.wait_for_proxies(1, Duration::from_secs(5)).await;
-            let request = Request::new(method, json_arg(args)?);
+            let client = client().await?;
+            let request = method.request()?;
             let options = SendOptions {
                 timeout: Some(Duration::from_secs_f64(*timeout)),
                 retries: None,
             };
             for _ in 0..*count {
                 let started = std::time::Instant::now();
-                let result = client
-                    .call_with(&target(topic, server), &request, options)
-                    .await;
-                match result {
+                match client.call_with(&to.target(), &request, options).await {
                     Ok(v) => println!("{v} ({:.1?})", started.elapsed()),
                     Err(e) => println!("error: {e} ({:.1?})", started.elapsed()),
                 }
@@ -235,33 +251,15 @@ async fn main() -> anyhow::Result<()> {
             println!("{:?}", client.stats());
             client.close().await;
         }
-        Cmd::Cast {
-            topic,
-            server,
-            method,
-            args,
-        } => {
-            let client = RpcClient::connect(matchmaker, client_config).await?;
-            client.wait_for_proxies(1, Duration::from_secs(5)).await;
-            client
-                .cast(
-                    &target(topic, server),
-                    &Request::new(method, json_arg(args)?),
-                )
-                .await?;
+        Cmd::Cast { to, method } => {
+            let client = client().await?;
+            client.cast(&to.target(), &method.request()?).await?;
             println!("cast sent{}", if cli.acks { " and acked" } else { "" });
             client.close().await;
         }
-        Cmd::Fanout {
-            topic,
-            method,
-            args,
-        } => {
-            let client = RpcClient::connect(matchmaker, client_config).await?;
-            client.wait_for_proxies(1, Duration::from_secs(5)).await;
-            let n = client
-                .fanout(topic, &Request::new(method, json_arg(args)?))
-                .await?;
+        Cmd::Fanout { topic, method } => {
+            let client = client().await?;
+            let n = client.fanout(topic, &method.request()?).await?;
             println!("fanout sent as {n} message(s)");
             client.close().await;
         }
@@ -270,8 +268,7 @@ async fn main() -> anyhow::Result<()> {
             priority,
             message,
         } => {
-            let client = RpcClient::connect(matchmaker, client_config).await?;
-            client.wait_for_proxies(1, Duration::from_secs(5)).await;
+            let client = client().await?;
             let n = client
                 .notify(topic, priority, &json!({}), &json_arg(message)?)
                 .await?;

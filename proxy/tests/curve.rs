@@ -3,9 +3,11 @@
 //! started with `--curve-secret-key-file` and `--curve-authorized-keys`;
 //! unknown keys, a wrong server key and a stolen identity are refused and
 //! counted while authorized traffic keeps flowing; the authorized keys
-//! rotate by rewriting the file, without a restart.
+//! rotate by rewriting the file, without a restart; the Rust RPC library
+//! calls through such a proxy with its CURVE client keys.
 
 mod common;
+mod rpc_support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -402,4 +404,97 @@ fn pyzmq_curve_client_and_server_exchange_calls_through_the_proxy() {
         String::from_utf8_lossy(&out.stdout)
     );
     wait_metric_at_least(&proxy, REFUSED_KEY_FRONTEND, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rpc_library_calls_through_a_curve_proxy_with_its_client_keys() {
+    use std::sync::Arc;
+    use zmq_proxy::curve::{PublicKey, SecretKey};
+    use zmq_proxy::matchmaker::Target;
+    use zmq_proxy::rpc::{ClientConfig, CurveClient, Request, RpcClient, RpcServer, ServerConfig};
+
+    let (client_pair, server_pair) = (Pair::new(), Pair::new());
+    let files = KeyFiles::new(&format!(
+        "{} 127.0.0.1/svc/*\n{} 127.0.0.1/*\n",
+        server_pair.public, client_pair.public
+    ));
+    let (secret, authorized) = (files.secret(), files.authorized());
+    let proxy = rpc_support::Proxy::start_on(
+        "libzmq",
+        &[
+            "--curve-secret-key-file",
+            secret.to_str().unwrap(),
+            "--curve-authorized-keys",
+            authorized.to_str().unwrap(),
+        ],
+    );
+    let mm = rpc_support::static_matchmaker(&[&proxy]);
+    let keys = |pair: &Pair| {
+        CurveClient::new(
+            SecretKey::from_z85(&pair.secret).unwrap(),
+            PublicKey::from_z85(&files.proxy.public).unwrap(),
+        )
+        .unwrap()
+    };
+    let handler = |inc: zmq_proxy::rpc::Incoming| {
+        Box::pin(async move { Ok(serde_json::json!({"echo": inc.args()})) })
+            as futures::future::BoxFuture<'static, _>
+    };
+    let server = RpcServer::start(
+        Arc::clone(&mm),
+        ServerConfig {
+            host: "127.0.0.1".into(),
+            shutdown_grace: Duration::from_millis(100),
+            curve: Some(keys(&server_pair)),
+            ..ServerConfig::new(Target::server("svc", "a"))
+        },
+        handler,
+    )
+    .await
+    .unwrap();
+    assert!(server.wait_ready(1, WAIT).await, "server ready");
+    let client = RpcClient::connect(
+        Arc::clone(&mm),
+        ClientConfig {
+            host: "127.0.0.1".into(),
+            call_timeout: Duration::from_secs(10),
+            discovery_timeout: Duration::from_secs(5),
+            curve: Some(keys(&client_pair)),
+            ..ClientConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        client.wait_for_proxies(1, WAIT).await,
+        "client sees the proxy"
+    );
+    let reply = client
+        .call(
+            &Target::server("svc", "a"),
+            &Request::new("echo", serde_json::json!({"x": 1})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply, serde_json::json!({"echo": {"x": 1}}));
+    // Without keys, the same client is refused by the proxy.
+    let plain = RpcClient::connect(
+        Arc::clone(&mm),
+        ClientConfig {
+            host: "127.0.0.1".into(),
+            call_timeout: Duration::from_millis(500),
+            discovery_timeout: Duration::from_secs(5),
+            ..ClientConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let refused = plain
+        .call(
+            &Target::server("svc", "a"),
+            &Request::new("echo", serde_json::json!({})),
+        )
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    server.stop().await;
 }

@@ -498,3 +498,71 @@ async fn the_rpc_library_calls_through_a_curve_proxy_with_its_client_keys() {
     assert!(refused.is_err(), "{refused:?}");
     server.stop().await;
 }
+
+/// A CURVE SUB subscribed to `prefix`.
+fn curve_subscriber(
+    ctx: &zmq::Context,
+    prefix: &[u8],
+    pair: &Pair,
+    server: &str,
+    endpoint: &str,
+) -> zmq::Socket {
+    let s = ctx.socket(zmq::SUB).unwrap();
+    s.set_linger(0).unwrap();
+    s.set_reconnect_ivl(10).unwrap();
+    s.set_curve_serverkey(&zmq::z85_decode(server).unwrap())
+        .unwrap();
+    s.set_curve_publickey(&zmq::z85_decode(&pair.public).unwrap())
+        .unwrap();
+    s.set_curve_secretkey(&zmq::z85_decode(&pair.secret).unwrap())
+        .unwrap();
+    s.set_subscribe(prefix).unwrap();
+    s.connect(endpoint).unwrap();
+    s
+}
+
+#[test]
+fn the_publisher_serves_authorized_subscribers_only() {
+    let (client_pair, sub_pair, stranger) = (Pair::new(), Pair::new(), Pair::new());
+    let files = KeyFiles::new(&format!(
+        "{} node1/*\n{}\n",
+        client_pair.public, sub_pair.public
+    ));
+    let proxy = files.start_proxy(&["--pubsub"]);
+    let (fe, publisher) = (
+        proxy.frontend.clone().unwrap(),
+        proxy.publisher.clone().unwrap(),
+    );
+    let ctx = zmq::Context::new();
+    let server_key = &files.proxy.public;
+    let client = curve_dealer(&ctx, "node1/c", &client_pair, server_key, &fe);
+    let sub = curve_subscriber(&ctx, b"compute", &sub_pair, server_key, &publisher);
+    let intruder = curve_subscriber(&ctx, b"compute", &stranger, server_key, &publisher);
+    // Subscriptions travel asynchronously: publish until the first arrives.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        send(&client, &request("3", "compute", "fanout", &[b"x"]));
+        if let Some(m) = recv(&sub, Duration::from_millis(50)) {
+            assert_eq!(
+                m,
+                common::frames(&[b"compute", b"1.0", b"3", b"fanout", b"x"])
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the subscription never took effect"
+        );
+    }
+    wait_metric_at_least(
+        &proxy,
+        r#"zmq_proxy_curve_refused_total{reason="unknown_key",socket="publisher"}"#,
+        1.0,
+    );
+    send(&client, &request("3", "compute", "after", &[b"y"]));
+    assert!(recv(&sub, WAIT).is_some());
+    assert!(
+        recv(&intruder, Duration::from_millis(300)).is_none(),
+        "an unknown key subscribed"
+    );
+}

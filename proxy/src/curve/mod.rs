@@ -29,6 +29,12 @@
 //!   owner); what it sends is dropped, but messages routed to that identity
 //!   go to it until the rightful peer reconnects. The native engine, which
 //!   sees READY itself, can close such a connection at the handshake.
+//!   Nothing in libzmq 4.3.4's stable API closes one peer of a ROUTER:
+//!   `zmq_disconnect_peer` is draft API and for SERVER sockets only,
+//!   ZMQ_ROUTER_NOTIFY only reports connections, and the fd a message came
+//!   from (ZMQ_SRCFD) belongs to libzmq's I/O thread, which may have closed
+//!   it and handed the number to another peer's connection by the time the
+//!   loop would shut it down.
 //! - A SUB of the publisher sends nothing but subscriptions, so a removed
 //!   key's subscriber keeps receiving until it reconnects.
 //! - A new secret key needs a restart: libzmq reads ZMQ_CURVE_SECRETKEY

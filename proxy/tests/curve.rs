@@ -200,6 +200,13 @@ fn authorized_peers_call_and_unknown_keys_are_refused_while_traffic_flows() {
         "{}",
         proxy.log_text()
     );
+    // The ZAP handler and the reload stop with the loops.
+    let mut proxy = proxy;
+    proxy.sigterm();
+    let status = proxy
+        .wait_exit(WAIT)
+        .expect("the proxy exits after SIGTERM");
+    assert!(status.success(), "{status:?}\n{}", proxy.log_text());
 }
 
 #[test]

@@ -638,7 +638,6 @@ impl Forwarder<'_> {
     /// Whether the sender's CURVE key may not send this message (counted
     /// and logged here). The routing id is the ROUTER's first frame; the
     /// key is on the frames the peer sent.
-    #[cold]
     fn refused_by_curve(&mut self, from: &ProxySocket) -> bool {
         let Some(curve) = self.curve.as_mut() else {
             return false;

@@ -981,6 +981,7 @@ fn main() {
                 runs[1].cpu_us / runs[0].cpu_us
             );
         }
+        let _ = std::fs::remove_dir_all(&bench_keys().dir);
     }
     if wanted("fanout") {
         println!("\nPublisher fan-out through zmq-proxy (pub/sub on): publications/s in, deliveries/s out");

@@ -6,7 +6,10 @@
 //! bench binary re-run as a child) and direct client -> server:
 //! - protocol-1.0 RPC round trips per second, with p50/p99 latency;
 //! - one-way casts per second;
-//! - and publisher fan-out to 1, 4, 16 subscribers through this proxy.
+//! - and publisher fan-out to 1, 4, 16 subscribers through this proxy;
+//! - section `curve`: RPC round trips through the libzmq engine with CURVE
+//!   (every client and the server a CURVE client, keys authorized) against
+//!   the same engine with NULL.
 //!
 //! Every forwarder is its own process, as in production, so the figures
 //! include its CPU time per round trip (or per cast) during the measured
@@ -45,6 +48,8 @@ enum Via {
     Ours,
     Libzmq,
     Direct,
+    /// The libzmq engine with CURVE on.
+    Curve,
 }
 
 impl Via {
@@ -54,12 +59,13 @@ impl Via {
             Via::Ours => "zmq-proxy libzmq",
             Via::Libzmq => "libzmq zmq_proxy",
             Via::Direct => "direct",
+            Via::Curve => "zmq-proxy libzmq CURVE",
         }
     }
 
     /// This proxy with either engine (protocol-1.0 envelopes on the server).
     fn is_zmq_proxy(self) -> bool {
-        matches!(self, Via::Ours | Via::Native)
+        matches!(self, Via::Ours | Via::Native | Via::Curve)
     }
 }
 
@@ -178,6 +184,70 @@ fn zmq_proxy(engine: &str, pubsub: bool) -> Setup {
     spawn_forwarder(command)
 }
 
+/// Key pairs of the CURVE setup: the proxy's, and the one every bench
+/// client and the server share (authorized for any identity).
+struct BenchKeys {
+    proxy: zmq::CurveKeyPair,
+    peer: zmq::CurveKeyPair,
+    dir: std::path::PathBuf,
+}
+
+fn bench_keys() -> &'static BenchKeys {
+    static KEYS: std::sync::OnceLock<BenchKeys> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        let z85 = |k: &[u8]| zmq::z85_encode(k).expect("z85");
+        let proxy = zmq::CurveKeyPair::new().expect("CURVE key pair");
+        let peer = zmq::CurveKeyPair::new().expect("CURVE key pair");
+        let dir =
+            std::env::temp_dir().join(format!("zmq-proxy-bench-curve-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("key dir");
+        std::fs::write(dir.join("secret"), z85(&proxy.secret_key)).expect("secret key");
+        std::fs::write(
+            dir.join("authorized"),
+            format!("{}\n", z85(&peer.public_key)),
+        )
+        .expect("authorized keys");
+        BenchKeys { proxy, peer, dir }
+    })
+}
+
+/// Makes `s` a CURVE client of the bench proxy when `via` is [`Via::Curve`].
+fn curve_client(via: Via, s: &zmq::Socket) {
+    if via == Via::Curve {
+        let keys = bench_keys();
+        s.set_curve_serverkey(&keys.proxy.public_key)
+            .expect("server key");
+        s.set_curve_publickey(&keys.peer.public_key)
+            .expect("public key");
+        s.set_curve_secretkey(&keys.peer.secret_key)
+            .expect("secret key");
+    }
+}
+
+/// The libzmq engine with CURVE (see [`bench_keys`]).
+fn zmq_proxy_curve() -> Setup {
+    let dir = &bench_keys().dir;
+    let hwm = env_or("ZMQ_PROXY_BENCH_HWM", SocketOptions::default().hwm).to_string();
+    let send_timeout = env_or("ZMQ_PROXY_BENCH_SEND_TIMEOUT_MS", 1000u64).to_string();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_zmq-proxy"));
+    command
+        .args(["--engine", "libzmq", "-H", "127.0.0.1"])
+        .args([
+            "--bind-address",
+            "127.0.0.1",
+            "--metrics-address",
+            "127.0.0.1:0",
+        ])
+        .args(["-f", "0", "-b", "0", "-p", "0", "--linger-ms", "100"])
+        .args(["--hwm", &hwm, "--send-timeout-ms", &send_timeout])
+        .arg("--curve-secret-key-file")
+        .arg(dir.join("secret"))
+        .arg("--curve-authorized-keys")
+        .arg(dir.join("authorized"))
+        .env("RUST_LOG", "warn");
+    spawn_forwarder(command)
+}
+
 /// libzmq's `zmq_proxy`, in a child running this bench binary.
 fn libzmq() -> Setup {
     let mut command = Command::new(std::env::current_exe().expect("bench binary"));
@@ -287,9 +357,10 @@ fn server(
 ) {
     let ctx = zmq::Context::new();
     let s = match via {
-        Via::Ours | Via::Native => {
+        Via::Ours | Via::Native | Via::Curve => {
             let s = ctx.socket(zmq::DEALER).expect("dealer");
             s.set_identity(SERVER_ID).expect("identity");
+            curve_client(via, &s);
             s.connect(server_endpoint).expect("connect");
             s
         }
@@ -369,7 +440,7 @@ struct Clients {
     sockets: Vec<zmq::Socket>,
 }
 
-fn clients(endpoint: &str) -> Clients {
+fn clients(via: Via, endpoint: &str) -> Clients {
     let ctx = zmq::Context::new();
     let sockets = (0..CLIENTS)
         .map(|i| {
@@ -379,6 +450,7 @@ fn clients(endpoint: &str) -> Clients {
             s.set_linger(MIN_CLOSE_LINGER_MS).expect("linger");
             s.set_sndhwm(0).expect("hwm");
             s.set_rcvhwm(0).expect("hwm");
+            curve_client(via, &s);
             s.connect(endpoint).expect("connect");
             s
         })
@@ -431,6 +503,7 @@ fn start(via: Via) -> Running {
     let setup = match via {
         Via::Native => zmq_proxy("native", false),
         Via::Ours => zmq_proxy("libzmq", false),
+        Via::Curve => zmq_proxy_curve(),
         Via::Libzmq => libzmq(),
         Via::Direct => direct(),
     };
@@ -490,7 +563,7 @@ fn wait_ready(c: &Clients) {
 
 fn rpc(via: Via, payload_len: usize) -> Run {
     let running = start(via);
-    let c = clients(&running.client_endpoint);
+    let c = clients(via, &running.client_endpoint);
     wait_ready(&c);
     let payload = vec![0x5au8; payload_len];
     let measure = secs();
@@ -601,7 +674,7 @@ fn rpc(via: Via, payload_len: usize) -> Run {
 /// rate is what the server receives during the measured window.
 fn casts(via: Via, payload_len: usize) -> Run {
     let running = start(via);
-    let c = clients(&running.client_endpoint);
+    let c = clients(via, &running.client_endpoint);
     wait_ready(&c);
     for s in &c.sockets {
         s.set_sndhwm(1000).expect("hwm");
@@ -670,7 +743,7 @@ fn fanout(engine: &str, subscribers: usize, payload_len: usize) -> (f64, f64) {
             s
         })
         .collect();
-    let c = clients(&setup.client_endpoint);
+    let c = clients(Via::Ours, &setup.client_endpoint);
     // Publish until every subscriber has seen a message (subscriptions are asynchronous).
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut seen = vec![false; subscribers];
@@ -880,6 +953,35 @@ fn main() {
             let runs = interleaved(&VIAS, |v| casts(v, len), |r: &Run| r.per_sec);
             report(len, &runs, false);
         }
+    }
+    if wanted("curve") {
+        println!("\nRPC round trips through the libzmq engine, NULL against CURVE");
+        for len in payloads() {
+            let runs = interleaved(
+                &[Via::Ours, Via::Curve],
+                |v| rpc(v, len),
+                |r: &Run| r.per_sec,
+            );
+            for (via, r) in [Via::Ours, Via::Curve].iter().zip(&runs) {
+                println!(
+                    "  {:>6}  {:<24} {:>9.0}/s  p50 {:>6.0} us  p99 {:>6.0} us  cpu {:>5.1} us/rt  lost {}",
+                    size(len),
+                    via.name(),
+                    r.per_sec,
+                    r.p50_us,
+                    r.p99_us,
+                    r.cpu_us,
+                    r.lost
+                );
+            }
+            println!(
+                "  {:>6}  CURVE/NULL: {:.2}x round trips/s, {:.2}x proxy cpu per round trip",
+                size(len),
+                runs[1].per_sec / runs[0].per_sec,
+                runs[1].cpu_us / runs[0].cpu_us
+            );
+        }
+        let _ = std::fs::remove_dir_all(&bench_keys().dir);
     }
     if wanted("fanout") {
         println!("\nPublisher fan-out through zmq-proxy (pub/sub on): publications/s in, deliveries/s out");

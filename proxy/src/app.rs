@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::backoff::CappedBackoff;
 use crate::config::{Engine, RouterMode, Settings, SocketOptions};
+use crate::curve::{IdentityCheck, SecretKey, SharedKeys, ZapHandler};
 use crate::loop_thread::ForwardingLoop;
 use crate::matchmaker::{self, Matchmaker, ProxyAddresses};
 use crate::native::router::{out_limit_for_hwm, DEFAULT_MAX_MESSAGE};
@@ -24,9 +25,11 @@ use crate::native::{
     PublisherConfig, Relay, RelayConfig, Timeouts,
 };
 use crate::publisher::LocalPublisher;
-use crate::router::{RouterConfig, RouterLoop};
+use crate::router::{CurveIdentities, RouterConfig, RouterLoop};
 use crate::shutdown::Shutdown;
-use crate::sockets::{bind, new_socket, proxy_identity, ProxySocket, SocketError};
+use crate::sockets::{
+    bind, make_curve_server, new_socket, proxy_identity, ProxySocket, SocketError,
+};
 use crate::telemetry::{serve_http, Health, Metrics, PeerMonitor, TelemetryError};
 
 mod matchmaker_setup;
@@ -51,6 +54,12 @@ pub enum AppError {
         /// Underlying error.
         source: std::io::Error,
     },
+    /// A CURVE key file cannot be used.
+    #[error(transparent)]
+    Curve(#[from] crate::curve::FileError),
+    /// The ZAP handler cannot bind.
+    #[error("the CURVE ZAP handler cannot bind: {0}")]
+    Zap(zmq::Error),
     /// A forwarding loop stopped on its own.
     #[error("a forwarding loop stopped unexpectedly")]
     LoopDied,
@@ -227,8 +236,13 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
         threads.push(router.spawn(health.loop_guard()).map_err(spawn_err)?);
         ((Some((fe_ep, fe_port)), be_ep, pub_ep), Some(proxy))
     } else {
+        let curve = match &settings.curve {
+            Some(files) => Some(start_curve(files, &ctx, &metrics, &shutdown, &mut threads)?),
+            None => None,
+        };
         let fe_id = proxy_identity(&settings.host);
         let mut open = SocketOpener::new(&ctx, &settings, &metrics, &mut monitor);
+        open.curve = curve.as_ref().map(|(secret, _)| secret);
         let (front, fe_ep) = open.bound(
             zmq::ROUTER,
             "frontend",
@@ -271,6 +285,13 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
             shutdown.clone(),
             Arc::clone(&activity),
         );
+        let router = match curve {
+            Some((_, keys)) => router.with_curve(CurveIdentities {
+                check: IdentityCheck::new(keys),
+                metrics: metrics.clone(),
+            }),
+            None => router,
+        };
         threads.push(router.spawn(health.loop_guard()).map_err(spawn_err)?);
         ((Some(fe_ep), be_ep, pub_ep), Some(proxy))
     };
@@ -413,6 +434,43 @@ fn timeouts(opts: &SocketOptions) -> Timeouts {
     }
 }
 
+/// Reads the CURVE key files, starts the ZAP handler (before any socket
+/// binds, see [`crate::curve::zap`]) and the authorized-keys reload, and
+/// returns the secret key for the sockets and the shared key set for the
+/// router's identity check.
+fn start_curve(
+    files: &crate::config::CurveFiles,
+    ctx: &zmq::Context,
+    metrics: &Metrics,
+    shutdown: &Shutdown,
+    threads: &mut Vec<std::thread::JoinHandle<()>>,
+) -> Result<(SecretKey, SharedKeys), AppError> {
+    let secret = crate::curve::load_secret_key(&files.secret_key_file)?;
+    let public = secret
+        .public()
+        .map_err(|source| crate::curve::FileError::SecretKey {
+            path: files.secret_key_file.clone(),
+            source,
+        })?;
+    let (authorized, text) = crate::curve::load_authorized_keys(&files.authorized_keys)?;
+    tracing::info!(public_key = %public, authorized = authorized.len(), "CURVE on: frontend, backend and publisher are CURVE servers");
+    let keys = SharedKeys::new(authorized);
+    let zap = ZapHandler::bind(ctx, keys.clone(), metrics.clone(), shutdown.clone())
+        .map_err(AppError::Zap)?;
+    threads.push(zap.spawn().map_err(|source| AppError::Io {
+        what: "start the ZAP handler",
+        source,
+    })?);
+    tokio::spawn(crate::curve::watch_authorized_keys(
+        files.authorized_keys.clone(),
+        text,
+        keys.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    Ok((secret, keys))
+}
+
 /// A bound native PUB (the native engine's central PUB, or its local
 /// publisher's), with the router's per-receiver output bound.
 fn native_publisher(
@@ -445,6 +503,8 @@ struct SocketOpener<'a> {
     settings: &'a Settings,
     metrics: &'a Metrics,
     monitor: &'a mut PeerMonitor,
+    /// The secret key that makes the bound sockets CURVE servers.
+    curve: Option<&'a SecretKey>,
 }
 
 impl<'a> SocketOpener<'a> {
@@ -459,6 +519,7 @@ impl<'a> SocketOpener<'a> {
             settings,
             metrics,
             monitor,
+            curve: None,
         }
     }
 
@@ -485,6 +546,9 @@ impl<'a> SocketOpener<'a> {
         port: u16,
     ) -> Result<(ProxySocket, Endpoint), AppError> {
         let socket = self.socket(kind, name, identity)?;
+        if let Some(secret) = self.curve {
+            make_curve_server(socket.socket(), secret.as_bytes(), name)?;
+        }
         let endpoint = bind(socket.socket(), &self.settings.bind_address, port)?;
         Ok((socket, endpoint))
     }

@@ -125,6 +125,23 @@ impl Frame {
         unsafe { zmq_sys::zmq_msg_more(&self.msg) != 0 }
     }
 
+    /// A metadata property libzmq attached to this received frame (e.g.
+    /// `User-Id`, set by the ZAP handler), if any.
+    pub fn property(&self, name: &std::ffi::CStr) -> Option<&[u8]> {
+        // SAFETY: the message is initialised and `name` NUL-terminated;
+        // zmq_msg_gets returns NULL or a NUL-terminated string owned by the
+        // message's metadata, which lives as long as the message content,
+        // and changing or closing the message needs `&mut self`.
+        unsafe {
+            let value = zmq_sys::zmq_msg_gets(&self.msg, name.as_ptr());
+            if value.is_null() {
+                None
+            } else {
+                Some(std::ffi::CStr::from_ptr(value).to_bytes())
+            }
+        }
+    }
+
     /// Receives the next frame from `socket` into this one and returns its
     /// size. libzmq releases the old content first, even when the receive
     /// then fails (the frame is left empty).

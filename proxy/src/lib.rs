@@ -5,6 +5,7 @@
 //! - [`config`]: flags, environment and oslo config file (pure);
 //! - [`frame`]: a message frame the hot path reuses, with a send that keeps refused frames;
 //! - [`sockets`]: socket options, binding, whole-message receive and send;
+//! - [`curve`]: CURVE keys, the authorized-keys file and the ZAP handler;
 //! - [`router`]: the double- and single-router forwarding loops;
 //! - [`hold`]: messages held for a receiver that is not connected yet (pure);
 //! - [`native`]: the native ZMTP engine of the router proxy (`--engine native`);
@@ -21,6 +22,7 @@
 pub mod app;
 pub mod backoff;
 pub mod config;
+pub mod curve;
 pub mod frame;
 pub mod hold;
 pub mod lock;

@@ -16,13 +16,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::curve::IdentityCheck;
 use crate::frame::Frame;
 use crate::hold::HoldQueue;
 use crate::loop_thread::ForwardingLoop;
 use crate::protocol::{decide, rewrite_for_route, Decision, DropReason, MessageType};
 use crate::shutdown::Shutdown;
 use crate::sockets::{message_bytes, recv_message, send_message, set_close_linger, ProxySocket};
-use crate::telemetry::{LogLimiter, Tally};
+use crate::telemetry::{LogLimiter, Metrics, Tally};
 
 /// How long a poll waits before the loop re-checks the shutdown phase.
 const POLL_TIMEOUT_MS: i64 = 100;
@@ -65,7 +66,20 @@ pub struct RouterLoop {
     config: RouterConfig,
     shutdown: Shutdown,
     activity: Arc<AtomicU64>,
+    curve: Option<CurveIdentities>,
 }
+
+/// The CURVE identity check of a loop (see [`crate::curve::identity`]) and
+/// where its refusals are counted.
+pub struct CurveIdentities {
+    /// The check, with its snapshot of the authorized keys.
+    pub check: IdentityCheck,
+    /// Where `zmq_proxy_curve_refused_total` lives.
+    pub metrics: Metrics,
+}
+
+/// The metadata property libzmq fills with the ZAP handler's User-Id.
+const USER_ID: &std::ffi::CStr = c"User-Id";
 
 impl RouterLoop {
     /// A loop over bound sockets: `backend` is `None` in single-router mode;
@@ -86,7 +100,15 @@ impl RouterLoop {
             config,
             shutdown,
             activity,
+            curve: None,
         }
+    }
+
+    /// Checks every message received on the ROUTERs against the sender's
+    /// CURVE key, dropping and counting those it refuses.
+    pub fn with_curve(mut self, curve: CurveIdentities) -> RouterLoop {
+        self.curve = Some(curve);
+        self
     }
 
     /// Forwards until the shutdown phase reaches `Stopping`, then closes the
@@ -99,6 +121,7 @@ impl RouterLoop {
             config,
             shutdown,
             activity,
+            curve,
         } = self;
         let mut forwarder = Forwarder {
             config: &config,
@@ -111,6 +134,7 @@ impl RouterLoop {
             congested: HashMap::new(),
             held: [HoldQueue::new(HOLD_LIMIT), HoldQueue::new(HOLD_LIMIT)],
             next_hold_retry: Instant::now(),
+            curve,
         };
         tracing::info!(
             mode = if backend.is_some() {
@@ -224,6 +248,8 @@ struct Forwarder<'a> {
     /// ([`Direction::index`]), and when they are retried next.
     held: [HoldQueue<Routed>; 2],
     next_hold_retry: Instant,
+    /// The CURVE identity check, when the sockets are CURVE servers.
+    curve: Option<CurveIdentities>,
 }
 
 /// A rewritten message that could not be sent yet, with what its counters
@@ -400,6 +426,10 @@ impl Forwarder<'_> {
 
     #[inline]
     fn handle(&mut self, from: &ProxySocket, to: &ProxySocket, direction: Direction, bytes: usize) {
+        if self.curve.is_some() && self.refused_by_curve(from) {
+            self.frames.clear();
+            return;
+        }
         let publishing = self.config.pubsub && self.publisher.is_some();
         let decision = match decide(&self.frames, direction.is_from_frontend(), publishing) {
             Ok(decision) => decision,
@@ -595,6 +625,29 @@ impl Forwarder<'_> {
                 Err(reason) => frontend.counters.dropped(reason),
             }
         }
+    }
+
+    /// Whether the sender's CURVE key may not send this message (counted
+    /// and logged here). The routing id is the ROUTER's first frame; the
+    /// key is on the frames the peer sent.
+    fn refused_by_curve(&mut self, from: &ProxySocket) -> bool {
+        let Some(curve) = self.curve.as_mut() else {
+            return false;
+        };
+        let identity = self.frames.first().map(|f| &f[..]).unwrap_or_default();
+        let user_id = self.frames.get(1).and_then(|f| f.property(USER_ID));
+        let Err(reason) = curve.check.check(identity, user_id) else {
+            return false;
+        };
+        curve
+            .metrics
+            .count_curve_refused(from.name, reason.as_str());
+        let key = user_id.map(|k| String::from_utf8_lossy(k).into_owned());
+        let sender = String::from_utf8_lossy(&identity[..identity.len().min(80)]).into_owned();
+        if self.may_log() {
+            tracing::warn!(socket = from.name, reason = reason.as_str(), ?key, %sender, "message refused for its sender's CURVE key");
+        }
+        true
     }
 
     fn may_log(&mut self) -> bool {

@@ -123,6 +123,26 @@ pub fn new_socket(
     Ok(s)
 }
 
+/// Makes `socket` a CURVE server with the proxy's secret key, whose
+/// handshakes libzmq submits to the ZAP handler under `domain` (the
+/// socket's name, so refusals are counted per socket). Must come before
+/// the bind.
+pub fn make_curve_server(
+    socket: &zmq::Socket,
+    secret_key: &[u8],
+    domain: &str,
+) -> Result<(), SocketError> {
+    socket
+        .set_curve_server(true)
+        .map_err(zmq_err("ZMQ_CURVE_SERVER"))?;
+    socket
+        .set_curve_secretkey(secret_key)
+        .map_err(zmq_err("ZMQ_CURVE_SECRETKEY"))?;
+    socket
+        .set_zap_domain(domain)
+        .map_err(zmq_err("ZMQ_ZAP_DOMAIN"))
+}
+
 /// Binds `socket` on `tcp://{address}:{port}` (port 0 = a random free port)
 /// and returns the endpoint actually bound and its port.
 pub fn bind(socket: &zmq::Socket, address: &str, port: u16) -> Result<(String, u16), SocketError> {

@@ -154,6 +154,16 @@ pub struct Cli {
     /// libzmq I/O threads; default 1.
     #[arg(long, env = "ZMQ_PROXY_IO_THREADS")]
     pub io_threads: Option<i32>,
+    /// CURVE: the proxy's Z85 secret key (40 characters; its public key is
+    /// derived); with --curve-authorized-keys, makes the frontend, backend
+    /// and publisher CURVE servers (libzmq engine). Read at start only.
+    #[arg(long, env = "ZMQ_PROXY_CURVE_SECRET_KEY_FILE")]
+    pub curve_secret_key_file: Option<PathBuf>,
+    /// CURVE: the peers' Z85 public keys allowed to connect, one per line,
+    /// each optionally followed by the identities (`x`) or identity
+    /// prefixes (`x*`) it may use; re-read when it changes.
+    #[arg(long, env = "ZMQ_PROXY_CURVE_AUTHORIZED_KEYS")]
+    pub curve_authorized_keys: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_enum, env = "ZMQ_PROXY_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,

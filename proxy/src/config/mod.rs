@@ -117,6 +117,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// The CURVE key files (both given, or CURVE is off).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CurveFiles {
+    /// The proxy's Z85 secret key.
+    pub secret_key_file: PathBuf,
+    /// The authorized peers' public keys and identities.
+    pub authorized_keys: PathBuf,
+}
+
 /// Everything the proxy needs to start, fully resolved.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
@@ -171,4 +180,6 @@ pub struct Settings {
     pub debug: bool,
     /// Log to this file instead of stderr.
     pub log_file: Option<PathBuf>,
+    /// CURVE security on the proxy's sockets; `None` = plain (NULL).
+    pub curve: Option<CurveFiles>,
 }

@@ -9,7 +9,9 @@ use clap::Parser;
 
 use super::cli::{normalize_args, with_env_as_flags, Cli};
 use super::ini::{Ini, DRIVER_SECTION, PROXY_SECTION};
-use super::{ConfigError, Engine, LogFormat, MatchmakerKind, RouterMode, Settings, SocketOptions};
+use super::{
+    ConfigError, CurveFiles, Engine, LogFormat, MatchmakerKind, RouterMode, Settings, SocketOptions,
+};
 use crate::matchmaker::url::{TransportUrl, UrlError, UrlScheme};
 use crate::matchmaker::Liveness;
 
@@ -177,6 +179,23 @@ impl Settings {
                 format!("must be > 0 and below target-expire ({expire})"),
             ));
         }
+        let engine = cli.engine.unwrap_or(Engine::Native);
+        let local_publisher = cli
+            .local_publisher
+            .or(ini.bool(PROXY_SECTION, "local_publisher")?)
+            .unwrap_or(false);
+        let curve = curve_files(
+            cli.curve_secret_key_file.or_else(|| {
+                ini.get(PROXY_SECTION, "curve_secret_key_file")
+                    .map(PathBuf::from)
+            }),
+            cli.curve_authorized_keys.or_else(|| {
+                ini.get(PROXY_SECTION, "curve_authorized_keys")
+                    .map(PathBuf::from)
+            }),
+            engine,
+            local_publisher,
+        )?;
         let batch = cli.batch.unwrap_or(256);
         if batch == 0 {
             return Err(ConfigError::invalid("batch", "0", "must be at least 1"));
@@ -198,11 +217,8 @@ impl Settings {
                 .or(ini.parse_value(PROXY_SECTION, "publisher_port")?)
                 .unwrap_or(50003),
             mode: cli.mode.or(ini_mode).unwrap_or(RouterMode::DoubleRouter),
-            engine: cli.engine.unwrap_or(Engine::Native),
-            local_publisher: cli
-                .local_publisher
-                .or(ini.bool(PROXY_SECTION, "local_publisher")?)
-                .unwrap_or(false),
+            engine,
+            local_publisher,
             pubsub,
             ack_pub_sub: cli
                 .ack_pub_sub
@@ -238,8 +254,53 @@ impl Settings {
             log_file: cli
                 .log_file
                 .or_else(|| ini.get("DEFAULT", "log_file").map(PathBuf::from)),
+            curve,
         })
     }
+}
+
+/// The CURVE files, when both are given and the proxy can use them.
+fn curve_files(
+    secret_key_file: Option<PathBuf>,
+    authorized_keys: Option<PathBuf>,
+    engine: Engine,
+    local_publisher: bool,
+) -> Result<Option<CurveFiles>, ConfigError> {
+    let (secret_key_file, authorized_keys) = match (secret_key_file, authorized_keys) {
+        (None, None) => return Ok(None),
+        (Some(secret), Some(authorized)) => (secret, authorized),
+        (Some(secret), None) => {
+            return Err(ConfigError::invalid(
+                "curve-secret-key-file",
+                &secret.display().to_string(),
+                "CURVE also needs --curve-authorized-keys (ZMQ_PROXY_CURVE_AUTHORIZED_KEYS)",
+            ))
+        }
+        (None, Some(authorized)) => {
+            return Err(ConfigError::invalid(
+                "curve-authorized-keys",
+                &authorized.display().to_string(),
+                "CURVE also needs --curve-secret-key-file (ZMQ_PROXY_CURVE_SECRET_KEY_FILE)",
+            ))
+        }
+    };
+    let refuse = |reason: &str| {
+        Err(ConfigError::invalid(
+            "curve-secret-key-file",
+            &secret_key_file.display().to_string(),
+            reason,
+        ))
+    };
+    if engine == Engine::Native {
+        return refuse("CURVE runs on the libzmq engine only for now: add --engine libzmq");
+    }
+    if local_publisher {
+        return refuse("a local publisher cannot use CURVE yet (its SUB would need client keys)");
+    }
+    Ok(Some(CurveFiles {
+        secret_key_file,
+        authorized_keys,
+    }))
 }
 
 #[cfg(test)]
@@ -442,6 +503,80 @@ mod tests {
         assert!(settings(&["--target-expire", "10", "--target-update", "20"], &[], "").is_err());
         assert!(settings(&["-c", "x"], &[], "[zmq_proxy_opts]\nfrontend_port = abc\n").is_err());
         assert!(settings(&["--batch", "0"], &[], "").is_err());
+    }
+
+    #[test]
+    fn curve_needs_both_files_and_the_libzmq_engine() {
+        let s = settings(&[], &[], "").unwrap();
+        assert_eq!(s.curve, None, "plain (NULL) by default");
+        let s = settings(
+            &["--engine", "libzmq", "--curve-secret-key-file", "/k/secret"],
+            &[("ZMQ_PROXY_CURVE_AUTHORIZED_KEYS", "/k/authorized")],
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            s.curve,
+            Some(CurveFiles {
+                secret_key_file: PathBuf::from("/k/secret"),
+                authorized_keys: PathBuf::from("/k/authorized"),
+            })
+        );
+        let s = settings(
+            &["-c", "x"],
+            &[("ZMQ_PROXY_ENGINE", "libzmq")],
+            "[zmq_proxy_opts]\ncurve_secret_key_file = /s\ncurve_authorized_keys = /a\n",
+        )
+        .unwrap();
+        assert!(s.curve.is_some(), "from the config file");
+        let one = settings(
+            &["--engine", "libzmq", "--curve-secret-key-file", "/s"],
+            &[],
+            "",
+        );
+        assert!(
+            one.unwrap_err()
+                .to_string()
+                .contains("--curve-authorized-keys"),
+            "only one of the two"
+        );
+        let one = settings(
+            &["--engine", "libzmq", "--curve-authorized-keys", "/a"],
+            &[],
+            "",
+        );
+        assert!(one
+            .unwrap_err()
+            .to_string()
+            .contains("--curve-secret-key-file"));
+        let native = settings(
+            &[
+                "--curve-secret-key-file",
+                "/s",
+                "--curve-authorized-keys",
+                "/a",
+            ],
+            &[],
+            "",
+        );
+        assert!(
+            native.unwrap_err().to_string().contains("--engine libzmq"),
+            "the native engine has no CURVE yet"
+        );
+        let lp = settings(
+            &[
+                "--engine",
+                "libzmq",
+                "-lp",
+                "--curve-secret-key-file",
+                "/s",
+                "--curve-authorized-keys",
+                "/a",
+            ],
+            &[],
+            "",
+        );
+        assert!(lp.is_err());
     }
 
     #[test]

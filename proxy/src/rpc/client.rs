@@ -30,7 +30,7 @@ use super::connections::{self, follow_proxies};
 use super::payload::{decode_reply, encode_pair, Request};
 use super::routing::Routes;
 use super::socket_thread::{Command, Monitor, SocketThread};
-use super::{configure_socket, default_host, new_message_id, RpcError};
+use super::{configure_socket, default_host, new_message_id, CurveClient, RpcError};
 use crate::matchmaker::{Matchmaker, Target};
 use crate::protocol::{dealer_request, Delivery, MessageType};
 
@@ -58,6 +58,8 @@ pub struct ClientConfig {
     /// Acks on: how long new requests skip a server that let an ack time
     /// out (it may have crashed and still be listed until its TTL).
     pub suspect_period: Duration,
+    /// CURVE keys, for proxies started with CURVE; `None` = plain (NULL).
+    pub curve: Option<CurveClient>,
 }
 
 impl Default for ClientConfig {
@@ -73,6 +75,7 @@ impl Default for ClientConfig {
             pubsub: false,
             reconnect_interval: Duration::from_millis(10),
             suspect_period: Duration::from_secs(60),
+            curve: None,
         }
     }
 }
@@ -173,6 +176,7 @@ impl RpcClient {
             identity.as_bytes(),
             config.reconnect_interval,
             true,
+            config.curve.as_ref(),
         )?;
         let waiters: Waiters = Arc::new(Mutex::new(HashMap::new()));
         let counters = Arc::new(Counters::default());

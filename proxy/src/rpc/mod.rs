@@ -17,6 +17,7 @@
 
 pub mod client;
 pub mod connections;
+pub mod curve_keys;
 pub mod dedup;
 pub mod payload;
 pub mod routing;
@@ -24,6 +25,7 @@ pub mod server;
 pub mod socket_thread;
 
 pub use client::{ClientConfig, ClientStats, RpcClient, SendOptions};
+pub use curve_keys::CurveClient;
 pub use payload::{RemoteError, Request};
 pub use server::{Handler, Incoming, RpcServer, ServerConfig};
 
@@ -90,7 +92,8 @@ pub fn default_host() -> String {
 }
 
 /// Applies the options every RPC DEALER/SUB gets: identity, fast reconnect,
-/// and (DEALER) ZMQ_IMMEDIATE, so that nothing is queued to a proxy that
+/// CURVE client keys when the proxies require them, and (DEALER)
+/// ZMQ_IMMEDIATE, so that nothing is queued to a proxy that
 /// is not connected (architecture.md: without it, half the requests after a
 /// proxy failure went to the dead pipe).
 fn configure_socket(
@@ -98,8 +101,12 @@ fn configure_socket(
     identity: &[u8],
     reconnect: std::time::Duration,
     immediate: bool,
+    curve: Option<&CurveClient>,
 ) -> Result<(), RpcError> {
     let err = |what: &'static str| move |e: zmq::Error| RpcError::Socket(format!("{what}: {e}"));
+    if let Some(curve) = curve {
+        curve.apply(socket)?;
+    }
     socket.set_identity(identity).map_err(err("ZMQ_IDENTITY"))?;
     let ms = i32::try_from(reconnect.as_millis())
         .unwrap_or(i32::MAX)

@@ -29,7 +29,7 @@ use super::connections::{self, follow_proxies};
 use super::dedup::{Dedup, Seen};
 use super::payload::{decode_pair, encode_reply, RemoteError};
 use super::socket_thread::{Command, Monitor, SocketThread};
-use super::{configure_socket, default_host, RpcError};
+use super::{configure_socket, default_host, CurveClient, RpcError};
 use crate::backoff::CappedBackoff;
 use crate::matchmaker::{BoxFuture, Liveness, Matchmaker, Target};
 use crate::protocol::{dealer_request, Delivery, MessageType, Publication};
@@ -59,6 +59,8 @@ pub struct ServerConfig {
     /// After unregistering, how long requests are still served while
     /// clients notice (about one matchmaker poll period).
     pub shutdown_grace: Duration,
+    /// CURVE keys, for proxies started with CURVE; `None` = plain (NULL).
+    pub curve: Option<CurveClient>,
 }
 
 impl ServerConfig {
@@ -73,6 +75,7 @@ impl ServerConfig {
             liveness: Liveness::default(),
             reconnect_interval: Duration::from_millis(10),
             shutdown_grace: Duration::from_millis(1500),
+            curve: None,
         }
     }
 }
@@ -162,6 +165,7 @@ impl RpcServer {
             identity.as_bytes(),
             config.reconnect_interval,
             true,
+            config.curve.as_ref(),
         )?;
         let mut sockets = vec![dealer];
         if config.pubsub {
@@ -172,7 +176,13 @@ impl RpcServer {
                 config.target.topic,
                 uuid::Uuid::new_v4()
             );
-            configure_socket(&sub, sub_id.as_bytes(), config.reconnect_interval, false)?;
+            configure_socket(
+                &sub,
+                sub_id.as_bytes(),
+                config.reconnect_interval,
+                false,
+                config.curve.as_ref(),
+            )?;
             sub.set_subscribe(config.target.topic.as_bytes())
                 .map_err(sock_err)?;
             sockets.push(sub);

@@ -18,6 +18,8 @@ pub struct Metrics {
     connected: IntGaugeVec,
     held: IntGaugeVec,
     timed_out: IntCounterVec,
+    curve_refused: IntCounterVec,
+    curve_reloads: IntCounterVec,
 }
 
 /// Pre-resolved counters of one socket (hot path: one atomic add each).
@@ -147,6 +149,20 @@ impl Metrics {
             ),
             &["socket"],
         )?;
+        let curve_refused = IntCounterVec::new(
+            Opts::new(
+                "zmq_proxy_curve_refused_total",
+                "CURVE peers refused at the handshake (unknown_key) and messages dropped for their sender's key (unknown_key: removed since it connected; identity: an identity the key may not use), per socket",
+            ),
+            &["socket", "reason"],
+        )?;
+        let curve_reloads = IntCounterVec::new(
+            Opts::new(
+                "zmq_proxy_curve_reloads_total",
+                "Changes of the authorized CURVE keys file: put in force (ok) or refused, the previous keys staying in force (error)",
+            ),
+            &["result"],
+        )?;
         let build = IntGaugeVec::new(
             Opts::new("zmq_proxy_build_info", "Build information; always 1"),
             &["version", "libzmq", "protocol"],
@@ -165,6 +181,8 @@ impl Metrics {
         registry.register(Box::new(connected.clone()))?;
         registry.register(Box::new(held.clone()))?;
         registry.register(Box::new(timed_out.clone()))?;
+        registry.register(Box::new(curve_refused.clone()))?;
+        registry.register(Box::new(curve_reloads.clone()))?;
         registry.register(Box::new(build))?;
         // Process metrics keep their conventional unprefixed names (process_*).
         registry.register(Box::new(
@@ -178,7 +196,22 @@ impl Metrics {
             connected,
             held,
             timed_out,
+            curve_refused,
+            curve_reloads,
         })
+    }
+
+    /// Counts a CURVE peer or message refused on `socket` for `reason`
+    /// (rare: resolved per call).
+    pub fn count_curve_refused(&self, socket: &str, reason: &str) {
+        self.curve_refused
+            .with_label_values(&[socket, reason])
+            .inc();
+    }
+
+    /// Counts a change of the authorized-keys file (`result`: ok, error).
+    pub fn count_curve_reload(&self, result: &str) {
+        self.curve_reloads.with_label_values(&[result]).inc();
     }
 
     /// Resolves every counter of socket `name` (e.g. "frontend").

@@ -446,12 +446,7 @@ fn start_curve(
     threads: &mut Vec<std::thread::JoinHandle<()>>,
 ) -> Result<(SecretKey, SharedKeys), AppError> {
     let secret = crate::curve::load_secret_key(&files.secret_key_file)?;
-    let public = secret
-        .public()
-        .map_err(|source| crate::curve::FileError::SecretKey {
-            path: files.secret_key_file.clone(),
-            source,
-        })?;
+    let public = secret.public();
     let (authorized, text) = crate::curve::load_authorized_keys(&files.authorized_keys)?;
     tracing::info!(public_key = %public, authorized = authorized.len(), "CURVE on: frontend, backend and publisher are CURVE servers");
     let keys = SharedKeys::new(authorized);

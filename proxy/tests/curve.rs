@@ -441,7 +441,6 @@ async fn the_rpc_library_calls_through_a_curve_proxy_with_its_client_keys() {
             SecretKey::from_z85(&pair.secret).unwrap(),
             PublicKey::from_z85(&files.proxy.public).unwrap(),
         )
-        .unwrap()
     };
     let handler = |inc: zmq_proxy::rpc::Incoming| {
         Box::pin(async move { Ok(serde_json::json!({"echo": inc.args()})) })

@@ -211,7 +211,7 @@ mod tests {
         let path = dir.join("secret");
         std::fs::write(&path, "JTKVSB%%)wK0E.X)V>+}o?pNmC{O&4W4b!Ni{Lh6\n").unwrap();
         let secret = load_secret_key(&path).unwrap();
-        assert_eq!(secret.public().unwrap().to_z85(), A);
+        assert_eq!(secret.public().to_z85(), A);
         std::fs::write(&path, "short\n").unwrap();
         let err = load_secret_key(&path).unwrap_err();
         assert!(err.to_string().contains("secret key file"), "{err}");

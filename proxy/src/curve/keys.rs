@@ -1,42 +1,18 @@
 //! CURVE keys: Z85 text (ZeroMQ RFC 32) to the 32 raw bytes libzmq takes,
-//! and the public key of a secret key.
+//! and the public key of a secret key, both through the project's CurveZMQ
+//! codec (`zmtp::curve`).
 //!
-//! Z85 is coded here rather than through `zmq::z85_decode`, which passes
-//! any length that is a multiple of 5 and does not report a character
-//! outside the alphabet: a key file with a typo must fail at load with the
-//! reason, not turn into a different key.
+//! Not `zmq::z85_decode`, which passes any length that is a multiple of 5
+//! and does not report a character outside the alphabet: a key file with a
+//! typo must fail at load with the reason, not turn into a different key.
+
+use zmtp::curve::z85::{self, Z85Error};
+use zmtp::curve::KeyPair;
 
 /// Length of a CURVE key in bytes.
-pub const KEY_LEN: usize = 32;
+pub const KEY_LEN: usize = zmtp::curve::KEY_LEN;
 /// Length of a CURVE key in Z85 characters.
 pub const Z85_KEY_LEN: usize = 40;
-
-/// The Z85 alphabet (RFC 32), by value.
-const ALPHABET: &[u8; 85] =
-    b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#";
-
-/// Value of each byte as a Z85 digit; `NOT_Z85` for bytes outside the
-/// alphabet. A table, because each message's sender key is decoded on the
-/// forwarding path.
-const DECODE: [u8; 256] = {
-    let mut table = [NOT_Z85; 256];
-    let mut i = 0;
-    while i < ALPHABET.len() {
-        table[ALPHABET[i] as usize] = i as u8;
-        i += 1;
-    }
-    table
-};
-const NOT_Z85: u8 = 0xff;
-
-// zmq-sys declares zmq_curve_public but does not export it; libzmq, which
-// zmq-sys links, has it since 4.2.
-extern "C" {
-    fn zmq_curve_public(
-        z85_public_key: *mut std::os::raw::c_char,
-        z85_secret_key: *const std::os::raw::c_char,
-    ) -> std::os::raw::c_int;
-}
 
 /// Errors reading a Z85 key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,9 +26,6 @@ pub enum KeyError {
     /// A group of 5 characters worth more than 32 bits.
     #[error("Z85 group {0:?} is out of range")]
     Range(String),
-    /// libzmq could not derive the public key.
-    #[error("libzmq cannot derive the public key (built without CURVE?)")]
-    Derive,
 }
 
 /// A CURVE public key (raw bytes).
@@ -71,7 +44,7 @@ impl PublicKey {
 
     /// The key in Z85, as libzmq and the key files write it.
     pub fn to_z85(&self) -> String {
-        encode(&self.0)
+        z85::encode_key(&self.0)
     }
 }
 
@@ -99,19 +72,10 @@ impl SecretKey {
         &self.0
     }
 
-    /// The public key of this secret key (libzmq's `zmq_curve_public`).
-    pub fn public(&self) -> Result<PublicKey, KeyError> {
-        let secret = std::ffi::CString::new(encode(&self.0)).map_err(|_| KeyError::Derive)?;
-        let mut public = [0u8; Z85_KEY_LEN + 1];
-        // SAFETY: `public` has room for 40 characters and the terminating
-        // NUL libzmq writes; `secret` is a NUL-terminated 40-character Z85
-        // string, as zmq_curve_public requires.
-        let rc = unsafe { zmq_curve_public(public.as_mut_ptr().cast(), secret.as_ptr()) };
-        if rc != 0 {
-            return Err(KeyError::Derive);
-        }
-        let text = std::str::from_utf8(&public[..Z85_KEY_LEN]).map_err(|_| KeyError::Derive)?;
-        PublicKey::from_z85(text)
+    /// The public key of this secret key (X25519, as libzmq's
+    /// `zmq_curve_public` derives it).
+    pub fn public(&self) -> PublicKey {
+        PublicKey(KeyPair::from_secret(self.0).public())
     }
 }
 
@@ -126,38 +90,14 @@ fn decode_key(text: &str) -> Result<[u8; KEY_LEN], KeyError> {
     if chars != Z85_KEY_LEN || text.len() != Z85_KEY_LEN {
         return Err(KeyError::Length(chars));
     }
-    let mut key = [0u8; KEY_LEN];
-    for (group, out) in text.as_bytes().chunks(5).zip(key.chunks_mut(4)) {
-        let mut value: u64 = 0;
-        for &c in group {
-            let digit = DECODE[c as usize];
-            if digit == NOT_Z85 {
-                return Err(KeyError::Character(char::from(c)));
-            }
-            value = value * 85 + u64::from(digit);
+    z85::decode_key(text).map_err(|e| match e {
+        Z85Error::BadCharacter { byte, .. } => KeyError::Character(char::from(byte)),
+        Z85Error::Overflow { offset } => {
+            KeyError::Range(text.get(offset..offset + 5).unwrap_or(text).to_string())
         }
-        let value = u32::try_from(value)
-            .map_err(|_| KeyError::Range(String::from_utf8_lossy(group).into_owned()))?;
-        out.copy_from_slice(&value.to_be_bytes());
-    }
-    Ok(key)
-}
-
-/// Z85 of `data`, whose length is a multiple of 4 (a key's is).
-fn encode(data: &[u8]) -> String {
-    let mut out = String::with_capacity(data.len() / 4 * 5);
-    for chunk in data.chunks(4) {
-        let mut word = [0u8; 4];
-        word[..chunk.len()].copy_from_slice(chunk);
-        let mut value = u32::from_be_bytes(word);
-        let mut group = [0u8; 5];
-        for slot in group.iter_mut().rev() {
-            *slot = ALPHABET[(value % 85) as usize];
-            value /= 85;
-        }
-        out.extend(group.iter().map(|&c| char::from(c)));
-    }
-    out
+        // The length was checked above; these cannot occur.
+        Z85Error::TextLength { .. } | Z85Error::BinaryLength { .. } => KeyError::Length(chars),
+    })
 }
 
 #[cfg(test)]
@@ -182,11 +122,11 @@ mod tests {
     #[test]
     fn the_public_key_is_derived_from_the_secret_key() {
         let secret = SecretKey::from_z85(&format!("  {SERVER_SECRET}\n")).unwrap();
-        assert_eq!(secret.public().unwrap().to_z85(), SERVER_PUBLIC);
+        assert_eq!(secret.public().to_z85(), SERVER_PUBLIC);
         assert_eq!(format!("{secret:?}"), "SecretKey(..)", "never printed");
         let pair = zmq::CurveKeyPair::new().unwrap();
         let secret = SecretKey(pair.secret_key);
-        assert_eq!(secret.public().unwrap().0, pair.public_key);
+        assert_eq!(secret.public().0, pair.public_key, "same as libzmq");
     }
 
     #[test]

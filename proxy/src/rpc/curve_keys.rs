@@ -4,7 +4,7 @@
 //! key, or the deployment gives each client the key of its proxies).
 
 use super::RpcError;
-use crate::curve::{KeyError, PublicKey, SecretKey};
+use crate::curve::{PublicKey, SecretKey};
 
 /// The keys a CURVE client socket needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,12 +20,12 @@ pub struct CurveClient {
 
 impl CurveClient {
     /// Keys from this side's secret key and the proxies' public key.
-    pub fn new(secret_key: SecretKey, server_key: PublicKey) -> Result<CurveClient, KeyError> {
-        Ok(CurveClient {
-            public_key: secret_key.public()?,
+    pub fn new(secret_key: SecretKey, server_key: PublicKey) -> CurveClient {
+        CurveClient {
+            public_key: secret_key.public(),
             secret_key,
             server_key,
-        })
+        }
     }
 
     /// Makes `socket` a CURVE client (before it connects).

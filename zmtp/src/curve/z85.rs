@@ -101,12 +101,23 @@ pub fn encode_key(key: &[u8; 32]) -> String {
     encode(key).unwrap_or_default()
 }
 
+/// Value of each byte as a Z85 digit, [`NOT_Z85`] outside the alphabet. A
+/// table, because the proxy decodes a sender's key for every message it
+/// checks.
+const DIGITS: [u8; 256] = {
+    let mut table = [NOT_Z85; 256];
+    let mut i = 0;
+    while i < ALPHABET.len() {
+        table[ALPHABET[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
+const NOT_Z85: u8 = 0xff;
+
 /// The value of one Z85 character, `None` outside the alphabet.
 fn digit_value(byte: u8) -> Option<u8> {
-    ALPHABET
-        .iter()
-        .position(|&c| c == byte)
-        .and_then(|p| u8::try_from(p).ok())
+    Some(DIGITS[usize::from(byte)]).filter(|&d| d != NOT_Z85)
 }
 
 #[cfg(test)]

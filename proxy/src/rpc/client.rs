@@ -30,7 +30,7 @@ use super::connections::{self, follow_proxies};
 use super::payload::{decode_reply, encode_pair, Request};
 use super::routing::Routes;
 use super::socket_thread::{Command, Monitor, SocketThread};
-use super::{configure_socket, default_host, new_message_id, CurveClient, RpcError};
+use super::{default_host, new_message_id, open_socket, CurveClient, RpcError};
 use crate::matchmaker::{Matchmaker, Target};
 use crate::protocol::{dealer_request, Delivery, MessageType};
 
@@ -168,14 +168,11 @@ impl RpcClient {
     ) -> Result<RpcClient, RpcError> {
         let identity = format!("{}/{}", config.host, uuid::Uuid::new_v4());
         let ctx = zmq::Context::new();
-        let dealer = ctx
-            .socket(zmq::DEALER)
-            .map_err(|e| RpcError::Socket(format!("DEALER: {e}")))?;
-        configure_socket(
-            &dealer,
+        let dealer = open_socket(
+            &ctx,
+            zmq::DEALER,
             identity.as_bytes(),
             config.reconnect_interval,
-            true,
             config.curve.as_ref(),
         )?;
         let waiters: Waiters = Arc::new(Mutex::new(HashMap::new()));

@@ -91,21 +91,22 @@ pub fn default_host() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-/// Applies the options every RPC DEALER/SUB gets: identity, fast reconnect,
-/// CURVE client keys when the proxies require them, and (DEALER)
-/// ZMQ_IMMEDIATE, so that nothing is queued to a proxy that
-/// is not connected (architecture.md: without it, half the requests after a
-/// proxy failure went to the dead pipe).
-fn configure_socket(
-    socket: &zmq::Socket,
+/// Opens an RPC DEALER or SUB with the options every one gets: identity,
+/// fast reconnect, CURVE client keys when the proxies require them, and
+/// (DEALER) ZMQ_IMMEDIATE, so that nothing is queued to a proxy that is not
+/// connected (architecture.md: without it, half the requests after a proxy
+/// failure went to the dead pipe).
+fn open_socket(
+    ctx: &zmq::Context,
+    kind: zmq::SocketType,
     identity: &[u8],
     reconnect: std::time::Duration,
-    immediate: bool,
     curve: Option<&CurveClient>,
-) -> Result<(), RpcError> {
+) -> Result<zmq::Socket, RpcError> {
     let err = |what: &'static str| move |e: zmq::Error| RpcError::Socket(format!("{what}: {e}"));
+    let socket = ctx.socket(kind).map_err(err("socket"))?;
     if let Some(curve) = curve {
-        curve.apply(socket)?;
+        curve.apply(&socket)?;
     }
     socket.set_identity(identity).map_err(err("ZMQ_IDENTITY"))?;
     let ms = i32::try_from(reconnect.as_millis())
@@ -117,10 +118,10 @@ fn configure_socket(
     socket
         .set_reconnect_ivl_max(ms.saturating_mul(10))
         .map_err(err("ZMQ_RECONNECT_IVL_MAX"))?;
-    if immediate {
+    if kind == zmq::DEALER {
         socket.set_immediate(true).map_err(err("ZMQ_IMMEDIATE"))?;
     }
-    Ok(())
+    Ok(socket)
 }
 
 #[cfg(test)]

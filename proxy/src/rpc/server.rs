@@ -29,7 +29,7 @@ use super::connections::{self, follow_proxies};
 use super::dedup::{Dedup, Seen};
 use super::payload::{decode_pair, encode_reply, RemoteError};
 use super::socket_thread::{Command, Monitor, SocketThread};
-use super::{configure_socket, default_host, CurveClient, RpcError};
+use super::{default_host, open_socket, CurveClient, RpcError};
 use crate::backoff::CappedBackoff;
 use crate::matchmaker::{BoxFuture, Liveness, Matchmaker, Target};
 use crate::protocol::{dealer_request, Delivery, MessageType, Publication};
@@ -159,28 +159,26 @@ impl RpcServer {
         let identity = server_identity(&config.host, &config.target);
         let ctx = zmq::Context::new();
         let sock_err = |e: zmq::Error| RpcError::Socket(e.to_string());
-        let dealer = ctx.socket(zmq::DEALER).map_err(sock_err)?;
-        configure_socket(
-            &dealer,
+        let dealer = open_socket(
+            &ctx,
+            zmq::DEALER,
             identity.as_bytes(),
             config.reconnect_interval,
-            true,
             config.curve.as_ref(),
         )?;
         let mut sockets = vec![dealer];
         if config.pubsub {
-            let sub = ctx.socket(zmq::SUB).map_err(sock_err)?;
             let sub_id = format!(
                 "{}/{}/{}",
                 config.host,
                 config.target.topic,
                 uuid::Uuid::new_v4()
             );
-            configure_socket(
-                &sub,
+            let sub = open_socket(
+                &ctx,
+                zmq::SUB,
                 sub_id.as_bytes(),
                 config.reconnect_interval,
-                false,
                 config.curve.as_ref(),
             )?;
             sub.set_subscribe(config.target.topic.as_bytes())

@@ -12,7 +12,6 @@ mod rpc_support;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use common::{delivery, expect, recv, request, send, Engine, Proxy, WAIT};
@@ -347,22 +346,6 @@ fn the_native_engine_refuses_curve_naming_the_libzmq_engine() {
     assert!(stderr.contains("--engine libzmq"), "{stderr}");
 }
 
-fn oslo_venv_python() -> PathBuf {
-    static INSTALL: Once = Once::new();
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("oslo-venv");
-    let install = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oslo/install.sh");
-    INSTALL.call_once(|| {
-        let out = Command::new("sh").arg(install).arg(&venv).output().unwrap();
-        assert!(
-            out.status.success(),
-            "installing the venv failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    });
-    venv.join("bin/python")
-}
-
 #[test]
 fn pyzmq_curve_client_and_server_exchange_calls_through_the_proxy() {
     let (client_pair, server_pair, stranger) = (Pair::new(), Pair::new(), Pair::new());
@@ -373,7 +356,7 @@ fn pyzmq_curve_client_and_server_exchange_calls_through_the_proxy() {
     let proxy = files.start_proxy(&["--unroutable-wait-ms", "10000"]);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/curve/peers.py");
     let run = |client: &Pair, polls: &str| {
-        Command::new(oslo_venv_python())
+        Command::new(rpc_support::oslo_python())
             .arg(&script)
             .env("PROXY_PUBLIC", &files.proxy.public)
             .env("FRONTEND", proxy.frontend.as_ref().unwrap())

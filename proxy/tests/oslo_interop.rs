@@ -11,7 +11,7 @@ mod rpc_support;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Once};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -22,30 +22,10 @@ use zmq_proxy::rpc::{
     ClientConfig, Incoming, RemoteError, Request, RpcError, RpcServer, ServerConfig,
 };
 
-use rpc_support::{client_config, connect, serve, server_config, Proxy, Redis, WAIT};
+use rpc_support::{client_config, connect, oslo_python, serve, server_config, Proxy, Redis, WAIT};
 
 fn oslo_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oslo")
-}
-
-/// The venv's python, installing oslo.messaging on first use.
-fn python() -> PathBuf {
-    static INSTALL: Once = Once::new();
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("oslo-venv");
-    INSTALL.call_once(|| {
-        let out = Command::new("sh")
-            .arg(oslo_dir().join("install.sh"))
-            .arg(&venv)
-            .output()
-            .expect("run install.sh");
-        assert!(
-            out.status.success(),
-            "installing oslo.messaging 8.1.4 failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    });
-    venv.join("bin/python")
 }
 
 /// A Python child process, SIGTERMed (then killed) when dropped.
@@ -60,7 +40,7 @@ impl Py {
     }
 
     fn start_with(args: &[&str], acks: bool, pubsub: bool) -> Py {
-        let mut child = Command::new(python())
+        let mut child = Command::new(oslo_python())
             .arg(oslo_dir().join("oslo_rpc.py"))
             .args(args)
             .env("OSLO_ACKS", if acks { "true" } else { "false" })
@@ -132,7 +112,7 @@ per_engine_async!(
     super::rust_and_oslo_calls
 );
 async fn rust_and_oslo_calls(engine: &str) {
-    let _ = python();
+    let _ = oslo_python();
     let redis = Redis::start();
     let url = redis.url();
     let oslo_url = format!("{url}/");
@@ -257,7 +237,7 @@ per_engine_async!(
     super::casts_and_fanouts
 );
 async fn casts_and_fanouts(engine: &str) {
-    let _ = python();
+    let _ = oslo_python();
     let redis = Redis::start();
     let url = redis.url();
     let oslo_url = format!("{url}/");

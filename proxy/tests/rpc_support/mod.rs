@@ -4,9 +4,9 @@
 #![allow(dead_code)]
 
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
 use harness::process::ExitInfo;
@@ -146,6 +146,29 @@ pub async fn connect(mm: &Arc<dyn Matchmaker>, config: ClientConfig, proxies: us
         "client sees {proxies} proxies"
     );
     client
+}
+
+/// The python of a venv with unmodified oslo.messaging 8.1.4 and pyzmq
+/// (`tests/oslo/install.sh`, run once per test process; the script itself
+/// serializes parallel installs).
+pub fn oslo_python() -> PathBuf {
+    static INSTALL: Once = Once::new();
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("oslo-venv");
+    let install = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oslo/install.sh");
+    INSTALL.call_once(|| {
+        let out = Command::new("sh")
+            .arg(install)
+            .arg(&venv)
+            .output()
+            .expect("run install.sh");
+        assert!(
+            out.status.success(),
+            "installing oslo.messaging 8.1.4 failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+    venv.join("bin/python")
 }
 
 /// A static matchmaker listing `proxies` (fixed, never expiring).

@@ -527,8 +527,18 @@ impl<'a> SocketOpener<'a> {
     ) -> Result<ProxySocket, AppError> {
         let socket = new_socket(self.ctx, kind, &self.settings.sockets, identity)?;
         let counters = self.metrics.socket(name);
-        self.monitor
-            .watch(self.ctx, &socket, name, counters.connected.clone())?;
+        // Only CURVE sockets have handshakes that can fail on the proxy's
+        // side for a reason worth counting (a wrong server key, say).
+        let handshake_failed = self
+            .curve
+            .map(|_| self.metrics.curve_refused_counter(name, "handshake"));
+        self.monitor.watch(
+            self.ctx,
+            &socket,
+            name,
+            counters.connected.clone(),
+            handshake_failed,
+        )?;
         Ok(ProxySocket::new(socket, name, counters))
     }
 

@@ -115,6 +115,8 @@ fn curve_dealer(
 
 const REFUSED_KEY_FRONTEND: &str =
     r#"zmq_proxy_curve_refused_total{reason="unknown_key",socket="frontend"}"#;
+const REFUSED_HANDSHAKE_FRONTEND: &str =
+    r#"zmq_proxy_curve_refused_total{reason="handshake",socket="frontend"}"#;
 const REFUSED_IDENTITY_FRONTEND: &str =
     r#"zmq_proxy_curve_refused_total{reason="identity",socket="frontend"}"#;
 const RELOADED: &str = r#"zmq_proxy_curve_reloads_total{result="ok"}"#;
@@ -209,7 +211,7 @@ fn authorized_peers_call_and_unknown_keys_are_refused_while_traffic_flows() {
 }
 
 #[test]
-fn a_client_with_a_wrong_server_key_gets_nothing() {
+fn a_client_with_a_wrong_server_key_gets_nothing_and_is_counted() {
     let (client_pair, server_pair) = (Pair::new(), Pair::new());
     let files = KeyFiles::new(&format!("{}\n{}\n", client_pair.public, server_pair.public));
     let proxy = files.start_proxy(&[]);
@@ -232,6 +234,10 @@ fn a_client_with_a_wrong_server_key_gets_nothing() {
         "a call through a wrong server key arrived"
     );
     assert!(recv(&fooled, Duration::from_millis(10)).is_none());
+    // Counted (libzmq's monitor reports the failed handshake), and not as
+    // a key refusal: the proxy never learnt the client's key.
+    wait_metric_at_least(&proxy, REFUSED_HANDSHAKE_FRONTEND, 1.0);
+    assert_eq!(proxy.metric(REFUSED_KEY_FRONTEND), 0.0);
 }
 
 #[test]

@@ -152,7 +152,7 @@ impl Metrics {
         let curve_refused = IntCounterVec::new(
             Opts::new(
                 "zmq_proxy_curve_refused_total",
-                "CURVE peers refused at the handshake (unknown_key) and messages dropped for their sender's key (unknown_key: removed since it connected; identity: an identity the key may not use), per socket",
+                "CURVE peers refused at the handshake (unknown_key: a key not authorized; handshake: failed before its key could be checked, e.g. a wrong server key or a plain peer) and messages dropped for their sender's key (unknown_key: removed since it connected; identity: an identity the key may not use), per socket",
             ),
             &["socket", "reason"],
         )?;
@@ -207,6 +207,12 @@ impl Metrics {
         self.curve_refused
             .with_label_values(&[socket, reason])
             .inc();
+    }
+
+    /// The CURVE refusal counter of one socket and reason, resolved once
+    /// (for the socket monitor, which counts failed handshakes).
+    pub fn curve_refused_counter(&self, socket: &str, reason: &str) -> IntCounter {
+        self.curve_refused.with_label_values(&[socket, reason])
     }
 
     /// Counts a change of the authorized-keys file (`result`: ok, error).

@@ -374,6 +374,50 @@ mod tests {
     }
 
     #[test]
+    fn a_curve_message_decoded_again_is_not_opened_twice() {
+        use crate::curve::PublicKey;
+        use crate::native::curve::{session_pair, Established};
+        let (server, mut client) = session_pair();
+        let (mut conn, mut peer) = pair();
+        conn.curve = Some(Box::new(CurveConn::Established(Established {
+            session: server,
+            key: PublicKey([0; 32]),
+        })));
+        let mut wire = Vec::new();
+        client.seal_frame(true, b"first", &mut wire).expect("seal");
+        client
+            .seal_frame(false, b"second", &mut wire)
+            .expect("seal");
+        peer.write_all(&wire).expect("write");
+        read_until(&mut conn, wire.len());
+        let decoder = Decoder::new(1 << 20);
+        let read = |conn: &mut Connection| -> Vec<(bool, Vec<u8>)> {
+            (0..2)
+                .map(|_| match conn.next_frame(&decoder) {
+                    Next::Frame(frame) => (frame.more(), conn.buf[frame.body].to_vec()),
+                    other => panic!("no frame: {other:?}"),
+                })
+                .collect()
+        };
+        let expected = vec![(true, b"first".to_vec()), (false, b"second".to_vec())];
+        assert_eq!(read(&mut conn), expected);
+        // What the router does when the receiver is full: decode again
+        // from the message start later.
+        conn.decoded = conn.msg_start;
+        assert_eq!(read(&mut conn), expected);
+        // A new box after them opens as usual.
+        let mut wire = Vec::new();
+        client.seal_frame(false, b"third", &mut wire).expect("seal");
+        peer.write_all(&wire).expect("write");
+        conn.msg_start = conn.decoded;
+        read_until(&mut conn, wire.len());
+        match conn.next_frame(&decoder) {
+            Next::Frame(frame) => assert_eq!(&conn.buf[frame.body], b"third"),
+            other => panic!("no frame: {other:?}"),
+        }
+    }
+
+    #[test]
     fn a_large_message_in_progress_survives_growth_and_compaction() {
         let (mut conn, mut peer) = pair();
         let first: Vec<u8> = (0..1000u32).map(|i| (i % 7) as u8).collect();

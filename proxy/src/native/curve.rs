@@ -350,6 +350,47 @@ pub fn plain_command(command: &Command<'_>) -> Vec<u8> {
     out
 }
 
+/// A server and a client session after a whole handshake, for tests of
+/// the boxed paths.
+#[cfg(test)]
+pub(crate) fn session_pair() -> (Session, Session) {
+    use zmtp::curve::AwaitingWelcome;
+    use zmtp::{Metadata, SocketType};
+    let body = |wire: &[u8]| match Decoder::new(1 << 20).decode(wire) {
+        Ok(Some((frame, _))) => wire[frame.body].to_vec(),
+        other => panic!("no frame: {other:?}"),
+    };
+    {
+        let server_keys = KeyPair::generate(&mut OsRng);
+        let mut hello = Vec::new();
+        let client = AwaitingWelcome::hello(
+            KeyPair::generate(&mut OsRng),
+            server_keys.public(),
+            &mut OsRng,
+            &mut hello,
+        )
+        .expect("hello");
+        let mut welcome = Vec::new();
+        let welcomed = Server::new(server_keys)
+            .welcome(&body(&hello), &mut OsRng, &mut welcome)
+            .expect("welcome");
+        let ours = Metadata::basic(SocketType::Dealer, None).expect("metadata");
+        let mut initiate = Vec::new();
+        let client = client
+            .initiate(&body(&welcome), &ours, &mut OsRng, &mut initiate)
+            .expect("initiate");
+        let mut ready = Vec::new();
+        let theirs = Metadata::basic(SocketType::Router, None).expect("metadata");
+        let server = welcomed
+            .initiate(&body(&initiate))
+            .expect("pending")
+            .accept(&theirs, &mut ready)
+            .expect("ready");
+        let (client, _) = client.ready(&body(&ready)).expect("session");
+        (server, client)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -476,34 +517,7 @@ mod tests {
 
     #[test]
     fn held_wire_is_sealed_frame_by_frame_with_its_flags() {
-        // A whole handshake, for a session pair.
-        let server_keys = KeyPair::generate(&mut OsRng);
-        let mut hello = Vec::new();
-        let client = AwaitingWelcome::hello(
-            KeyPair::generate(&mut OsRng),
-            server_keys.public(),
-            &mut OsRng,
-            &mut hello,
-        )
-        .expect("hello");
-        let mut welcome = Vec::new();
-        let welcomed = Server::new(server_keys)
-            .welcome(&body(&hello), &mut OsRng, &mut welcome)
-            .expect("welcome");
-        let ours = Metadata::basic(SocketType::Dealer, None).expect("metadata");
-        let mut initiate = Vec::new();
-        let client = client
-            .initiate(&body(&welcome), &ours, &mut OsRng, &mut initiate)
-            .expect("initiate");
-        let mut ready = Vec::new();
-        let theirs = Metadata::basic(SocketType::Router, None).expect("metadata");
-        let mut server = welcomed
-            .initiate(&body(&initiate))
-            .expect("pending")
-            .accept(&theirs, &mut ready)
-            .expect("ready");
-        let (mut client, _) = client.ready(&body(&ready)).expect("session");
-
+        let (mut server, mut client) = session_pair();
         let mut wire = Vec::new();
         for (i, f) in [&b""[..], b"1.0", b"payload"].iter().enumerate() {
             wire.extend_from_slice(encode_header(Flags::message(i < 2), f.len()).as_bytes());

@@ -847,3 +847,59 @@ fn native_heartbeats_and_large_messages_travel_boxed() {
         delivery("node2/s", "5", "big", &[&big, b"tail"])
     );
 }
+
+#[test]
+fn native_a_removed_subscriber_key_is_disconnected_at_the_reload() {
+    let (client_pair, sub_pair) = (Pair::new(), Pair::new());
+    let files = KeyFiles::new(&format!(
+        "{} node1/*\n{}\n",
+        client_pair.public, sub_pair.public
+    ));
+    let proxy = files.start_proxy(Engine::Native, &["--pubsub"]);
+    let ctx = zmq::Context::new();
+    let server_key = &files.proxy.public;
+    let client = curve_dealer(&ctx, "node1/c", &client_pair, server_key, proxy.frontend());
+    let sub = ctx.socket(zmq::SUB).unwrap();
+    sub.set_linger(0).unwrap();
+    sub.set_curve_serverkey(&zmq::z85_decode(server_key).unwrap())
+        .unwrap();
+    sub.set_curve_publickey(&zmq::z85_decode(&sub_pair.public).unwrap())
+        .unwrap();
+    sub.set_curve_secretkey(&zmq::z85_decode(&sub_pair.secret).unwrap())
+        .unwrap();
+    sub.set_subscribe(b"compute").unwrap();
+    let events = monitor(
+        &ctx,
+        &sub,
+        &[
+            zmq::SocketEvent::DISCONNECTED,
+            zmq::SocketEvent::HANDSHAKE_FAILED_AUTH,
+        ],
+    );
+    sub.connect(proxy.publisher()).unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        send(&client, &request("3", "compute", "fanout", &[b"x"]));
+        if recv(&sub, Duration::from_millis(50)).is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the subscription never took effect"
+        );
+    }
+    files.authorize(&format!("{} node1/*\n", client_pair.public));
+    wait_event(&events, zmq::SocketEvent::DISCONNECTED);
+    wait_event(&events, zmq::SocketEvent::HANDSHAKE_FAILED_AUTH);
+    wait_metric_at_least(
+        &proxy,
+        r#"zmq_proxy_curve_refused_total{reason="unknown_key",socket="publisher"}"#,
+        1.0,
+    );
+    while recv(&sub, Duration::from_millis(10)).is_some() {}
+    send(&client, &request("3", "compute", "after", &[b"y"]));
+    assert!(
+        recv(&sub, Duration::from_millis(300)).is_none(),
+        "a removed key's subscriber still receives"
+    );
+}

@@ -709,6 +709,7 @@ impl Engine {
         let claimed = match pending.metadata().check_peer(SocketType::Router) {
             Ok(peer) => peer.identity.map(<[u8]>::to_vec),
             Err(error) => {
+                out.clear();
                 pending.refuse(error.reason(), &mut out);
                 self.refuse(conn, &out, None, &key, &error.to_string());
                 return Some(Outcome::Stop);

@@ -903,3 +903,54 @@ fn native_a_removed_subscriber_key_is_disconnected_at_the_reload() {
         "a removed key's subscriber still receives"
     );
 }
+
+#[test]
+fn native_a_sender_held_back_by_a_full_curve_receiver_resumes_without_loss() {
+    let (client_pair, server_pair) = (Pair::new(), Pair::new());
+    let files = KeyFiles::new(&format!(
+        "{} node1/*\n{} node2/*\n",
+        client_pair.public, server_pair.public
+    ));
+    // 4 KiB of output per receiver, and a wait long enough for the test to
+    // read: a message that finds its receiver full is decoded again (its
+    // boxes already opened) once there is room.
+    let proxy = files.start_proxy(
+        Engine::Native,
+        &["--hwm", "4", "--send-timeout-ms", "60000"],
+    );
+    let ctx = zmq::Context::new();
+    let server_key = &files.proxy.public;
+    let client = curve_dealer(&ctx, "node1/c", &client_pair, server_key, proxy.frontend());
+    let server = unconnected_curve_dealer(&ctx, Some("node2/s"), &server_pair, server_key);
+    server.set_rcvhwm(1).unwrap();
+    server.set_rcvbuf(4096).unwrap();
+    server.connect(proxy.backend()).unwrap();
+    round_trip(&client, "node1/c", &server, "node2/s");
+    let payload: Vec<u8> = (0..64 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let sent = 200;
+    for i in 0..sent {
+        send(
+            &client,
+            &request("2", "node2/s", &format!("cast-{i}"), &[&payload]),
+        );
+    }
+    // The proxy stops taking casts while the server does not read.
+    let in_sample = r#"zmq_proxy_messages_total{direction="in",socket="frontend",type="cast"}"#;
+    let mut last = -1.0;
+    common::wait_until("the sender is held back", || {
+        let now = proxy.metric(in_sample);
+        let stalled = now == last && now < f64::from(sent);
+        last = now;
+        std::thread::sleep(Duration::from_millis(200));
+        stalled
+    });
+    for i in 0..sent {
+        let m = recv(&server, WAIT).unwrap_or_else(|| panic!("cast {i} never arrived"));
+        assert_eq!(m[4], format!("cast-{i}").as_bytes(), "in order");
+        assert!(m[5] == payload, "cast {i} intact");
+    }
+    assert_eq!(
+        proxy.metric(r#"zmq_proxy_dropped_total{reason="hwm",socket="backend"}"#),
+        0.0
+    );
+}

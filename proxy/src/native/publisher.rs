@@ -10,7 +10,9 @@
 //! closes what ended, adds the counts to the metrics).
 //!
 //! A published message is encoded once into a shared buffer; subscribers
-//! queue a reference to it ([`SharedOutbox`]). Each subscriber's output is
+//! queue a reference to it ([`SharedOutbox`]). A CURVE subscriber
+//! ([`Publisher::with_curve`]) gets its own boxes instead: each connection
+//! has its own key and nonces, so nothing sealed can be shared. Each subscriber's output is
 //! bounded in bytes by the router's receiver limit; a message for a full
 //! subscriber is dropped for that subscriber alone and counted (`hwm` on
 //! the `publisher` socket): a PUB never waits, so a subscriber that stops

@@ -22,6 +22,12 @@
 //! this loop: fanout and notify are encoded once, from the sender's buffer
 //! into one buffer all matching subscribers share, and the ACK
 //! (ack-pub-sub) goes back as with the libzmq engine.
+//!
+//! With CURVE ([`NativeRouter::with_curve`]), connections open with the
+//! CURVE handshake and are admitted or refused after INITIATE
+//! ([`super::curve`]); their frames are opened in place on input, so the
+//! forwarding above reads plaintext, and sealed per receiver on output
+//! (never written straight from the sender's buffer).
 
 use std::collections::HashMap;
 use std::io;

@@ -12,14 +12,15 @@
 //! A published message is encoded once into a shared buffer; subscribers
 //! queue a reference to it ([`SharedOutbox`]). A CURVE subscriber
 //! ([`Publisher::with_curve`]) gets its own boxes instead: each connection
-//! has its own key and nonces, so nothing sealed can be shared. Each subscriber's output is
-//! bounded in bytes by the router's receiver limit; a message for a full
-//! subscriber is dropped for that subscriber alone and counted (`hwm` on
-//! the `publisher` socket): a PUB never waits, so a subscriber that stops
-//! reading cannot stall the loop or the others. Subscriptions arrive in
-//! either form (3.1 SUBSCRIBE/CANCEL commands, 3.0 one-frame messages with
-//! a leading 1 or 0 byte) from any peer, as libzmq's PUB accepts them; other
-//! messages from subscribers are ignored.
+//! has its own key and nonces, so nothing sealed can be shared.
+//!
+//! Each subscriber's output is bounded in bytes by the router's receiver
+//! limit; a message for a full subscriber is dropped for that subscriber
+//! alone and counted (`hwm` on the `publisher` socket): a PUB never waits,
+//! so a subscriber that stops reading cannot stall the loop or the others.
+//! Subscriptions arrive in either form (3.1 SUBSCRIBE/CANCEL commands, 3.0
+//! one-frame messages with a leading 1 or 0 byte) from any peer, as
+//! libzmq's PUB accepts them; other messages from subscribers are ignored.
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};

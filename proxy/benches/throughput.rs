@@ -7,7 +7,7 @@
 //! - protocol-1.0 RPC round trips per second, with p50/p99 latency;
 //! - one-way casts per second;
 //! - and publisher fan-out to 1, 4, 16 subscribers through this proxy;
-//! - section `curve`: RPC round trips through the libzmq engine with CURVE
+//! - section `curve`: RPC round trips through each engine with CURVE
 //!   (every client and the server a CURVE client, keys authorized) against
 //!   the same engine with NULL.
 //!
@@ -50,6 +50,8 @@ enum Via {
     Direct,
     /// The libzmq engine with CURVE on.
     Curve,
+    /// The native engine with CURVE on.
+    NativeCurve,
 }
 
 impl Via {
@@ -60,12 +62,16 @@ impl Via {
             Via::Libzmq => "libzmq zmq_proxy",
             Via::Direct => "direct",
             Via::Curve => "zmq-proxy libzmq CURVE",
+            Via::NativeCurve => "zmq-proxy native CURVE",
         }
     }
 
     /// This proxy with either engine (protocol-1.0 envelopes on the server).
     fn is_zmq_proxy(self) -> bool {
-        matches!(self, Via::Ours | Via::Native | Via::Curve)
+        matches!(
+            self,
+            Via::Ours | Via::Native | Via::Curve | Via::NativeCurve
+        )
     }
 }
 
@@ -211,9 +217,10 @@ fn bench_keys() -> &'static BenchKeys {
     })
 }
 
-/// Makes `s` a CURVE client of the bench proxy when `via` is [`Via::Curve`].
+/// Makes `s` a CURVE client of the bench proxy when `via` is
+/// [`Via::Curve`] or [`Via::NativeCurve`].
 fn curve_client(via: Via, s: &zmq::Socket) {
-    if via == Via::Curve {
+    if matches!(via, Via::Curve | Via::NativeCurve) {
         let keys = bench_keys();
         s.set_curve_serverkey(&keys.proxy.public_key)
             .expect("server key");
@@ -224,14 +231,14 @@ fn curve_client(via: Via, s: &zmq::Socket) {
     }
 }
 
-/// The libzmq engine with CURVE (see [`bench_keys`]).
-fn zmq_proxy_curve() -> Setup {
+/// `engine` with CURVE (see [`bench_keys`]).
+fn zmq_proxy_curve(engine: &str) -> Setup {
     let dir = &bench_keys().dir;
     let hwm = env_or("ZMQ_PROXY_BENCH_HWM", SocketOptions::default().hwm).to_string();
     let send_timeout = env_or("ZMQ_PROXY_BENCH_SEND_TIMEOUT_MS", 1000u64).to_string();
     let mut command = Command::new(env!("CARGO_BIN_EXE_zmq-proxy"));
     command
-        .args(["--engine", "libzmq", "-H", "127.0.0.1"])
+        .args(["--engine", engine, "-H", "127.0.0.1"])
         .args([
             "--bind-address",
             "127.0.0.1",
@@ -357,7 +364,7 @@ fn server(
 ) {
     let ctx = zmq::Context::new();
     let s = match via {
-        Via::Ours | Via::Native | Via::Curve => {
+        Via::Ours | Via::Native | Via::Curve | Via::NativeCurve => {
             let s = ctx.socket(zmq::DEALER).expect("dealer");
             s.set_identity(SERVER_ID).expect("identity");
             curve_client(via, &s);
@@ -503,7 +510,8 @@ fn start(via: Via) -> Running {
     let setup = match via {
         Via::Native => zmq_proxy("native", false),
         Via::Ours => zmq_proxy("libzmq", false),
-        Via::Curve => zmq_proxy_curve(),
+        Via::Curve => zmq_proxy_curve("libzmq"),
+        Via::NativeCurve => zmq_proxy_curve("native"),
         Via::Libzmq => libzmq(),
         Via::Direct => direct(),
     };
@@ -955,14 +963,11 @@ fn main() {
         }
     }
     if wanted("curve") {
-        println!("\nRPC round trips through the libzmq engine, NULL against CURVE");
+        println!("\nRPC round trips through each engine, NULL against CURVE");
+        let vias = [Via::Native, Via::NativeCurve, Via::Ours, Via::Curve];
         for len in payloads() {
-            let runs = interleaved(
-                &[Via::Ours, Via::Curve],
-                |v| rpc(v, len),
-                |r: &Run| r.per_sec,
-            );
-            for (via, r) in [Via::Ours, Via::Curve].iter().zip(&runs) {
+            let runs = interleaved(&vias, |v| rpc(v, len), |r: &Run| r.per_sec);
+            for (via, r) in vias.iter().zip(&runs) {
                 println!(
                     "  {:>6}  {:<24} {:>9.0}/s  p50 {:>6.0} us  p99 {:>6.0} us  cpu {:>5.1} us/rt  lost {}",
                     size(len),
@@ -974,12 +979,14 @@ fn main() {
                     r.lost
                 );
             }
-            println!(
-                "  {:>6}  CURVE/NULL: {:.2}x round trips/s, {:.2}x proxy cpu per round trip",
-                size(len),
-                runs[1].per_sec / runs[0].per_sec,
-                runs[1].cpu_us / runs[0].cpu_us
-            );
+            for (engine, null, curve) in [("native", 0, 1), ("libzmq", 2, 3)] {
+                println!(
+                    "  {:>6}  {engine:<6} CURVE/NULL: {:.2}x round trips/s, {:.2}x proxy cpu per round trip",
+                    size(len),
+                    runs[curve].per_sec / runs[null].per_sec,
+                    runs[curve].cpu_us / runs[null].cpu_us
+                );
+            }
         }
         let _ = std::fs::remove_dir_all(&bench_keys().dir);
     }

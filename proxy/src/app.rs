@@ -16,12 +16,12 @@ use std::time::{Duration, Instant};
 
 use crate::backoff::CappedBackoff;
 use crate::config::{Engine, RouterMode, Settings, SocketOptions};
-use crate::curve::{IdentityCheck, SecretKey, SharedKeys, ZapHandler};
+use crate::curve::{IdentityCheck, Refusal, SecretKey, SharedKeys, ZapHandler};
 use crate::loop_thread::ForwardingLoop;
 use crate::matchmaker::{self, Matchmaker, ProxyAddresses};
 use crate::native::router::{out_limit_for_hwm, DEFAULT_MAX_MESSAGE};
 use crate::native::{
-    Duplicates, Heartbeat, Keepalive, Listener, NativeConfig, NativeRouter, Publisher,
+    CurveServer, Duplicates, Heartbeat, Keepalive, Listener, NativeConfig, NativeRouter, Publisher,
     PublisherConfig, Relay, RelayConfig, Timeouts,
 };
 use crate::publisher::LocalPublisher;
@@ -174,6 +174,13 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
         health.registered.store(true, Ordering::SeqCst);
         ((None, None, Some(pub_ep)), None)
     } else if native {
+        let curve = match &settings.curve {
+            Some(files) => {
+                let (secret, keys) = load_curve(files, &metrics, &shutdown)?;
+                Some(CurveServer::new(&secret, keys, metrics.clone()))
+            }
+            None => None,
+        };
         let io_err = |what| move |source| AppError::Io { what, source };
         let fe_id = proxy_identity(&settings.host);
         let be_id = proxy_identity(&settings.host);
@@ -198,6 +205,10 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
         };
         let (publ, pub_ep) = if settings.pubsub {
             let (publ, ep, port) = native_publisher(&settings, &metrics)?;
+            let publ = match &curve {
+                Some(curve) => publ.with_curve(curve.clone()),
+                None => publ,
+            };
             (Some(publ), Some((ep, port)))
         } else {
             (None, None)
@@ -233,6 +244,10 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
             shutdown.clone(),
             Arc::clone(&activity),
         );
+        let router = match curve {
+            Some(curve) => router.with_curve(curve),
+            None => router,
+        };
         threads.push(router.spawn(health.loop_guard()).map_err(spawn_err)?);
         ((Some((fe_ep, fe_port)), be_ep, pub_ep), Some(proxy))
     } else {
@@ -434,28 +449,18 @@ fn timeouts(opts: &SocketOptions) -> Timeouts {
     }
 }
 
-/// Reads the CURVE key files, starts the ZAP handler (before any socket
-/// binds, see [`crate::curve::zap`]) and the authorized-keys reload, and
-/// returns the secret key for the sockets and the shared key set for the
-/// router's identity check.
-fn start_curve(
+/// Reads the CURVE key files and starts the authorized-keys reload;
+/// returns the secret key and the shared key set (both engines).
+fn load_curve(
     files: &crate::config::CurveFiles,
-    ctx: &zmq::Context,
     metrics: &Metrics,
     shutdown: &Shutdown,
-    threads: &mut Vec<std::thread::JoinHandle<()>>,
 ) -> Result<(SecretKey, SharedKeys), AppError> {
     let secret = crate::curve::load_secret_key(&files.secret_key_file)?;
     let public = secret.public();
     let (authorized, text) = crate::curve::load_authorized_keys(&files.authorized_keys)?;
     tracing::info!(public_key = %public, authorized = authorized.len(), "CURVE on: frontend, backend and publisher are CURVE servers");
     let keys = SharedKeys::new(authorized);
-    let zap = ZapHandler::bind(ctx, keys.clone(), metrics.clone(), shutdown.clone())
-        .map_err(AppError::Zap)?;
-    threads.push(zap.spawn().map_err(|source| AppError::Io {
-        what: "start the ZAP handler",
-        source,
-    })?);
     tokio::spawn(crate::curve::watch_authorized_keys(
         files.authorized_keys.clone(),
         text,
@@ -463,6 +468,27 @@ fn start_curve(
         metrics.clone(),
         shutdown.clone(),
     ));
+    Ok((secret, keys))
+}
+
+/// The libzmq engine's CURVE: [`load_curve`], then the ZAP handler, bound
+/// before any socket binds (see [`crate::curve::zap`]); returns the secret
+/// key for the sockets and the shared key set for the router's identity
+/// check.
+fn start_curve(
+    files: &crate::config::CurveFiles,
+    ctx: &zmq::Context,
+    metrics: &Metrics,
+    shutdown: &Shutdown,
+    threads: &mut Vec<std::thread::JoinHandle<()>>,
+) -> Result<(SecretKey, SharedKeys), AppError> {
+    let (secret, keys) = load_curve(files, metrics, shutdown)?;
+    let zap = ZapHandler::bind(ctx, keys.clone(), metrics.clone(), shutdown.clone())
+        .map_err(AppError::Zap)?;
+    threads.push(zap.spawn().map_err(|source| AppError::Io {
+        what: "start the ZAP handler",
+        source,
+    })?);
     Ok((secret, keys))
 }
 
@@ -529,9 +555,10 @@ impl<'a> SocketOpener<'a> {
         let counters = self.metrics.socket(name);
         // Only CURVE sockets have handshakes that can fail on the proxy's
         // side for a reason worth counting (a wrong server key, say).
-        let handshake_failed = self
-            .curve
-            .map(|_| self.metrics.curve_refused_counter(name, "handshake"));
+        let handshake_failed = self.curve.map(|_| {
+            self.metrics
+                .curve_refused_counter(name, Refusal::Handshake.as_str())
+        });
         self.monitor.watch(
             self.ctx,
             &socket,

@@ -1,10 +1,12 @@
-//! CURVE security of the proxy (libzmq engine) with real sockets: CURVE
+//! CURVE security of the proxy, on both engines, with real sockets: CURVE
 //! peers (Rust `zmq` and pyzmq) exchange protocol-1.0 calls through a proxy
 //! started with `--curve-secret-key-file` and `--curve-authorized-keys`;
 //! unknown keys, a wrong server key and a stolen identity are refused and
 //! counted while authorized traffic keeps flowing; the authorized keys
 //! rotate by rewriting the file, without a restart; the Rust RPC library
-//! calls through such a proxy with its CURVE client keys.
+//! calls through such a proxy with its CURVE client keys. The native
+//! engine refuses at the handshake what the libzmq engine can only drop
+//! per message (a stolen identity, a removed key): the `native_*` tests.
 
 mod common;
 mod rpc_support;
@@ -70,7 +72,7 @@ impl KeyFiles {
         std::fs::rename(&tmp, self.authorized()).unwrap();
     }
 
-    fn start_proxy(&self, extra: &[&str]) -> Proxy {
+    fn start_proxy(&self, engine: Engine, extra: &[&str]) -> Proxy {
         let secret = self.secret();
         let authorized = self.authorized();
         let mut args = vec![
@@ -80,7 +82,7 @@ impl KeyFiles {
             authorized.to_str().unwrap(),
         ];
         args.extend(extra);
-        Proxy::start_on(Engine::Libzmq, &args)
+        Proxy::start_on(engine, &args)
     }
 }
 
@@ -98,8 +100,23 @@ fn curve_dealer(
     server: &str,
     endpoint: &str,
 ) -> zmq::Socket {
+    let s = unconnected_curve_dealer(ctx, Some(identity), pair, server);
+    s.connect(endpoint).unwrap();
+    s
+}
+
+/// [`curve_dealer`] before it connects (`identity` `None`: the proxy
+/// makes one up).
+fn unconnected_curve_dealer(
+    ctx: &zmq::Context,
+    identity: Option<&str>,
+    pair: &Pair,
+    server: &str,
+) -> zmq::Socket {
     let s = ctx.socket(zmq::DEALER).unwrap();
-    s.set_identity(identity.as_bytes()).unwrap();
+    if let Some(identity) = identity {
+        s.set_identity(identity.as_bytes()).unwrap();
+    }
     s.set_linger(0).unwrap();
     s.set_reconnect_ivl(10).unwrap();
     s.set_reconnect_ivl_max(100).unwrap();
@@ -109,8 +126,53 @@ fn curve_dealer(
         .unwrap();
     s.set_curve_secretkey(&zmq::z85_decode(&pair.secret).unwrap())
         .unwrap();
-    s.connect(endpoint).unwrap();
     s
+}
+
+/// The monitor of `socket` for `events` (set before it connects, so no
+/// event is missed).
+fn monitor(ctx: &zmq::Context, socket: &zmq::Socket, events: &[zmq::SocketEvent]) -> zmq::Socket {
+    let mask = events
+        .iter()
+        .fold(0, |mask, event| mask | i32::from(event.to_raw()));
+    let endpoint = format!("inproc://monitor-{}", uuid::Uuid::new_v4());
+    socket.monitor(&endpoint, mask).unwrap();
+    let events = ctx.socket(zmq::PAIR).unwrap();
+    events.set_linger(0).unwrap();
+    events.connect(&endpoint).unwrap();
+    events
+}
+
+/// Waits for `event` on `monitor` (others are skipped); returns its value.
+fn wait_event(monitor: &zmq::Socket, event: zmq::SocketEvent) -> u32 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "no {event:?} event");
+        if monitor.poll(zmq::POLLIN, left.as_millis() as i64).unwrap() == 0 {
+            continue;
+        }
+        let frames = monitor.recv_multipart(0).unwrap();
+        let (kind, value) = frames[0].split_at(2);
+        if u16::from_ne_bytes([kind[0], kind[1]]) == event.to_raw() {
+            return u32::from_ne_bytes([value[0], value[1], value[2], value[3]]);
+        }
+    }
+}
+
+/// Whether `monitor` reports `event` within a short while.
+fn sees_event(monitor: &zmq::Socket, event: zmq::SocketEvent, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || monitor.poll(zmq::POLLIN, left.as_millis() as i64).unwrap() == 0 {
+            return false;
+        }
+        let frames = monitor.recv_multipart(0).unwrap();
+        if u16::from_ne_bytes([frames[0][0], frames[0][1]]) == event.to_raw() {
+            return true;
+        }
+    }
 }
 
 const REFUSED_KEY_FRONTEND: &str =
@@ -167,14 +229,18 @@ fn stays_quiet(server: &zmq::Socket) -> bool {
     recv(server, Duration::from_millis(300)).is_none()
 }
 
-#[test]
-fn authorized_peers_call_and_unknown_keys_are_refused_while_traffic_flows() {
+per_engine!(
+    authorized_peers_call_and_unknown_keys_are_refused_while_traffic_flows,
+    super::authorized_peers_call_and_unknown_keys_are_refused_while_traffic_flows_on
+);
+
+fn authorized_peers_call_and_unknown_keys_are_refused_while_traffic_flows_on(engine: Engine) {
     let (client_pair, server_pair, stranger) = (Pair::new(), Pair::new(), Pair::new());
     let files = KeyFiles::new(&format!(
         "# test peers\n{} node1/*\n{} node2/*\n",
         client_pair.public, server_pair.public
     ));
-    let proxy = files.start_proxy(&[]);
+    let proxy = files.start_proxy(engine, &[]);
     let (fe, be) = (
         proxy.frontend.clone().unwrap(),
         proxy.backend.clone().unwrap(),
@@ -210,11 +276,15 @@ fn authorized_peers_call_and_unknown_keys_are_refused_while_traffic_flows() {
     assert!(status.success(), "{status:?}\n{}", proxy.log_text());
 }
 
-#[test]
-fn a_client_with_a_wrong_server_key_gets_nothing_and_is_counted() {
+per_engine!(
+    a_client_with_a_wrong_server_key_gets_nothing_and_is_counted,
+    super::a_client_with_a_wrong_server_key_gets_nothing_and_is_counted_on
+);
+
+fn a_client_with_a_wrong_server_key_gets_nothing_and_is_counted_on(engine: Engine) {
     let (client_pair, server_pair) = (Pair::new(), Pair::new());
     let files = KeyFiles::new(&format!("{}\n{}\n", client_pair.public, server_pair.public));
-    let proxy = files.start_proxy(&[]);
+    let proxy = files.start_proxy(engine, &[]);
     let (fe, be) = (
         proxy.frontend.clone().unwrap(),
         proxy.backend.clone().unwrap(),
@@ -240,14 +310,18 @@ fn a_client_with_a_wrong_server_key_gets_nothing_and_is_counted() {
     assert_eq!(proxy.metric(REFUSED_KEY_FRONTEND), 0.0);
 }
 
-#[test]
-fn a_stolen_identity_is_dropped_and_counted() {
+per_engine!(
+    a_stolen_identity_is_dropped_and_counted,
+    super::a_stolen_identity_is_dropped_and_counted_on
+);
+
+fn a_stolen_identity_is_dropped_and_counted_on(engine: Engine) {
     let (alice, bob, server_pair) = (Pair::new(), Pair::new(), Pair::new());
     let files = KeyFiles::new(&format!(
         "{} node1/alice\n{} node1/bob* hex:00*\n{} node2/*\n",
         alice.public, bob.public, server_pair.public
     ));
-    let proxy = files.start_proxy(&[]);
+    let proxy = files.start_proxy(engine, &[]);
     let (fe, be) = (
         proxy.frontend.clone().unwrap(),
         proxy.backend.clone().unwrap(),
@@ -270,17 +344,23 @@ fn a_stolen_identity_is_dropped_and_counted() {
         0.0,
         "refused for its identity, not its key"
     );
-    assert!(proxy
-        .log_text()
-        .contains("message refused for its sender's CURVE key"));
+    let log = match engine {
+        Engine::Libzmq => "message refused for its sender's CURVE key",
+        Engine::Native => "CURVE peer refused at the handshake",
+    };
+    assert!(proxy.log_text().contains(log), "{}", proxy.log_text());
 }
 
-#[test]
-fn keys_rotate_by_rewriting_the_file_without_a_restart() {
+per_engine!(
+    keys_rotate_by_rewriting_the_file_without_a_restart,
+    super::keys_rotate_by_rewriting_the_file_without_a_restart_on
+);
+
+fn keys_rotate_by_rewriting_the_file_without_a_restart_on(engine: Engine) {
     let (old, new, server_pair) = (Pair::new(), Pair::new(), Pair::new());
     let server_line = format!("{} node2/*\n", server_pair.public);
     let files = KeyFiles::new(&format!("{} node1/*\n{server_line}", old.public));
-    let proxy = files.start_proxy(&[]);
+    let proxy = files.start_proxy(engine, &[]);
     let (fe, be) = (
         proxy.frontend.clone().unwrap(),
         proxy.backend.clone().unwrap(),
@@ -328,17 +408,16 @@ fn keys_rotate_by_rewriting_the_file_without_a_restart() {
 }
 
 #[test]
-fn the_native_engine_refuses_curve_naming_the_libzmq_engine() {
+fn a_local_publisher_refuses_curve_naming_it() {
     let files = KeyFiles::new("");
     let out = Command::new(env!("CARGO_BIN_EXE_zmq-proxy"))
         .args([
             "--engine",
             "native",
+            "--local-publisher",
             "--metrics-address",
             "127.0.0.1:0",
-            "-f",
-            "0",
-            "-b",
+            "-p",
             "0",
         ])
         .arg("--curve-secret-key-file")
@@ -349,17 +428,21 @@ fn the_native_engine_refuses_curve_naming_the_libzmq_engine() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--engine libzmq"), "{stderr}");
+    assert!(stderr.contains("local publisher"), "{stderr}");
 }
 
-#[test]
-fn pyzmq_curve_client_and_server_exchange_calls_through_the_proxy() {
+per_engine!(
+    pyzmq_curve_client_and_server_exchange_calls_through_the_proxy,
+    super::pyzmq_curve_client_and_server_exchange_calls_through_the_proxy_on
+);
+
+fn pyzmq_curve_client_and_server_exchange_calls_through_the_proxy_on(engine: Engine) {
     let (client_pair, server_pair, stranger) = (Pair::new(), Pair::new(), Pair::new());
     let files = KeyFiles::new(&format!(
         "{} py-node1/*\n{} py-node2/*\n",
         client_pair.public, server_pair.public
     ));
-    let proxy = files.start_proxy(&["--unroutable-wait-ms", "10000"]);
+    let proxy = files.start_proxy(engine, &["--unroutable-wait-ms", "10000"]);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/curve/peers.py");
     let run = |client: &Pair, polls: &str| {
         Command::new(rpc_support::oslo_python())
@@ -402,8 +485,12 @@ fn pyzmq_curve_client_and_server_exchange_calls_through_the_proxy() {
     wait_metric_at_least(&proxy, REFUSED_KEY_FRONTEND, 1.0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_rpc_library_calls_through_a_curve_proxy_with_its_client_keys() {
+per_engine_async!(
+    the_rpc_library_calls_through_a_curve_proxy_with_its_client_keys,
+    super::the_rpc_library_calls_through_a_curve_proxy_with_its_client_keys_on
+);
+
+async fn the_rpc_library_calls_through_a_curve_proxy_with_its_client_keys_on(engine: &str) {
     use std::sync::Arc;
     use zmq_proxy::curve::{PublicKey, SecretKey};
     use zmq_proxy::matchmaker::Target;
@@ -416,7 +503,7 @@ async fn the_rpc_library_calls_through_a_curve_proxy_with_its_client_keys() {
     ));
     let (secret, authorized) = (files.secret(), files.authorized());
     let proxy = rpc_support::Proxy::start_on(
-        "libzmq",
+        engine,
         &[
             "--curve-secret-key-file",
             secret.to_str().unwrap(),
@@ -516,14 +603,18 @@ fn curve_subscriber(
     s
 }
 
-#[test]
-fn the_publisher_serves_authorized_subscribers_only() {
+per_engine!(
+    the_publisher_serves_authorized_subscribers_only,
+    super::the_publisher_serves_authorized_subscribers_only_on
+);
+
+fn the_publisher_serves_authorized_subscribers_only_on(engine: Engine) {
     let (client_pair, sub_pair, stranger) = (Pair::new(), Pair::new(), Pair::new());
     let files = KeyFiles::new(&format!(
         "{} node1/*\n{}\n",
         client_pair.public, sub_pair.public
     ));
-    let proxy = files.start_proxy(&["--pubsub"]);
+    let proxy = files.start_proxy(engine, &["--pubsub"]);
     let (fe, publisher) = (
         proxy.frontend.clone().unwrap(),
         proxy.publisher.clone().unwrap(),
@@ -559,5 +650,296 @@ fn the_publisher_serves_authorized_subscribers_only() {
     assert!(
         recv(&intruder, Duration::from_millis(300)).is_none(),
         "an unknown key subscribed"
+    );
+}
+
+#[test]
+fn native_a_stolen_identity_is_refused_at_the_handshake_and_its_owner_keeps_its_traffic() {
+    let (alice, bob, server_pair) = (Pair::new(), Pair::new(), Pair::new());
+    let files = KeyFiles::new(&format!(
+        "{} node1/alice\n{} node1/bob\n{} node2/*\n",
+        alice.public, bob.public, server_pair.public
+    ));
+    let proxy = files.start_proxy(Engine::Native, &[]);
+    let (fe, be) = (proxy.frontend(), proxy.backend());
+    let ctx = zmq::Context::new();
+    let server_key = &files.proxy.public;
+    let server = curve_dealer(&ctx, "node2/s", &server_pair, server_key, be);
+    let bob_socket = curve_dealer(&ctx, "node1/bob", &bob, server_key, fe);
+    round_trip(&bob_socket, "node1/bob", &server, "node2/s");
+    // Alice's key claiming Bob's very identity: with ROUTER_HANDOVER it
+    // would take Bob's replies over; the native engine refuses it first.
+    let thief = unconnected_curve_dealer(&ctx, Some("node1/bob"), &alice, server_key);
+    let events = monitor(&ctx, &thief, &[zmq::SocketEvent::HANDSHAKE_FAILED_AUTH]);
+    thief.connect(fe).unwrap();
+    assert_eq!(
+        wait_event(&events, zmq::SocketEvent::HANDSHAKE_FAILED_AUTH),
+        400,
+        "libzmq reports the refusal's status"
+    );
+    wait_metric_at_least(&proxy, REFUSED_IDENTITY_FRONTEND, 1.0);
+    // Bob still holds node1/bob: replies to it reach Bob, not the thief.
+    round_trip(&bob_socket, "node1/bob", &server, "node2/s");
+    send(&server, &request("5", "node1/bob", "for-bob", &[b"x"]));
+    assert_eq!(
+        expect(&bob_socket),
+        delivery("node2/s", "5", "for-bob", &[b"x"])
+    );
+    assert!(recv(&thief, Duration::from_millis(300)).is_none());
+    assert_eq!(proxy.metric(REFUSED_KEY_FRONTEND), 0.0);
+    assert!(proxy
+        .log_text()
+        .contains("CURVE peer refused at the handshake"));
+}
+
+#[test]
+fn native_unknown_keys_and_unlisted_identities_are_refused_at_the_handshake() {
+    let (named, anonymous, stranger, server_pair) =
+        (Pair::new(), Pair::new(), Pair::new(), Pair::new());
+    // `named` may use node1/* only; `anonymous` any identity the proxy
+    // makes up (libzmq's form: a zero byte first).
+    let files = KeyFiles::new(&format!(
+        "{} node1/*\n{} hex:00*\n{} node2/*\n",
+        named.public, anonymous.public, server_pair.public
+    ));
+    let proxy = files.start_proxy(Engine::Native, &[]);
+    let (fe, be) = (proxy.frontend(), proxy.backend());
+    let ctx = zmq::Context::new();
+    let server_key = &files.proxy.public;
+    let server = curve_dealer(&ctx, "node2/s", &server_pair, server_key, be);
+
+    let unknown = unconnected_curve_dealer(&ctx, Some("node1/x"), &stranger, server_key);
+    let events = monitor(&ctx, &unknown, &[zmq::SocketEvent::HANDSHAKE_FAILED_AUTH]);
+    unknown.connect(fe).unwrap();
+    assert_eq!(
+        wait_event(&events, zmq::SocketEvent::HANDSHAKE_FAILED_AUTH),
+        400
+    );
+    wait_metric_at_least(&proxy, REFUSED_KEY_FRONTEND, 1.0);
+
+    // A key limited to named identities connecting without one.
+    let nameless = unconnected_curve_dealer(&ctx, None, &named, server_key);
+    let events = monitor(&ctx, &nameless, &[zmq::SocketEvent::HANDSHAKE_FAILED_AUTH]);
+    nameless.connect(fe).unwrap();
+    wait_event(&events, zmq::SocketEvent::HANDSHAKE_FAILED_AUTH);
+    wait_metric_at_least(&proxy, REFUSED_IDENTITY_FRONTEND, 1.0);
+
+    // The anonymous key without an identity calls and gets its reply.
+    let caller = unconnected_curve_dealer(&ctx, None, &anonymous, server_key);
+    caller.connect(fe).unwrap();
+    let deadline = Instant::now() + WAIT;
+    let call = loop {
+        send(&caller, &request("1", "node2/s", "anon", &[b"x"]));
+        if let Some(m) = recv(&server, Duration::from_millis(200)) {
+            break m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the anonymous call never arrived"
+        );
+    };
+    // The sender, as the server sees it: the identity the proxy made up.
+    let sender = call[2].clone();
+    assert_eq!(sender.first(), Some(&0), "a generated identity: {call:?}");
+    let reply = common::frames(&[b"", b"1.0", b"5", &sender, b"anon", b"y"]);
+    send(&server, &reply);
+    assert_eq!(expect(&caller), delivery("node2/s", "5", "anon", &[b"y"]));
+}
+
+#[test]
+fn native_a_removed_key_is_disconnected_at_the_reload() {
+    let (old, new, server_pair) = (Pair::new(), Pair::new(), Pair::new());
+    let server_line = format!("{} node2/*\n", server_pair.public);
+    let files = KeyFiles::new(&format!(
+        "{} node1/*\n{} node1/*\n{server_line}",
+        old.public, new.public
+    ));
+    let proxy = files.start_proxy(Engine::Native, &[]);
+    let (fe, be) = (proxy.frontend(), proxy.backend());
+    let ctx = zmq::Context::new();
+    let server_key = &files.proxy.public;
+    let server = curve_dealer(&ctx, "node2/s", &server_pair, server_key, be);
+    let old_client = unconnected_curve_dealer(&ctx, Some("node1/old"), &old, server_key);
+    let events = monitor(
+        &ctx,
+        &old_client,
+        &[
+            zmq::SocketEvent::DISCONNECTED,
+            zmq::SocketEvent::HANDSHAKE_FAILED_AUTH,
+        ],
+    );
+    old_client.connect(fe).unwrap();
+    let new_client = curve_dealer(&ctx, "node1/new", &new, server_key, fe);
+    round_trip(&old_client, "node1/old", &server, "node2/s");
+    round_trip(&new_client, "node1/new", &server, "node2/s");
+
+    files.authorize(&format!("{} node1/*\n{server_line}", new.public));
+    // Closed at the reload, and refused when it reconnects.
+    wait_event(&events, zmq::SocketEvent::DISCONNECTED);
+    wait_event(&events, zmq::SocketEvent::HANDSHAKE_FAILED_AUTH);
+    wait_metric_at_least(&proxy, RELOADED, 1.0);
+    wait_metric_at_least(&proxy, REFUSED_KEY_FRONTEND, 1.0);
+    assert!(proxy
+        .log_text()
+        .contains("CURVE peer no longer authorized after a reload"));
+    // Nothing reaches the removed key's peer any more; the others go on.
+    send(&server, &request("5", "node1/old", "gone", &[b"x"]));
+    assert!(recv(&old_client, Duration::from_millis(300)).is_none());
+    round_trip(&new_client, "node1/new", &server, "node2/s");
+}
+
+#[test]
+fn native_heartbeats_and_large_messages_travel_boxed() {
+    let (client_pair, server_pair) = (Pair::new(), Pair::new());
+    let files = KeyFiles::new(&format!(
+        "{} node1/*\n{} node2/*\n",
+        client_pair.public, server_pair.public
+    ));
+    let proxy = files.start_proxy(
+        Engine::Native,
+        &["--heartbeat-ivl-ms", "50", "--heartbeat-timeout-ms", "1000"],
+    );
+    let (fe, be) = (proxy.frontend(), proxy.backend());
+    let ctx = zmq::Context::new();
+    let server_key = &files.proxy.public;
+    let server = curve_dealer(&ctx, "node2/s", &server_pair, server_key, be);
+    // The client PINGs the proxy too, and gives up on it without a PONG.
+    let client = unconnected_curve_dealer(&ctx, Some("node1/c"), &client_pair, server_key);
+    client.set_heartbeat_ivl(50).unwrap();
+    client.set_heartbeat_timeout(1000).unwrap();
+    let events = monitor(&ctx, &client, &[zmq::SocketEvent::DISCONNECTED]);
+    client.connect(fe).unwrap();
+    round_trip(&client, "node1/c", &server, "node2/s");
+    // Many heartbeat intervals, both ways, while no message flows.
+    assert!(
+        !sees_event(
+            &events,
+            zmq::SocketEvent::DISCONNECTED,
+            Duration::from_millis(1500)
+        ),
+        "a PING or PONG did not open"
+    );
+    assert_eq!(
+        proxy.metric(r#"zmq_proxy_peers_timed_out_total{socket="frontend"}"#)
+            + proxy.metric(r#"zmq_proxy_peers_timed_out_total{socket="backend"}"#),
+        0.0,
+        "{}",
+        proxy.log_text()
+    );
+    // Beyond the direct-write size of plain connections, both ways.
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    send(&client, &request("1", "node2/s", "big", &[&big]));
+    assert_eq!(expect(&server), delivery("node1/c", "1", "big", &[&big]));
+    send(&server, &request("5", "node1/c", "big", &[&big, b"tail"]));
+    assert_eq!(
+        expect(&client),
+        delivery("node2/s", "5", "big", &[&big, b"tail"])
+    );
+}
+
+#[test]
+fn native_a_removed_subscriber_key_is_disconnected_at_the_reload() {
+    let (client_pair, sub_pair) = (Pair::new(), Pair::new());
+    let files = KeyFiles::new(&format!(
+        "{} node1/*\n{}\n",
+        client_pair.public, sub_pair.public
+    ));
+    let proxy = files.start_proxy(Engine::Native, &["--pubsub"]);
+    let ctx = zmq::Context::new();
+    let server_key = &files.proxy.public;
+    let client = curve_dealer(&ctx, "node1/c", &client_pair, server_key, proxy.frontend());
+    let sub = ctx.socket(zmq::SUB).unwrap();
+    sub.set_linger(0).unwrap();
+    sub.set_curve_serverkey(&zmq::z85_decode(server_key).unwrap())
+        .unwrap();
+    sub.set_curve_publickey(&zmq::z85_decode(&sub_pair.public).unwrap())
+        .unwrap();
+    sub.set_curve_secretkey(&zmq::z85_decode(&sub_pair.secret).unwrap())
+        .unwrap();
+    sub.set_subscribe(b"compute").unwrap();
+    let events = monitor(
+        &ctx,
+        &sub,
+        &[
+            zmq::SocketEvent::DISCONNECTED,
+            zmq::SocketEvent::HANDSHAKE_FAILED_AUTH,
+        ],
+    );
+    sub.connect(proxy.publisher()).unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        send(&client, &request("3", "compute", "fanout", &[b"x"]));
+        if recv(&sub, Duration::from_millis(50)).is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the subscription never took effect"
+        );
+    }
+    files.authorize(&format!("{} node1/*\n", client_pair.public));
+    wait_event(&events, zmq::SocketEvent::DISCONNECTED);
+    wait_event(&events, zmq::SocketEvent::HANDSHAKE_FAILED_AUTH);
+    wait_metric_at_least(
+        &proxy,
+        r#"zmq_proxy_curve_refused_total{reason="unknown_key",socket="publisher"}"#,
+        1.0,
+    );
+    while recv(&sub, Duration::from_millis(10)).is_some() {}
+    send(&client, &request("3", "compute", "after", &[b"y"]));
+    assert!(
+        recv(&sub, Duration::from_millis(300)).is_none(),
+        "a removed key's subscriber still receives"
+    );
+}
+
+#[test]
+fn native_a_sender_held_back_by_a_full_curve_receiver_resumes_without_loss() {
+    let (client_pair, server_pair) = (Pair::new(), Pair::new());
+    let files = KeyFiles::new(&format!(
+        "{} node1/*\n{} node2/*\n",
+        client_pair.public, server_pair.public
+    ));
+    // 4 KiB of output per receiver, and a wait long enough for the test to
+    // read: a message that finds its receiver full is decoded again (its
+    // boxes already opened) once there is room.
+    let proxy = files.start_proxy(
+        Engine::Native,
+        &["--hwm", "4", "--send-timeout-ms", "60000"],
+    );
+    let ctx = zmq::Context::new();
+    let server_key = &files.proxy.public;
+    let client = curve_dealer(&ctx, "node1/c", &client_pair, server_key, proxy.frontend());
+    let server = unconnected_curve_dealer(&ctx, Some("node2/s"), &server_pair, server_key);
+    server.set_rcvhwm(1).unwrap();
+    server.set_rcvbuf(4096).unwrap();
+    server.connect(proxy.backend()).unwrap();
+    round_trip(&client, "node1/c", &server, "node2/s");
+    let payload: Vec<u8> = (0..64 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let sent = 200;
+    for i in 0..sent {
+        send(
+            &client,
+            &request("2", "node2/s", &format!("cast-{i}"), &[&payload]),
+        );
+    }
+    // The proxy stops taking casts while the server does not read.
+    let in_sample = r#"zmq_proxy_messages_total{direction="in",socket="frontend",type="cast"}"#;
+    let mut last = -1.0;
+    common::wait_until("the sender is held back", || {
+        let now = proxy.metric(in_sample);
+        let stalled = now == last && now < f64::from(sent);
+        last = now;
+        std::thread::sleep(Duration::from_millis(200));
+        stalled
+    });
+    for i in 0..sent {
+        let m = recv(&server, WAIT).unwrap_or_else(|| panic!("cast {i} never arrived"));
+        assert_eq!(m[4], format!("cast-{i}").as_bytes(), "in order");
+        assert!(m[5] == payload, "cast {i} intact");
+    }
+    assert_eq!(
+        proxy.metric(r#"zmq_proxy_dropped_total{reason="hwm",socket="backend"}"#),
+        0.0
     );
 }

@@ -156,7 +156,8 @@ pub struct Cli {
     pub io_threads: Option<i32>,
     /// CURVE: the proxy's Z85 secret key (40 characters; its public key is
     /// derived); with --curve-authorized-keys, makes the frontend, backend
-    /// and publisher CURVE servers (libzmq engine). Read at start only.
+    /// and publisher CURVE servers (both engines; not with --local-publisher).
+    /// Read at start only.
     #[arg(long, env = "ZMQ_PROXY_CURVE_SECRET_KEY_FILE")]
     pub curve_secret_key_file: Option<PathBuf>,
     /// CURVE: the peers' Z85 public keys allowed to connect, one per line,

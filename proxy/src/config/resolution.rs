@@ -193,7 +193,6 @@ impl Settings {
                 ini.get(PROXY_SECTION, "curve_authorized_keys")
                     .map(PathBuf::from)
             }),
-            engine,
             local_publisher,
         )?;
         let batch = cli.batch.unwrap_or(256);
@@ -263,7 +262,6 @@ impl Settings {
 fn curve_files(
     secret_key_file: Option<PathBuf>,
     authorized_keys: Option<PathBuf>,
-    engine: Engine,
     local_publisher: bool,
 ) -> Result<Option<CurveFiles>, ConfigError> {
     let (secret_key_file, authorized_keys) = match (secret_key_file, authorized_keys) {
@@ -291,9 +289,6 @@ fn curve_files(
             reason,
         ))
     };
-    if engine == Engine::Native {
-        return refuse("CURVE runs on the libzmq engine only for now: add --engine libzmq");
-    }
     if local_publisher {
         return refuse("a local publisher cannot use CURVE yet (its SUB would need client keys)");
     }
@@ -506,7 +501,7 @@ mod tests {
     }
 
     #[test]
-    fn curve_needs_both_files_and_the_libzmq_engine() {
+    fn curve_needs_both_files_and_runs_on_both_engines_but_not_the_local_publisher() {
         let s = settings(&[], &[], "").unwrap();
         assert_eq!(s.curve, None, "plain (NULL) by default");
         let s = settings(
@@ -560,8 +555,8 @@ mod tests {
             "",
         );
         assert!(
-            native.unwrap_err().to_string().contains("--engine libzmq"),
-            "the native engine has no CURVE yet"
+            native.is_ok_and(|s| s.engine == Engine::Native && s.curve.is_some()),
+            "the native engine (the default) serves CURVE"
         );
         let lp = settings(
             &[
@@ -577,6 +572,25 @@ mod tests {
             "",
         );
         assert!(lp.is_err());
+        for engine in ["native", "libzmq"] {
+            let lp = settings(
+                &[
+                    "--engine",
+                    engine,
+                    "-lp",
+                    "--curve-secret-key-file",
+                    "/s",
+                    "--curve-authorized-keys",
+                    "/a",
+                ],
+                &[],
+                "",
+            );
+            assert!(
+                lp.unwrap_err().to_string().contains("local publisher"),
+                "{engine}: the local publisher's SUB has no client keys"
+            );
+        }
     }
 
     #[test]

@@ -1,7 +1,12 @@
-//! CURVE security (ZeroMQ RFC 26) for the libzmq engine: the proxy's
-//! frontend, backend and publisher sockets are CURVE servers; a peer must
-//! hold a key listed in the authorized-keys file, and may send only as the
-//! identities that file gives its key.
+//! CURVE security (ZeroMQ RFC 26): the proxy's frontend, backend and
+//! publisher sockets are CURVE servers; a peer must hold a key listed in
+//! the authorized-keys file, and may send only as the identities that file
+//! gives its key.
+//!
+//! This module is the key files, the key set shared by both engines and
+//! the libzmq engine's enforcement (ZAP, per-message check). The native
+//! engine speaks CURVE itself and enforces both rules at the handshake
+//! ([`crate::native::curve`]), and closes peers a reload no longer allows.
 //!
 //! - [`keys`]: Z85 keys and the public key of the proxy's secret key (pure);
 //! - [`authorized`]: the authorized-keys file (pure);
@@ -28,7 +33,8 @@
 //!   (ROUTER_HANDOVER lets it take that identity over from its rightful
 //!   owner); what it sends is dropped, but messages routed to that identity
 //!   go to it until the rightful peer reconnects. The native engine, which
-//!   sees READY itself, can close such a connection at the handshake.
+//!   reads INITIATE's metadata itself, refuses such a peer at the
+//!   handshake, before it can take the identity over.
 //!   Nothing in libzmq 4.3.4's stable API closes one peer of a ROUTER:
 //!   `zmq_disconnect_peer` is draft API and for SERVER sockets only,
 //!   ZMQ_ROUTER_NOTIFY only reports connections, and the fd a message came
@@ -36,9 +42,11 @@
 //!   it and handed the number to another peer's connection by the time the
 //!   loop would shut it down.
 //! - A SUB of the publisher sends nothing but subscriptions, so a removed
-//!   key's subscriber keeps receiving until it reconnects.
+//!   key's subscriber keeps receiving until it reconnects (the native
+//!   engine closes it at the reload).
 //! - A new secret key needs a restart: libzmq reads ZMQ_CURVE_SECRETKEY
-//!   when a socket binds and keeps it.
+//!   when a socket binds and keeps it (the native engine too, for now:
+//!   it reads the file once, at start).
 
 pub mod authorized;
 pub mod files;
@@ -64,6 +72,10 @@ pub enum Refusal {
     UnknownKey,
     /// A message whose routing id its key may not use.
     Identity,
+    /// A handshake that failed before the peer's key could be checked: a
+    /// wrong server key (its HELLO does not open), a plain NULL peer, a
+    /// malformed CURVE command.
+    Handshake,
 }
 
 impl Refusal {
@@ -72,6 +84,7 @@ impl Refusal {
         match self {
             Refusal::UnknownKey => "unknown_key",
             Refusal::Identity => "identity",
+            Refusal::Handshake => "handshake",
         }
     }
 }

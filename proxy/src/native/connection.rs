@@ -12,7 +12,11 @@ use std::io::{self, Read};
 use std::time::Instant;
 
 use mio::net::TcpStream;
-use zmtp::{Assembler, DecodeError, Decoder, FrameHeader, Limits};
+use thiserror::Error;
+use zmtp::curve::{MessageError, Opened, Session};
+use zmtp::{Assembler, DecodeError, Decoder, Flags, FrameHeader, Limits};
+
+use super::curve::CurveConn;
 
 use super::handshake::Handshake;
 use super::heartbeat::Liveness;
@@ -94,9 +98,21 @@ pub enum Next {
     /// `msg_start` on (0: its header is not complete either). The value
     /// to pass to [`Connection::read_some`].
     Need(usize),
-    /// The stream is not ZMTP: the connection must close (it cannot be
-    /// resynchronised).
-    Bad(DecodeError),
+    /// The stream is not ZMTP, or a CURVE box does not open: the
+    /// connection must close (it cannot be resynchronised).
+    Bad(FrameError),
+}
+
+/// Why the next frame cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum FrameError {
+    /// Not a ZMTP frame.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// A CURVE MESSAGE that does not open (altered, replayed, or not a
+    /// MESSAGE at all).
+    #[error(transparent)]
+    Curve(#[from] MessageError),
 }
 
 /// A message that found its receiver's output full.
@@ -151,6 +167,12 @@ pub struct Connection {
     pub liveness: Liveness,
     /// The peer speaks ZMTP 3.1, so it answers PING (3.0 has no PING).
     pub answers_ping: bool,
+    /// CURVE handshake or session; `None` under NULL.
+    pub curve: Option<Box<CurveConn>>,
+    /// Under CURVE, frames before this buffer offset are already opened
+    /// in place: a message decoded again (after waiting for room) is not
+    /// opened twice.
+    opened: usize,
 }
 
 impl Connection {
@@ -177,6 +199,16 @@ impl Connection {
             accepted: now,
             liveness: Liveness::new(now),
             answers_ping: false,
+            curve: None,
+            opened: 0,
+        }
+    }
+
+    /// The CURVE session, once the handshake is done (`None` under NULL).
+    pub fn session(&mut self) -> Option<&mut Session> {
+        match self.curve.as_deref_mut() {
+            Some(CurveConn::Established(established)) => Some(&mut established.session),
+            _ => None,
         }
     }
 
@@ -233,6 +265,7 @@ impl Connection {
             self.assembler.shift(by);
             self.decoded -= by;
             self.filled -= by;
+            self.opened = self.opened.saturating_sub(by);
             self.msg_start = 0;
         }
         let want = kept + missing.max(self.chunk);
@@ -262,7 +295,7 @@ impl Connection {
         let header = match decoder.header(self.unread()) {
             Ok(Some(header)) => header,
             Ok(None) => return Next::Need(0),
-            Err(error) => return Next::Bad(error),
+            Err(error) => return Next::Bad(error.into()),
         };
         if self.filled - self.decoded < header.frame_len() {
             return Next::Need(self.decoded - self.msg_start + header.frame_len());
@@ -271,11 +304,41 @@ impl Connection {
             Ok(Some((frame, used))) => {
                 let frame = frame.offset(self.decoded);
                 self.decoded += used;
-                Next::Frame(frame)
+                match self.open(frame) {
+                    Ok(frame) => Next::Frame(frame),
+                    Err(error) => Next::Bad(error.into()),
+                }
             }
             Ok(None) => Next::Need(0),
-            Err(error) => Next::Bad(error),
+            Err(error) => Next::Bad(error.into()),
         }
+    }
+
+    /// Under CURVE, opens `frame` (a MESSAGE) in place and returns the
+    /// frame it carries, its payload now plaintext in the buffer, so the
+    /// same assembly and forwarding code reads it as a NULL frame. Under
+    /// NULL, `frame` itself.
+    fn open(&mut self, frame: FrameHeader) -> Result<FrameHeader, MessageError> {
+        let Some(CurveConn::Established(established)) = self.curve.as_deref_mut() else {
+            return Ok(frame);
+        };
+        let start = frame.body.start;
+        let body = &mut self.buf[frame.body.clone()];
+        let opened = if frame.body.end <= self.opened {
+            Opened::reread(body).ok_or(MessageError::TooShort { len: body.len() })?
+        } else {
+            let opened = established.session.open(body)?;
+            self.opened = frame.body.end;
+            opened
+        };
+        Ok(FrameHeader {
+            flags: if opened.command {
+                Flags::COMMAND
+            } else {
+                Flags::message(opened.more)
+            },
+            body: start + opened.payload.start..start + opened.payload.end,
+        })
     }
 }
 
@@ -307,6 +370,50 @@ mod tests {
             assert!(Instant::now() < deadline, "bytes never arrived");
             conn.read_some(len).expect("read");
             assert!(!conn.eof, "peer closed early");
+        }
+    }
+
+    #[test]
+    fn a_curve_message_decoded_again_is_not_opened_twice() {
+        use crate::curve::PublicKey;
+        use crate::native::curve::{session_pair, Established};
+        let (server, mut client) = session_pair();
+        let (mut conn, mut peer) = pair();
+        conn.curve = Some(Box::new(CurveConn::Established(Established {
+            session: server,
+            key: PublicKey([0; 32]),
+        })));
+        let mut wire = Vec::new();
+        client.seal_frame(true, b"first", &mut wire).expect("seal");
+        client
+            .seal_frame(false, b"second", &mut wire)
+            .expect("seal");
+        peer.write_all(&wire).expect("write");
+        read_until(&mut conn, wire.len());
+        let decoder = Decoder::new(1 << 20);
+        let read = |conn: &mut Connection| -> Vec<(bool, Vec<u8>)> {
+            (0..2)
+                .map(|_| match conn.next_frame(&decoder) {
+                    Next::Frame(frame) => (frame.more(), conn.buf[frame.body].to_vec()),
+                    other => panic!("no frame: {other:?}"),
+                })
+                .collect()
+        };
+        let expected = vec![(true, b"first".to_vec()), (false, b"second".to_vec())];
+        assert_eq!(read(&mut conn), expected);
+        // What the router does when the receiver is full: decode again
+        // from the message start later.
+        conn.decoded = conn.msg_start;
+        assert_eq!(read(&mut conn), expected);
+        // A new box after them opens as usual.
+        let mut wire = Vec::new();
+        client.seal_frame(false, b"third", &mut wire).expect("seal");
+        peer.write_all(&wire).expect("write");
+        conn.msg_start = conn.decoded;
+        read_until(&mut conn, wire.len());
+        match conn.next_frame(&decoder) {
+            Next::Frame(frame) => assert_eq!(&conn.buf[frame.body], b"third"),
+            other => panic!("no frame: {other:?}"),
         }
     }
 

@@ -10,6 +10,8 @@
 //!
 //! Modules, one concept each:
 //! - [`handshake`]: greeting and READY of an accepted connection (pure);
+//! - [`curve`]: the CURVE server handshake, authorization at the
+//!   handshake and the sealing of output (pure but for the random source);
 //! - [`heartbeat`]: PING to quiet peers, closing dead ones (pure);
 //! - [`identity`]: routing identities, generated ones and duplicates (pure);
 //! - [`keepalive`]: TCP keepalive with libzmq's option semantics;
@@ -23,6 +25,7 @@
 //!   central publishers re-published on its own PUB.
 
 pub mod connection;
+pub mod curve;
 pub mod handshake;
 pub mod heartbeat;
 pub mod identity;
@@ -33,6 +36,7 @@ pub mod relay;
 pub mod router;
 pub mod subscriptions;
 
+pub use curve::CurveServer;
 pub use heartbeat::Heartbeat;
 pub use identity::Duplicates;
 pub use keepalive::Keepalive;

@@ -48,6 +48,13 @@ impl Outbox {
         self.buf.extend_from_slice(bytes);
     }
 
+    /// Lets `write` append to the queue in place (CURVE boxes are sealed
+    /// straight into it rather than into a buffer copied after).
+    #[inline]
+    pub fn append_with<R>(&mut self, write: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+        write(&mut self.buf)
+    }
+
     /// Appends what follows the first `skip` bytes of `parts` taken as one
     /// byte string: the rest of a vectored write the socket took in part.
     pub fn push_rest(&mut self, parts: &[&[u8]], mut skip: usize) {

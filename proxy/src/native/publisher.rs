@@ -10,14 +10,17 @@
 //! closes what ended, adds the counts to the metrics).
 //!
 //! A published message is encoded once into a shared buffer; subscribers
-//! queue a reference to it ([`SharedOutbox`]). Each subscriber's output is
-//! bounded in bytes by the router's receiver limit; a message for a full
-//! subscriber is dropped for that subscriber alone and counted (`hwm` on
-//! the `publisher` socket): a PUB never waits, so a subscriber that stops
-//! reading cannot stall the loop or the others. Subscriptions arrive in
-//! either form (3.1 SUBSCRIBE/CANCEL commands, 3.0 one-frame messages with
-//! a leading 1 or 0 byte) from any peer, as libzmq's PUB accepts them; other
-//! messages from subscribers are ignored.
+//! queue a reference to it ([`SharedOutbox`]). A CURVE subscriber
+//! ([`Publisher::with_curve`]) gets its own boxes instead: each connection
+//! has its own key and nonces, so nothing sealed can be shared.
+//!
+//! Each subscriber's output is bounded in bytes by the router's receiver
+//! limit; a message for a full subscriber is dropped for that subscriber
+//! alone and counted (`hwm` on the `publisher` socket): a PUB never waits,
+//! so a subscriber that stops reading cannot stall the loop or the others.
+//! Subscriptions arrive in either form (3.1 SUBSCRIBE/CANCEL commands, 3.0
+//! one-frame messages with a leading 1 or 0 byte) from any peer, as
+//! libzmq's PUB accepts them; other messages from subscribers are ignored.
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -27,16 +30,22 @@ use std::time::{Duration, Instant};
 use mio::event::Event;
 use mio::net::TcpListener;
 use mio::{Interest, Registry, Token};
+use zmtp::curve::MessageError;
 use zmtp::{
-    encode_header, Command, Decoder, Flags, Limits, Push, SocketType, Subscription, Version,
+    encode_header, Command, Decoder, Flags, Limits, Metadata, Push, SocketType, Subscription,
+    Version,
 };
 
 use super::connection::{free_slot, tune, Connection, Next, Phase, Side};
+use super::curve::{
+    seal_frames, seal_wire, CurveConn, CurveLoop, CurveServer, CurveStep, Established, REFUSED,
+};
 use super::handshake::{opening_as, Step};
 use super::heartbeat::{ping, pong, Due, Heartbeat};
 use super::keepalive::Keepalive;
 use super::outbox::{Chunk, SharedOutbox};
 use super::subscriptions::{Applied, Subscriptions};
+use crate::curve::{PublicKey, Refusal};
 use crate::protocol::{DropReason, MessageType};
 use crate::telemetry::{LogLimiter, SocketCounters, Tally};
 
@@ -146,6 +155,8 @@ pub struct Publisher {
     /// When heartbeats and handshake deadlines are next looked at.
     next_liveness_check: Instant,
     ping: Chunk,
+    /// The CURVE server, when subscribers must be CURVE clients.
+    curve: Option<CurveLoop>,
 }
 
 impl Publisher {
@@ -185,8 +196,18 @@ impl Publisher {
             limiter: LogLimiter::new(20, Duration::from_secs(10)),
             next_liveness_check: Instant::now(),
             ping: Arc::new(ping()),
+            curve: None,
         };
         Ok((publisher, format!("tcp://{bound}"), bound.port()))
+    }
+
+    /// Makes the PUB a CURVE server: subscribers are admitted by their
+    /// key (a PUB routes nothing by identity), and every subscriber gets
+    /// its own boxes (a published message is no longer shared).
+    pub fn with_curve(mut self, curve: CurveServer) -> Publisher {
+        self.opening = Arc::new(CurveServer::greeting().to_vec());
+        self.curve = Some(CurveLoop::new(curve));
+        self
     }
 
     /// Registers the listener under `base`; subscribers get the tokens
@@ -264,8 +285,19 @@ impl Publisher {
                 continue;
             }
             sub.dropping = 0;
-            let chunk = wire.get_or_insert_with(|| encode(frames));
-            sub.out.push(Arc::clone(chunk));
+            if let Some(session) = sub.conn.session() {
+                // Boxes are per connection: sealed for this one alone.
+                let mut sealed = Vec::new();
+                if seal_frames(session, frames, &mut sealed).is_err() {
+                    sub.conn.closing = true;
+                    self.closing.push(idx);
+                    continue;
+                }
+                sub.out.push(Arc::new(sealed));
+            } else {
+                let chunk = wire.get_or_insert_with(|| encode(frames));
+                sub.out.push(Arc::clone(chunk));
+            }
             mark_dirty(&mut self.dirty, idx, &mut sub.conn);
         }
         if dropped > 0 {
@@ -302,6 +334,13 @@ impl Publisher {
         if now >= self.next_liveness_check {
             self.check_liveness(now);
         }
+        if self
+            .curve
+            .as_mut()
+            .is_some_and(|curve| curve.authorizer.refresh())
+        {
+            self.recheck_curve_subscribers();
+        }
         self.flush_dirty();
         self.close_pending(registry);
         self.sent.flush_sent(&self.counters);
@@ -323,7 +362,10 @@ impl Publisher {
             match timeouts.due(&mut sub.conn, now) {
                 Due::Nothing => {}
                 Due::Ping => {
-                    sub.out.push(Arc::clone(&self.ping));
+                    if queue_chunk(&mut sub.out, &mut sub.conn, &self.ping).is_err() {
+                        sub.conn.closing = true;
+                        self.closing.push(idx);
+                    }
                     mark_dirty(&mut self.dirty, idx, &mut sub.conn);
                 }
                 Due::Dead => {
@@ -390,6 +432,9 @@ impl Publisher {
                 dropping: 0,
             };
             sub.out.push(Arc::clone(&self.opening));
+            if let Some(curve) = &self.curve {
+                sub.conn.curve = Some(Box::new(CurveConn::Handshake(curve.server.handshake())));
+            }
             mark_dirty(&mut self.dirty, idx, &mut sub.conn);
             // Counted at accept and close, as the socket monitor's
             // ACCEPTED and DISCONNECTED are for the libzmq PUB.
@@ -436,11 +481,17 @@ impl Publisher {
     /// frame needs `n` bytes from the message start (0: unknown); `None`:
     /// the connection is closing.
     fn process(&mut self, idx: usize, sub: &mut Subscriber) -> Option<usize> {
-        let conn = &mut sub.conn;
         loop {
-            if conn.closing {
+            if sub.conn.closing {
                 return None;
             }
+            if matches!(sub.conn.phase, Phase::Handshaking(_)) && sub.conn.curve.is_some() {
+                match self.curve_handshake(idx, sub) {
+                    Some(need) => return need,
+                    None => continue,
+                }
+            }
+            let conn = &mut sub.conn;
             if let Phase::Handshaking(mut handshake) = conn.phase {
                 match handshake.advance_as(conn.unread(), &self.decoder, SocketType::Pub) {
                     Ok(Step::NeedMore { consumed }) => {
@@ -490,7 +541,10 @@ impl Publisher {
                     let body = conn.buf.get(frame.body.clone()).unwrap_or_default();
                     match Command::parse(body) {
                         Ok(Command::Ping { context, .. }) => {
-                            sub.out.push(Arc::new(pong(context)));
+                            let pong = Arc::new(pong(context));
+                            if queue_chunk(&mut sub.out, conn, &pong).is_err() {
+                                conn.closing = true;
+                            }
                             mark_dirty(&mut self.dirty, idx, conn);
                         }
                         Ok(command) => {
@@ -519,6 +573,131 @@ impl Publisher {
                     conn.assembler.clear();
                     conn.msg_start = conn.decoded;
                 }
+            }
+        }
+    }
+
+    /// Moves a subscriber's CURVE handshake on. `None`: admitted, its
+    /// subscriptions follow; otherwise what [`Publisher::process`] returns.
+    fn curve_handshake(&mut self, idx: usize, sub: &mut Subscriber) -> Option<Option<usize>> {
+        let conn = &mut sub.conn;
+        let Some(CurveConn::Handshake(handshake)) = conn.curve.as_deref_mut() else {
+            return Some(None);
+        };
+        let mut out = Vec::new();
+        let step = handshake.advance(
+            &conn.buf[conn.decoded..conn.filled],
+            &self.decoder,
+            &mut out,
+        );
+        if !out.is_empty() {
+            sub.out.push(Arc::new(std::mem::take(&mut out)));
+            mark_dirty(&mut self.dirty, idx, conn);
+        }
+        let (consumed, pending, version) = match step {
+            Ok(CurveStep::NeedMore { consumed }) => {
+                conn.handshake_consumed(consumed);
+                return Some(Some(0));
+            }
+            Ok(CurveStep::Initiated {
+                consumed,
+                pending,
+                version,
+            }) => (consumed, pending, version),
+            Err(error) => {
+                if let Some(curve) = &self.curve {
+                    curve.server.count_refused("publisher", Refusal::Handshake);
+                }
+                if self.may_log() {
+                    tracing::warn!(socket = "publisher", %error, "CURVE handshake failed");
+                }
+                conn.closing = true;
+                return Some(None);
+            }
+        };
+        conn.handshake_consumed(consumed);
+        let key = PublicKey(*pending.client_key());
+        // A subscriber is admitted by its key alone: a PUB routes nothing
+        // by identity.
+        let verdict = match pending.metadata().check_peer(SocketType::Pub) {
+            Err(error) => Err((error.reason(), None, error.to_string())),
+            Ok(_) => match self.curve.as_ref() {
+                Some(curve) => curve
+                    .authorizer
+                    .admit(&key, None)
+                    .map_err(|r| (REFUSED, Some(r), r.as_str().to_string())),
+                None => Err((REFUSED, Some(Refusal::UnknownKey), String::new())),
+            },
+        };
+        let ready = match verdict {
+            Ok(()) => Metadata::basic(SocketType::Pub, None)
+                .map_err(|e| e.to_string())
+                .and_then(|ours| pending.accept(&ours, &mut out).map_err(|e| e.to_string())),
+            Err((error, refusal, reason)) => {
+                pending.refuse(error, &mut out);
+                sub.out.push(Arc::new(out));
+                // Best effort: the connection closes whether the peer gets
+                // the reason or not.
+                let _ = sub.out.flush(&mut &conn.stream);
+                conn.closing = true;
+                if let (Some(refusal), Some(curve)) = (refusal, &self.curve) {
+                    curve.server.count_refused("publisher", refusal);
+                }
+                if self.may_log() {
+                    tracing::warn!(socket = "publisher", key = %key.to_z85(), reason, "CURVE peer refused at the handshake");
+                }
+                return Some(None);
+            }
+        };
+        match ready {
+            Ok(session) => {
+                sub.out.push(Arc::new(out));
+                mark_dirty(&mut self.dirty, idx, conn);
+                conn.curve = Some(Box::new(CurveConn::Established(Established {
+                    session,
+                    key,
+                })));
+                conn.phase = Phase::Active;
+                conn.answers_ping = version >= Version::V3_1;
+                None
+            }
+            Err(error) => {
+                if self.may_log() {
+                    tracing::warn!(socket = "publisher", %error, "CURVE READY cannot be sealed");
+                }
+                conn.closing = true;
+                Some(None)
+            }
+        }
+    }
+
+    /// After a reload of the authorized keys: closes the subscribers whose
+    /// key was removed, each counted, so they receive nothing more.
+    fn recheck_curve_subscribers(&mut self) {
+        let Some(curve) = &self.curve else {
+            return;
+        };
+        let mut refused = Vec::new();
+        for (idx, slot) in self.subs.iter_mut().enumerate() {
+            let Some(sub) = slot.as_mut() else {
+                continue;
+            };
+            let Some(CurveConn::Established(established)) = sub.conn.curve.as_deref() else {
+                continue;
+            };
+            if sub.conn.closing {
+                continue;
+            }
+            if let Err(refusal) = curve.authorizer.admit(&established.key, None) {
+                sub.conn.closing = true;
+                self.closing.push(idx);
+                curve.server.count_refused("publisher", refusal);
+                refused.push(established.key);
+            }
+        }
+        for key in refused {
+            if self.may_log() {
+                tracing::warn!(socket = "publisher", key = %key.to_z85(), "CURVE subscriber no longer authorized after a reload; connection closed");
             }
         }
     }
@@ -585,6 +764,25 @@ fn apply(subscriptions: &mut Subscriptions, change: Subscription<'_>, limiter: &
             "subscription refused: the subscriber holds too many prefixes"
         );
     }
+}
+
+/// Queues an encoded command or message for a subscriber: shared under
+/// NULL, sealed for it alone under CURVE. An error (our nonces exhausted)
+/// means the connection must close.
+fn queue_chunk(
+    out: &mut SharedOutbox,
+    conn: &mut Connection,
+    chunk: &Chunk,
+) -> Result<(), MessageError> {
+    match conn.session() {
+        Some(session) => {
+            let mut sealed = Vec::new();
+            seal_wire(session, chunk, &mut sealed)?;
+            out.push(Arc::new(sealed));
+        }
+        None => out.push(Arc::clone(chunk)),
+    }
+    Ok(())
 }
 
 /// Queues `conn` (subscriber `idx`) for a flush at the end of the turn.

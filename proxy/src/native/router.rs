@@ -22,6 +22,12 @@
 //! this loop: fanout and notify are encoded once, from the sender's buffer
 //! into one buffer all matching subscribers share, and the ACK
 //! (ack-pub-sub) goes back as with the libzmq engine.
+//!
+//! With CURVE ([`NativeRouter::with_curve`]), connections open with the
+//! CURVE handshake and are admitted or refused after INITIATE
+//! ([`super::curve`]); their frames are opened in place on input, so the
+//! forwarding above reads plaintext, and sealed per receiver on output
+//! (never written straight from the sender's buffer).
 
 use std::collections::HashMap;
 use std::io;
@@ -32,17 +38,23 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
+use zmtp::curve::MessageError;
 use zmtp::{
-    encode_header, Command, Decoder, DropReason as CutReason, Flags, Limits, Push, Version,
+    encode_header, Command, Decoder, DropReason as CutReason, Flags, Limits, Metadata, Push,
+    SocketType, Version,
 };
 
 use super::connection::{free_slot, tune, Blocked, Connection, Next, Phase, Side};
+use super::curve::{
+    seal_frames, seal_wire, CurveConn, CurveLoop, CurveServer, CurveStep, Established, REFUSED,
+};
 use super::handshake::{opening, Step};
 use super::heartbeat::{ping, pong, Due, Heartbeat};
 use super::identity::{Claim, Duplicates, Generated, PeerTable};
 use super::keepalive::Keepalive;
 use super::outbox::{write_parts, Outbox};
 use super::publisher::Publisher;
+use crate::curve::{PublicKey, Refusal};
 use crate::hold::HoldQueue;
 use crate::loop_thread::ForwardingLoop;
 use crate::protocol::{
@@ -162,6 +174,7 @@ pub struct NativeRouter {
     backend: Option<Listener>,
     publisher: Option<Publisher>,
     config: NativeConfig,
+    curve: Option<CurveServer>,
     shutdown: Shutdown,
     activity: Arc<AtomicU64>,
 }
@@ -183,9 +196,17 @@ impl NativeRouter {
             backend,
             publisher,
             config,
+            curve: None,
             shutdown,
             activity,
         }
+    }
+
+    /// Makes the frontend and backend CURVE servers (the central PUB is
+    /// made one by [`Publisher::with_curve`]).
+    pub fn with_curve(mut self, curve: CurveServer) -> NativeRouter {
+        self.curve = Some(curve);
+        self
     }
 
     /// Forwards until the shutdown phase reaches `Stopping`, then gives the
@@ -196,6 +217,7 @@ impl NativeRouter {
             backend,
             mut publisher,
             config,
+            curve,
             shutdown,
             activity,
         } = self;
@@ -215,10 +237,18 @@ impl NativeRouter {
             max_bytes: config.max_message,
         };
         let seed = uuid::Uuid::new_v4().as_u128() as u32;
-        let openings = [
-            opening(&config.frontend_identity),
-            opening(&config.backend_identity),
-        ];
+        // Under CURVE, READY comes after the handshake, boxed.
+        let openings = match &curve {
+            Some(_) => [
+                CurveServer::greeting().to_vec(),
+                CurveServer::greeting().to_vec(),
+            ],
+            None => [
+                opening(&config.frontend_identity),
+                opening(&config.backend_identity),
+            ],
+        };
+        let curve = curve.map(CurveLoop::new);
         let mut engine = Engine {
             poll,
             double,
@@ -230,6 +260,7 @@ impl NativeRouter {
             ],
             generated: Generated::new(seed),
             openings,
+            curve,
             config,
             listeners,
             conns: Vec::new(),
@@ -314,8 +345,10 @@ struct Engine {
     /// Routing tables per side ([`Side::index`]).
     peers: [PeerTable; 2],
     generated: Generated,
-    /// Greeting and READY per side.
+    /// Greeting and READY per side (the greeting only under CURVE).
     openings: [Vec<u8>; 2],
+    /// The CURVE server, when the listeners are CURVE servers.
+    curve: Option<CurveLoop>,
     config: NativeConfig,
     /// Frontend, then the backend in double-router mode; token = index.
     listeners: Vec<Listener>,
@@ -449,6 +482,13 @@ impl Engine {
         if now >= self.next_liveness_check {
             self.check_liveness(now);
         }
+        if self
+            .curve
+            .as_mut()
+            .is_some_and(|curve| curve.authorizer.refresh())
+        {
+            self.recheck_curve_peers();
+        }
         self.flush_dirty();
         self.close_pending();
         if let Some(publisher) = self.publisher.as_mut() {
@@ -493,6 +533,9 @@ impl Engine {
             }
             let mut conn = Connection::new(stream, side, self.limits);
             conn.outbox.push(&self.openings[side.index()]);
+            if let Some(curve) = &self.curve {
+                conn.curve = Some(Box::new(CurveConn::Handshake(curve.server.handshake())));
+            }
             self.counters(side).connected.inc();
             self.conns[idx] = Some(conn);
             if let Some(conn) = self.conns[idx].as_mut() {
@@ -544,6 +587,12 @@ impl Engine {
             }
             match conn.phase {
                 Phase::Parked => return Outcome::Stop,
+                Phase::Handshaking(_) if conn.curve.is_some() => {
+                    if let Some(outcome) = self.curve_handshake(idx, conn) {
+                        return outcome;
+                    }
+                    continue;
+                }
                 Phase::Handshaking(mut handshake) => {
                     match handshake.advance(conn.unread(), &self.decoder) {
                         Ok(Step::NeedMore { consumed }) => {
@@ -624,6 +673,179 @@ impl Engine {
         }
     }
 
+    /// Moves `conn`'s CURVE handshake on. `None`: the peer was admitted
+    /// and its messages follow; otherwise what [`Engine::process`] returns.
+    fn curve_handshake(&mut self, idx: usize, conn: &mut Connection) -> Option<Outcome> {
+        let Some(CurveConn::Handshake(handshake)) = conn.curve.as_deref_mut() else {
+            return Some(Outcome::Stop);
+        };
+        let mut out = Vec::new();
+        let step = handshake.advance(
+            &conn.buf[conn.decoded..conn.filled],
+            &self.decoder,
+            &mut out,
+        );
+        if !out.is_empty() {
+            conn.outbox.push(&out);
+            mark_dirty(&mut self.dirty, idx, conn);
+        }
+        let (consumed, pending, version) = match step {
+            Ok(CurveStep::NeedMore { consumed }) => {
+                conn.handshake_consumed(consumed);
+                return Some(Outcome::Need(0));
+            }
+            Ok(CurveStep::Initiated {
+                consumed,
+                pending,
+                version,
+            }) => (consumed, pending, version),
+            Err(error) => {
+                // libzmq closes without a word too (a wrong server key
+                // among others): nothing to tell a peer that is not ours.
+                let socket = self.name(conn.side);
+                if let Some(curve) = &self.curve {
+                    curve.server.count_refused(socket, Refusal::Handshake);
+                }
+                if self.may_log() {
+                    tracing::warn!(socket, %error, "CURVE handshake failed");
+                }
+                conn.closing = true;
+                return Some(Outcome::Stop);
+            }
+        };
+        conn.handshake_consumed(consumed);
+        let t = if self.double { conn.side.index() } else { 0 };
+        let key = PublicKey(*pending.client_key());
+        let claimed = match pending.metadata().check_peer(SocketType::Router) {
+            Ok(peer) => peer.identity.map(<[u8]>::to_vec),
+            Err(error) => {
+                out.clear();
+                pending.refuse(error.reason(), &mut out);
+                self.refuse(conn, &out, None, &key, &error.to_string());
+                return Some(Outcome::Stop);
+            }
+        };
+        // A peer without an Identity is checked under the one it will be
+        // routed by, as the libzmq engine's per-message check sees it.
+        let identity = claimed.unwrap_or_else(|| self.generated.next(&self.peers[t]).to_vec());
+        let verdict = self
+            .curve
+            .as_ref()
+            .map_or(Err(Refusal::UnknownKey), |curve| {
+                curve.authorizer.admit(&key, Some(&identity))
+            });
+        if let Err(refusal) = verdict {
+            out.clear();
+            pending.refuse(REFUSED, &mut out);
+            let reason = format!(
+                "{} ({})",
+                refusal.as_str(),
+                String::from_utf8_lossy(&identity)
+            );
+            self.refuse(conn, &out, Some(refusal), &key, &reason);
+            return Some(Outcome::Stop);
+        }
+        let ours = match conn.side {
+            Side::Frontend => &self.config.frontend_identity,
+            Side::Backend => &self.config.backend_identity,
+        };
+        // An identity over 255 bytes cannot be sent (the proxy's own are
+        // about 60): none then, as the NULL opening does.
+        let ready = match Metadata::basic(SocketType::Router, Some(ours))
+            .or_else(|_| Metadata::basic(SocketType::Router, None))
+        {
+            Ok(metadata) => {
+                out.clear();
+                pending
+                    .accept(&metadata, &mut out)
+                    .map_err(|e| e.to_string())
+            }
+            Err(error) => Err(error.to_string()),
+        };
+        match ready {
+            Ok(session) => {
+                conn.outbox.push(&out);
+                mark_dirty(&mut self.dirty, idx, conn);
+                conn.curve = Some(Box::new(CurveConn::Established(Established {
+                    session,
+                    key,
+                })));
+                conn.answers_ping = version >= Version::V3_1;
+                self.register(idx, conn, Some(identity));
+                None
+            }
+            Err(error) => {
+                if self.may_log() {
+                    tracing::warn!(socket = self.name(conn.side), %error, "CURVE READY cannot be sealed");
+                }
+                conn.closing = true;
+                Some(Outcome::Stop)
+            }
+        }
+    }
+
+    /// Sends `error` (an ERROR command) to `conn` and closes it; counts a
+    /// refusal by the authorized keys.
+    fn refuse(
+        &mut self,
+        conn: &mut Connection,
+        error: &[u8],
+        refusal: Option<Refusal>,
+        key: &PublicKey,
+        reason: &str,
+    ) {
+        conn.outbox.push(error);
+        // Best effort: the connection closes whether the peer gets the
+        // reason or not.
+        let _ = conn.outbox.flush(&mut &conn.stream);
+        conn.closing = true;
+        let socket = self.name(conn.side);
+        if let (Some(refusal), Some(curve)) = (refusal, &self.curve) {
+            curve.server.count_refused(socket, refusal);
+        }
+        if self.may_log() {
+            tracing::warn!(socket, key = %key.to_z85(), reason, "CURVE peer refused at the handshake");
+        }
+    }
+
+    /// After a reload of the authorized keys: closes the connected CURVE
+    /// peers whose key was removed or may no longer use their identity,
+    /// each counted, so they neither send nor receive another message.
+    fn recheck_curve_peers(&mut self) {
+        let Some(curve) = &self.curve else {
+            return;
+        };
+        let mut refused = Vec::new();
+        for (idx, slot) in self.conns.iter_mut().enumerate() {
+            let Some(conn) = slot.as_mut() else {
+                continue;
+            };
+            let Some(CurveConn::Established(established)) = conn.curve.as_deref() else {
+                continue;
+            };
+            if conn.closing {
+                continue;
+            }
+            if let Err(refusal) = curve
+                .authorizer
+                .admit(&established.key, Some(&conn.identity))
+            {
+                conn.closing = true;
+                self.closing.push(idx);
+                refused.push((conn.side, refusal, established.key, conn.identity.clone()));
+            }
+        }
+        for (side, refusal, key, identity) in refused {
+            let socket = self.name(side);
+            if let Some(curve) = &self.curve {
+                curve.server.count_refused(socket, refusal);
+            }
+            if self.may_log() {
+                tracing::warn!(socket, key = %key.to_z85(), identity = %String::from_utf8_lossy(&identity), reason = refusal.as_str(), "CURVE peer no longer authorized after a reload; connection closed");
+            }
+        }
+    }
+
     /// The handshake is done: the connection gets its identity.
     fn register(&mut self, idx: usize, conn: &mut Connection, identity: Option<Vec<u8>>) {
         let side = conn.side.index();
@@ -652,7 +874,10 @@ impl Engine {
             return;
         };
         if let Ok(Command::Ping { context, .. }) = Command::parse(body) {
-            conn.outbox.push(&pong(context));
+            let pong = pong(context);
+            if queue_wire(conn, &pong).is_err() {
+                conn.closing = true;
+            }
             mark_dirty(&mut self.dirty, idx, conn);
         }
         // PONG, SUBSCRIBE and unknown commands mean nothing to a ROUTER.
@@ -687,7 +912,9 @@ impl Engine {
                 let ack: Vec<&[u8]> = ack.iter().map(Vec::as_slice).collect();
                 let ack_bytes = ack.iter().map(|f| f.len()).sum();
                 // The client is the sender: its outbox is on `conn`.
-                encode_into(&mut conn.outbox, &ack[1..]);
+                if queue_message(conn, &ack[1..]).is_err() {
+                    conn.closing = true;
+                }
                 mark_dirty(&mut self.dirty, idx, conn);
                 self.sent[self.tally_index(Side::Frontend)].add(MessageType::Ack, ack_bytes);
             }
@@ -711,11 +938,18 @@ impl Engine {
                 break 'route Forwarded::Done;
             };
             let limit = self.config.out_limit;
-            let (outbox, stream) = if dest == idx {
-                (&mut conn.outbox, &conn.stream)
+            // Fields apart: `frames` borrows the sender's buffer, and the
+            // sender may be the receiver.
+            let (outbox, stream, curve, closing) = if dest == idx {
+                (
+                    &mut conn.outbox,
+                    &conn.stream,
+                    &mut conn.curve,
+                    &mut conn.closing,
+                )
             } else {
                 match self.conns.get_mut(dest).and_then(Option::as_mut) {
-                    Some(d) => (&mut d.outbox, &d.stream),
+                    Some(d) => (&mut d.outbox, &d.stream, &mut d.curve, &mut d.closing),
                     None => break 'route Forwarded::Done,
                 }
             };
@@ -737,7 +971,17 @@ impl Engine {
                 })
                 .sum();
             let mut failed = false;
-            if outbox.is_empty() && wire_len >= DIRECT_WRITE_MIN {
+            if curve.is_some() {
+                // Boxed for this receiver alone: no write straight from
+                // the sender's buffer.
+                if queue_into(outbox, curve, &frames[1..]).is_err() {
+                    *closing = true;
+                    if dest != idx {
+                        self.closing.push(dest);
+                    }
+                    failed = true;
+                }
+            } else if outbox.is_empty() && wire_len >= DIRECT_WRITE_MIN {
                 let headers: Vec<_> = frames[1..]
                     .iter()
                     .enumerate()
@@ -874,7 +1118,11 @@ impl Engine {
                     if !conn.outbox.is_empty() && conn.outbox.len() >= config.out_limit {
                         return Err(DropReason::HighWaterMark);
                     }
-                    conn.outbox.push(&m.wire);
+                    if queue_wire(conn, &m.wire).is_err() {
+                        // Closed by the reload check or its next read.
+                        conn.closing = true;
+                        return Err(DropReason::SendFailed);
+                    }
                     mark_dirty(dirty, dest, conn);
                     tally.add(m.msg_type, m.bytes);
                     Ok(())
@@ -1008,7 +1256,10 @@ impl Engine {
             match due {
                 Due::Nothing => {}
                 Due::Ping => {
-                    conn.outbox.push(&ping_frame);
+                    if queue_wire(conn, &ping_frame).is_err() {
+                        conn.closing = true;
+                        self.closing.push(idx);
+                    }
                     mark_dirty(&mut self.dirty, idx, conn);
                 }
                 Due::Dead => {
@@ -1121,6 +1372,44 @@ fn mark_dirty(dirty: &mut Vec<usize>, idx: usize, conn: &mut Connection) {
     if !conn.dirty {
         conn.dirty = true;
         dirty.push(idx);
+    }
+}
+
+/// Appends one message (`frames`, the routing key already stripped) to
+/// `conn`'s output: encoded, or sealed under CURVE. An error (our nonces
+/// exhausted) means the connection must close.
+fn queue_message(conn: &mut Connection, frames: &[&[u8]]) -> Result<(), MessageError> {
+    queue_into(&mut conn.outbox, &mut conn.curve, frames)
+}
+
+/// [`queue_message`] on a connection's output and CURVE state.
+fn queue_into(
+    outbox: &mut Outbox,
+    curve: &mut Option<Box<CurveConn>>,
+    frames: &[&[u8]],
+) -> Result<(), MessageError> {
+    match curve.as_deref_mut() {
+        Some(CurveConn::Established(established)) => {
+            outbox.append_with(|out| seal_frames(&mut established.session, frames, out))
+        }
+        _ => {
+            encode_into(outbox, frames);
+            Ok(())
+        }
+    }
+}
+
+/// Appends already encoded frames (a command, a held message) to
+/// `conn`'s output, sealed under CURVE.
+fn queue_wire(conn: &mut Connection, wire: &[u8]) -> Result<(), MessageError> {
+    match conn.curve.as_deref_mut() {
+        Some(CurveConn::Established(established)) => conn
+            .outbox
+            .append_with(|out| seal_wire(&mut established.session, wire, out)),
+        _ => {
+            conn.outbox.push(wire);
+            Ok(())
+        }
     }
 }
 

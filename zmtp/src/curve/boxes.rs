@@ -169,6 +169,24 @@ pub struct Opened {
     pub payload: Range<usize>,
 }
 
+impl Opened {
+    /// What [`Session::open`] returned for `body`, read again from a body
+    /// it already decrypted in place: an engine that decodes a buffered
+    /// message a second time (it waited for room at its receiver) must not
+    /// open its boxes twice, as the bytes are no longer ciphertext and the
+    /// nonce would count as a replay. `None` for a body too short to have
+    /// been opened.
+    pub fn reread(body: &[u8]) -> Option<Opened> {
+        let text_at = MESSAGE.len() + 8 + TAG_LEN;
+        let flags = *body.get(text_at)?;
+        Some(Opened {
+            more: flags & BOX_MORE != 0,
+            command: flags & BOX_COMMAND != 0,
+            payload: text_at + 1..body.len(),
+        })
+    }
+}
+
 /// The encryption state of an established CURVE connection.
 pub struct Session {
     cipher: SalsaBox,
@@ -396,6 +414,24 @@ mod tests {
         assert_eq!(got[0].2[8..16], 2u64.to_be_bytes());
         let (_, payload) = open(&mut client, &got[0].2).expect("opens");
         assert_eq!(payload, big);
+    }
+
+    #[test]
+    fn an_opened_body_reads_again_without_opening() {
+        let (mut server, mut client) = pair();
+        let mut wire = Vec::new();
+        client
+            .seal_frame(true, b"payload", &mut wire)
+            .expect("seal");
+        client
+            .seal_command(&Command::Subscribe(b"x"), &mut wire)
+            .expect("seal");
+        for (i, (_, _, mut body)) in frames(&wire).into_iter().enumerate() {
+            let opened = server.open(&mut body).expect("opens");
+            assert_eq!(Opened::reread(&body), Some(opened.clone()), "frame {i}");
+            assert_eq!(opened.command, i == 1);
+        }
+        assert_eq!(Opened::reread(b"\x07MESSAGE"), None);
     }
 
     #[test]

@@ -418,8 +418,14 @@ async fn every_name_documented(prom: &Prometheus) -> Result<()> {
         }
     }
     // A labelled counter exists once its first label value was seen: the
-    // reconcile error counter appears with the first error (documented).
-    let after_first_event = ["zmq_proxy_operator_reconcile_errors_total"];
+    // reconcile error counter appears with the first error, the CURVE
+    // counters with the first refusal or reload (documented; the example
+    // runs without CURVE).
+    let after_first_event = [
+        "zmq_proxy_operator_reconcile_errors_total",
+        "zmq_proxy_curve_refused_total",
+        "zmq_proxy_curve_reloads_total",
+    ];
     for f in doc.keys() {
         if !families.contains(f) && !after_first_event.contains(&f.as_str()) {
             problems.push(format!("{f} documented but not scraped"));

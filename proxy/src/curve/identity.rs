@@ -11,43 +11,78 @@ use std::sync::Arc;
 
 use super::{AuthorizedKeys, PublicKey, Refusal, SharedKeys, Verdict};
 
-/// The check of one forwarding loop, with its snapshot of the key set.
+/// One loop's snapshot of the authorized keys, refreshed when a reload
+/// swapped them (one atomic load per turn, no lock).
 #[derive(Debug)]
-pub struct IdentityCheck {
+pub struct Authorizer {
     shared: SharedKeys,
     keys: Arc<AuthorizedKeys>,
     generation: u64,
 }
 
-impl IdentityCheck {
-    /// A check against the current and future sets of `shared`.
-    pub fn new(shared: SharedKeys) -> IdentityCheck {
+impl Authorizer {
+    /// A view of the current and future sets of `shared`.
+    pub fn new(shared: SharedKeys) -> Authorizer {
         let generation = shared.generation();
         let keys = shared.current();
-        IdentityCheck {
+        Authorizer {
             shared,
             keys,
             generation,
         }
     }
 
-    /// Whether a message with routing id `identity`, whose frames carry
-    /// `user_id` (the sender's key in Z85), may pass.
-    pub fn check(&mut self, identity: &[u8], user_id: Option<&[u8]>) -> Result<(), Refusal> {
+    /// Takes the new set if the file was reloaded; `true` then, so the loop
+    /// checks its connected peers again.
+    pub fn refresh(&mut self) -> bool {
         let generation = self.shared.generation();
-        if generation != self.generation {
-            self.keys = self.shared.current();
-            self.generation = generation;
+        if generation == self.generation {
+            return false;
         }
-        let key = user_id
-            .and_then(|id| std::str::from_utf8(id).ok())
-            .and_then(|z85| PublicKey::from_z85(z85).ok())
-            .ok_or(Refusal::UnknownKey)?;
-        match self.keys.check(&key, identity) {
+        self.keys = self.shared.current();
+        self.generation = generation;
+        true
+    }
+
+    /// Whether `key` may connect as `identity` (`None`: any identity, for
+    /// a subscriber, whose identity routes nothing).
+    pub fn admit(&self, key: &PublicKey, identity: Option<&[u8]>) -> Result<(), Refusal> {
+        let verdict = match identity {
+            Some(identity) => self.keys.check(key, identity),
+            None if self.keys.contains(key) => Verdict::Allowed,
+            None => Verdict::UnknownKey,
+        };
+        match verdict {
             Verdict::Allowed => Ok(()),
             Verdict::UnknownKey => Err(Refusal::UnknownKey),
             Verdict::Identity => Err(Refusal::Identity),
         }
+    }
+}
+
+/// The per-message check of the libzmq engine's router loop.
+#[derive(Debug)]
+pub struct IdentityCheck {
+    authorizer: Authorizer,
+}
+
+impl IdentityCheck {
+    /// A check against the current and future sets of `shared`.
+    pub fn new(shared: SharedKeys) -> IdentityCheck {
+        IdentityCheck {
+            authorizer: Authorizer::new(shared),
+        }
+    }
+
+    /// Whether a message with routing id `identity`, whose frames carry
+    /// `user_id` (the sender's key in Z85), may pass.
+    pub fn check(&mut self, identity: &[u8], user_id: Option<&[u8]>) -> Result<(), Refusal> {
+        self.authorizer.refresh();
+        let key = user_id
+            .and_then(|id| std::str::from_utf8(id).ok())
+            .and_then(|z85| PublicKey::from_z85(z85).ok())
+            .ok_or(Refusal::UnknownKey)?;
+        self.authorizer.admit(&key, Some(identity))
     }
 }
 

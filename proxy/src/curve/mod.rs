@@ -59,7 +59,7 @@ use std::sync::{Arc, Mutex};
 
 pub use self::authorized::{AuthorizedKeys, AuthorizedKeysError, IdentityPattern, Verdict};
 pub use self::files::{load_authorized_keys, load_secret_key, watch_authorized_keys, FileError};
-pub use self::identity::IdentityCheck;
+pub use self::identity::{Authorizer, IdentityCheck};
 pub use self::keys::{KeyError, PublicKey, SecretKey};
 pub use self::zap::ZapHandler;
 

@@ -30,8 +30,6 @@
 //!   removed: `unknown_key`; their identity no longer given to their key:
 //!   `identity`), so they neither send nor receive another message.
 
-use std::sync::Arc;
-
 use thiserror::Error;
 use zmtp::curve::{
     HandshakeError as CurveError, KeyPair, MessageError, OsRng, Pending, Server, Session, Welcomed,
@@ -41,7 +39,7 @@ use zmtp::{
     GREETING_LEN,
 };
 
-use crate::curve::{AuthorizedKeys, PublicKey, Refusal, SecretKey, SharedKeys, Verdict};
+use crate::curve::{Authorizer, PublicKey, Refusal, SecretKey, SharedKeys};
 use crate::telemetry::Metrics;
 
 /// The reason sent in the ERROR that refuses a client: libzmq's status for
@@ -113,55 +111,6 @@ impl CurveLoop {
         CurveLoop {
             authorizer: server.authorizer(),
             server,
-        }
-    }
-}
-
-/// One loop's snapshot of the authorized keys, refreshed when a reload
-/// swapped them (one atomic load per turn, no lock).
-#[derive(Debug)]
-pub struct Authorizer {
-    shared: SharedKeys,
-    keys: Arc<AuthorizedKeys>,
-    generation: u64,
-}
-
-impl Authorizer {
-    /// A view of the current and future sets of `shared`.
-    pub fn new(shared: SharedKeys) -> Authorizer {
-        let generation = shared.generation();
-        let keys = shared.current();
-        Authorizer {
-            shared,
-            keys,
-            generation,
-        }
-    }
-
-    /// Takes the new set if the file was reloaded; `true` then, so the loop
-    /// checks its connected peers again.
-    pub fn refresh(&mut self) -> bool {
-        let generation = self.shared.generation();
-        if generation == self.generation {
-            return false;
-        }
-        self.keys = self.shared.current();
-        self.generation = generation;
-        true
-    }
-
-    /// Whether `key` may connect as `identity` (`None`: any identity, for
-    /// a subscriber, whose identity routes nothing).
-    pub fn admit(&self, key: &PublicKey, identity: Option<&[u8]>) -> Result<(), Refusal> {
-        let verdict = match identity {
-            Some(identity) => self.keys.check(key, identity),
-            None if self.keys.contains(key) => Verdict::Allowed,
-            None => Verdict::UnknownKey,
-        };
-        match verdict {
-            Verdict::Allowed => Ok(()),
-            Verdict::UnknownKey => Err(Refusal::UnknownKey),
-            Verdict::Identity => Err(Refusal::Identity),
         }
     }
 }
@@ -394,6 +343,7 @@ pub(crate) fn session_pair() -> (Session, Session) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::curve::AuthorizedKeys;
     use zmtp::curve::AwaitingWelcome;
     use zmtp::{encode_header, Flags, Metadata, SocketType};
 

@@ -174,12 +174,13 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
         health.registered.store(true, Ordering::SeqCst);
         ((None, None, Some(pub_ep)), None)
     } else if native {
-        let curve = match &settings.curve {
+        let (curve, curve_key) = match &settings.curve {
             Some(files) => {
                 let (secret, keys) = load_curve(files, &metrics, &shutdown)?;
-                Some(CurveServer::new(&secret, keys, metrics.clone()))
+                let server = CurveServer::new(&secret, keys, metrics.clone());
+                (Some(server), Some(secret.public()))
             }
-            None => None,
+            None => (None, None),
         };
         let io_err = |what| move |source| AppError::Io { what, source };
         let fe_id = proxy_identity(&settings.host);
@@ -218,6 +219,7 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
             frontend_port: fe_port,
             backend_port: port_of(&be_ep),
             publisher_port: port_of(&pub_ep),
+            curve_key,
         };
         let router = NativeRouter::new(
             front,
@@ -283,6 +285,7 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
             frontend_port: fe_ep.1,
             backend_port: port_of(&be_ep),
             publisher_port: port_of(&pub_ep),
+            curve_key: curve.as_ref().map(|(secret, _)| secret.public()),
         };
         let router = RouterLoop::new(
             front,

@@ -111,6 +111,7 @@ fn addresses(proxy: &ProxyProcess) -> ProxyAddresses {
         frontend_port: proxy.frontend,
         backend_port: Some(proxy.backend),
         publisher_port: proxy.publisher,
+        curve_key: None,
     }
 }
 

@@ -943,3 +943,113 @@ fn native_a_sender_held_back_by_a_full_curve_receiver_resumes_without_loss() {
         0.0
     );
 }
+
+/// Proxies with keys of their own, each listed with its key by the
+/// matchmaker (as the Kubernetes backend lists them from their
+/// EndpointSlices): an RPC client and server with only their own keys
+/// connect to both, each connection with its proxy's key, and calls go
+/// through both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_peers_take_each_proxys_own_key_from_the_matchmaker() {
+    use std::sync::Arc;
+    use zmq_proxy::curve::{PublicKey, SecretKey};
+    use zmq_proxy::matchmaker::in_process::StaticMatchmaker;
+    use zmq_proxy::matchmaker::Target;
+    use zmq_proxy::rpc::{ClientConfig, CurveClient, Request, RpcClient, RpcServer, ServerConfig};
+
+    let (client_pair, server_pair) = (Pair::new(), Pair::new());
+    let authorized = format!(
+        "{} 127.0.0.1/svc/*\n{} 127.0.0.1/*\n",
+        server_pair.public, client_pair.public
+    );
+    let files = [KeyFiles::new(&authorized), KeyFiles::new(&authorized)];
+    assert_ne!(files[0].proxy.public, files[1].proxy.public);
+    let proxies: Vec<rpc_support::Proxy> = files
+        .iter()
+        .map(|f| {
+            let (secret, authorized) = (f.secret(), f.authorized());
+            rpc_support::Proxy::start_on(
+                "native",
+                &[
+                    "--curve-secret-key-file",
+                    secret.to_str().unwrap(),
+                    "--curve-authorized-keys",
+                    authorized.to_str().unwrap(),
+                ],
+            )
+        })
+        .collect();
+    let listed = proxies.iter().zip(&files).map(|(p, f)| {
+        let mut addresses = p.addresses.clone();
+        addresses.curve_key = Some(PublicKey::from_z85(&f.proxy.public).unwrap());
+        addresses
+    });
+    let mm: Arc<dyn zmq_proxy::matchmaker::Matchmaker> =
+        Arc::new(StaticMatchmaker::with_proxies(listed));
+    let keys =
+        |pair: &Pair| CurveClient::with_matchmaker_keys(SecretKey::from_z85(&pair.secret).unwrap());
+    let handler = |inc: zmq_proxy::rpc::Incoming| {
+        Box::pin(async move { Ok(serde_json::json!({"echo": inc.args()})) })
+            as futures::future::BoxFuture<'static, _>
+    };
+    let server = RpcServer::start(
+        Arc::clone(&mm),
+        ServerConfig {
+            host: "127.0.0.1".into(),
+            shutdown_grace: Duration::from_millis(100),
+            curve: Some(keys(&server_pair)),
+            ..ServerConfig::new(Target::server("svc", "a"))
+        },
+        handler,
+    )
+    .await
+    .unwrap();
+    assert!(server.wait_ready(2, WAIT).await, "server on both proxies");
+    let client = RpcClient::connect(
+        Arc::clone(&mm),
+        ClientConfig {
+            host: "127.0.0.1".into(),
+            call_timeout: Duration::from_secs(10),
+            discovery_timeout: Duration::from_secs(5),
+            curve: Some(keys(&client_pair)),
+            ..ClientConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        client.wait_for_proxies(2, WAIT).await,
+        "client on both proxies"
+    );
+    for i in 0..20 {
+        let reply = client
+            .call(
+                &Target::server("svc", "a"),
+                &Request::new("echo", serde_json::json!({"i": i})),
+            )
+            .await
+            .unwrap();
+        assert_eq!(reply, serde_json::json!({"echo": {"i": i}}));
+    }
+    // Round-robin over both: each proxy forwarded calls, and neither
+    // refused a handshake (a connection with the other proxy's key would).
+    for proxy in &proxies {
+        let text = common::http_get(proxy.metrics(), "/metrics")
+            .map(|(_, body)| body)
+            .unwrap_or_default();
+        let calls = common::metric_value(
+            &text,
+            r#"zmq_proxy_messages_total{direction="in",socket="frontend",type="call"}"#,
+        );
+        assert!(calls >= 1.0, "calls through {:?}: {calls}", proxy.addresses);
+        assert_eq!(
+            common::metric_value(
+                &text,
+                r#"zmq_proxy_curve_refused_total{reason="handshake",socket="frontend"}"#
+            ),
+            0.0
+        );
+    }
+    client.close().await;
+    server.stop().await;
+}

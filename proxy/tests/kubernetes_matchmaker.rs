@@ -96,6 +96,7 @@ async fn proxy_registers_its_slice_and_sigterm_drains_then_removes_it() -> Resul
             frontend_port: proxy.frontend,
             backend_port: Some(proxy.backend),
             publisher_port: proxy.publisher,
+            curve_key: None,
         }]
     );
     let conditions = typed.endpoints[0].conditions.clone().unwrap_or_default();
@@ -109,6 +110,7 @@ async fn proxy_registers_its_slice_and_sigterm_drains_then_removes_it() -> Resul
         frontend_port: proxy.frontend,
         backend_port: Some(proxy.backend),
         publisher_port: proxy.publisher,
+        curve_key: None,
     };
     tokio::time::timeout(TIMEOUT, chosen.wait_for(|l| l.contains(&registered)))
         .await
@@ -237,6 +239,7 @@ async fn library_proxy(
         frontend_port: 50001,
         backend_port: Some(50002),
         publisher_port: None,
+        curve_key: None,
     };
     Ok((mm, addresses))
 }
@@ -580,6 +583,129 @@ async fn rpc_through_proxies_found_in_kubernetes_follows_them_coming_and_going()
     server.stop().await;
     b.process.signal(libc::SIGTERM);
     b.process.wait_timeout(TIMEOUT).await;
+    Ok(())
+}
+
+/// A CURVE proxy publishes its public key in its EndpointSlice; an RPC
+/// server and client that have only their own keys read it from there and
+/// call through the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_curve_proxy_publishes_its_key_and_rpc_peers_use_it() -> Result<()> {
+    use zmq_proxy::curve::{PublicKey, SecretKey};
+    use zmq_proxy::rpc::{
+        ClientConfig, CurveClient, Incoming, RemoteError, Request, RpcClient, RpcServer,
+        ServerConfig,
+    };
+
+    let pair = || -> Result<(String, String)> {
+        let pair = zmq::CurveKeyPair::new()?;
+        Ok((
+            zmq::z85_encode(&pair.public_key)?,
+            zmq::z85_encode(&pair.secret_key)?,
+        ))
+    };
+    let (proxy_public, proxy_secret) = pair()?;
+    let (server_public, server_secret) = pair()?;
+    let (client_public, client_secret) = pair()?;
+
+    let cluster = Cluster::new("kmm-curve").await?;
+    let dir = cluster.cp.dir().join(format!("{}-curve", cluster.ns));
+    std::fs::create_dir_all(&dir)?;
+    let (secret_file, authorized_file) = (dir.join("secret-key"), dir.join("authorized_keys"));
+    std::fs::write(&secret_file, format!("{proxy_secret}\n"))?;
+    std::fs::write(
+        &authorized_file,
+        format!("{server_public} 127.0.0.1/curve/*\n{client_public} 127.0.0.1/*\n"),
+    )?;
+    let (_, proxy_kubeconfig) = cluster
+        .service_account("proxy", zmq_proxy_operator::resources::proxy_role_rules())
+        .await?;
+    let (server_client, _) = cluster
+        .service_account("rpc-server", rbac::rpc_server_rules())
+        .await?;
+    let (client_client, _) = cluster
+        .service_account("rpc-client", rbac::rpc_client_rules())
+        .await?;
+    let pod = cluster.pod("proxy-a").await?;
+    let proxy = ProxyProcess::start_with_env(
+        &cluster,
+        &pod,
+        &proxy_kubeconfig,
+        &[
+            (
+                "ZMQ_PROXY_CURVE_SECRET_KEY_FILE",
+                &secret_file.to_string_lossy(),
+            ),
+            (
+                "ZMQ_PROXY_CURVE_AUTHORIZED_KEYS",
+                &authorized_file.to_string_lossy(),
+            ),
+        ],
+    )
+    .await?;
+
+    // The slice carries the key; readers turn it into the proxy's key.
+    let api = k8s_support::slices(&cluster.admin, &cluster.ns);
+    let slice = until("the proxy's EndpointSlice", TIMEOUT, || async {
+        Ok(api.get_opt("proxy-a").await?)
+    })
+    .await?;
+    let annotations = slice.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(
+        annotations.get(endpoint_slice::CURVE_KEY_ANNOTATION),
+        Some(&proxy_public),
+        "{annotations:?}"
+    );
+    let listed = endpoint_slice::ready_proxies(&parse(&slice)?);
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        listed[0].curve_key,
+        Some(PublicKey::from_z85(&proxy_public)?)
+    );
+
+    let keys = |secret: &str| -> Result<CurveClient> {
+        Ok(CurveClient::with_matchmaker_keys(SecretKey::from_z85(
+            secret,
+        )?))
+    };
+    let target = Target::topic("curve");
+    let server = RpcServer::start(
+        k8s_matchmaker(server_client, &cluster.ns),
+        ServerConfig {
+            host: "127.0.0.1".into(),
+            shutdown_grace: Duration::from_millis(200),
+            curve: Some(keys(&server_secret)?),
+            ..ServerConfig::new(target.clone())
+        },
+        |inc: Incoming| async move { Ok::<_, RemoteError>(inc.args().clone()) },
+    )
+    .await?;
+    assert!(
+        server.wait_ready(1, TIMEOUT).await,
+        "server registered and connected"
+    );
+    let client = RpcClient::connect(
+        k8s_matchmaker(client_client, &cluster.ns),
+        ClientConfig {
+            host: "127.0.0.1".into(),
+            call_timeout: Duration::from_secs(10),
+            curve: Some(keys(&client_secret)?),
+            ..ClientConfig::default()
+        },
+    )
+    .await?;
+    assert!(client.wait_for_proxies(1, TIMEOUT).await);
+    let reply = client
+        .call(
+            &target,
+            &Request::new("echo", serde_json::json!({"curve": true})),
+        )
+        .await?;
+    assert_eq!(reply, serde_json::json!({"curve": true}));
+    client.close().await;
+    server.stop().await;
+    proxy.terminate_cleanly().await?;
+    std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
 

@@ -172,7 +172,8 @@ async fn records_of_a_killed_proxy_expire_and_readers_drop_it() {
             host: "127.0.0.1".into(),
             frontend_port: 7,
             backend_port: Some(9),
-            publisher_port: Some(8)
+            publisher_port: Some(8),
+            curve_key: None,
         }]
     );
 }

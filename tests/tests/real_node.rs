@@ -115,6 +115,7 @@ fn matchmaker(host: &str) -> Arc<dyn Matchmaker> {
         frontend_port: 50001,
         backend_port: Some(50002),
         publisher_port: Some(50003),
+        curve_key: None,
     }]))
 }
 

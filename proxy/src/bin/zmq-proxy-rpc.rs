@@ -9,8 +9,13 @@
 //! cargo run -p zmq-proxy --bin zmq-proxy-rpc -- notify --topic notifications --priority info --message '{"event_type": "x"}'
 //! ```
 //! Proxies come from `--proxy host:frontend[:backend[:publisher]]` (static
-//! matchmaker; default the proxy defaults 127.0.0.1:50001:50002:50003) or
-//! from Redis with `--url zmq+redis://host:port`. Servers are found through
+//! matchmaker; default the proxy defaults 127.0.0.1:50001:50002:50003),
+//! from Redis with `--url zmq+redis://host:port`, or from Kubernetes with
+//! `--kubernetes-service NAME` (a ZmqProxy's headless Service; in a pod, the
+//! ServiceAccount needs the matchmaker's RPC client or server Role).
+//! With CURVE proxies, `--curve-secret-key-file` gives this side's key;
+//! each proxy's public key comes from the matchmaker (Kubernetes publishes
+//! it) unless `--curve-server-key` pins one. Servers are found through
 //! the matchmaker's registry: the static matchmaker's lives in the process,
 //! so a `serve` and a `call` in two processes need a shared one (`--url`
 //! with the Redis the proxies and servers register in); with `--proxy`
@@ -18,17 +23,21 @@
 //! `echo` (returns its args), `fail` (raises ValueError) and `sleep`
 //! (`{"ms": N}`), and prints every request it gets.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
+use zmq_proxy::curve::{PublicKey, SecretKey};
 use zmq_proxy::matchmaker::in_process::StaticMatchmaker;
+use zmq_proxy::matchmaker::kubernetes::{KubernetesConfig, KubernetesMatchmaker};
 use zmq_proxy::matchmaker::redis::RedisMatchmaker;
 use zmq_proxy::matchmaker::{Matchmaker, ProxyAddresses, Target};
 use zmq_proxy::rpc::{
-    ClientConfig, Incoming, RemoteError, Request, RpcClient, RpcServer, SendOptions, ServerConfig,
+    ClientConfig, CurveClient, Incoming, RemoteError, Request, RpcClient, RpcServer, SendOptions,
+    ServerConfig,
 };
 
 #[derive(Parser)]
@@ -38,8 +47,24 @@ struct Cli {
     #[arg(long = "proxy")]
     proxies: Vec<String>,
     /// oslo transport URL of a Redis matchmaker, e.g. zmq+redis://127.0.0.1:6379.
-    #[arg(short = 'u', long)]
+    #[arg(short = 'u', long, conflicts_with = "kubernetes_service")]
     url: Option<String>,
+    /// Find proxies (and register servers) in Kubernetes, under this
+    /// ZmqProxy's headless Service; credentials in-cluster or from KUBECONFIG.
+    #[arg(long, conflicts_with = "proxies")]
+    kubernetes_service: Option<String>,
+    /// Namespace of --kubernetes-service (default: the pod's, or the
+    /// kubeconfig context's).
+    #[arg(long, env = "POD_NAMESPACE")]
+    namespace: Option<String>,
+    /// CURVE: file with this client's or server's Z85 secret key (its
+    /// public key must be in the proxies' authorized keys).
+    #[arg(long, env = "ZMQ_PROXY_RPC_CURVE_SECRET_KEY_FILE")]
+    curve_secret_key_file: Option<PathBuf>,
+    /// CURVE: the proxies' Z85 public key, pinned for all proxies; default:
+    /// each proxy's key as the matchmaker lists it.
+    #[arg(long, requires = "curve_secret_key_file")]
+    curve_server_key: Option<String>,
     /// Host part of our identities (oslo rpc_zmq_host).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -155,7 +180,51 @@ fn parse_proxy(s: &str) -> anyhow::Result<ProxyAddresses> {
         frontend_port,
         backend_port: port(2)?,
         publisher_port: port(3)?,
+        curve_key: None,
     })
+}
+
+/// The matchmaker the flags name: Redis, Kubernetes, or a static list.
+fn matchmaker(cli: &Cli) -> anyhow::Result<Arc<dyn Matchmaker>> {
+    if let Some(url) = &cli.url {
+        return Ok(Arc::new(RedisMatchmaker::from_url(url)?));
+    }
+    if let Some(service) = &cli.kubernetes_service {
+        return Ok(Arc::new(KubernetesMatchmaker::with_config(
+            KubernetesConfig {
+                namespace: cli.namespace.clone(),
+                service_name: Some(service.clone()),
+                ..KubernetesConfig::default()
+            },
+        )));
+    }
+    let list = if cli.proxies.is_empty() {
+        vec!["127.0.0.1:50001:50002:50003".to_string()]
+    } else {
+        cli.proxies.clone()
+    };
+    let proxies = list
+        .iter()
+        .map(|p| parse_proxy(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Arc::new(StaticMatchmaker::with_proxies(proxies)))
+}
+
+/// The CURVE keys the flags name, if any.
+fn curve(cli: &Cli) -> anyhow::Result<Option<CurveClient>> {
+    let Some(path) = &cli.curve_secret_key_file else {
+        return Ok(None);
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let secret = SecretKey::from_z85(&text).with_context(|| format!("{}", path.display()))?;
+    Ok(Some(match &cli.curve_server_key {
+        Some(z85) => CurveClient::new(
+            secret,
+            PublicKey::from_z85(z85).context("--curve-server-key")?,
+        ),
+        None => CurveClient::with_matchmaker_keys(secret),
+    }))
 }
 
 fn json_arg(s: &str) -> anyhow::Result<Value> {
@@ -187,27 +256,15 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let matchmaker: Arc<dyn Matchmaker> = match &cli.url {
-        Some(url) => Arc::new(RedisMatchmaker::from_url(url)?),
-        None => {
-            let list = if cli.proxies.is_empty() {
-                vec!["127.0.0.1:50001:50002:50003".to_string()]
-            } else {
-                cli.proxies.clone()
-            };
-            let proxies = list
-                .iter()
-                .map(|p| parse_proxy(p))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            Arc::new(StaticMatchmaker::with_proxies(proxies))
-        }
-    };
+    let matchmaker = matchmaker(&cli)?;
+    let curve = curve(&cli)?;
     let client_config = ClientConfig {
         host: cli.host.clone(),
         acks: cli.acks,
         pubsub: cli.pubsub,
         ack_timeout: Duration::from_secs_f64(cli.ack_timeout),
         retries: cli.retries,
+        curve: curve.clone(),
         ..ClientConfig::default()
     };
     // Every command but serve is a client that needs a proxy first.
@@ -222,6 +279,7 @@ async fn main() -> anyhow::Result<()> {
                 host: cli.host.clone(),
                 acks: cli.acks,
                 pubsub: cli.pubsub,
+                curve: curve.clone(),
                 ..ServerConfig::new(to.target())
             };
             let server = RpcServer::start(Arc::clone(&matchmaker), config, handle).await?;

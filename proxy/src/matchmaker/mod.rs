@@ -35,6 +35,7 @@ pub use futures::future::BoxFuture;
 use tokio::sync::watch;
 
 use crate::backoff::CappedBackoff;
+use crate::curve::PublicKey;
 use crate::shutdown::Shutdown;
 
 /// Errors of matchmaker backends.
@@ -73,6 +74,12 @@ pub struct ProxyAddresses {
     pub backend_port: Option<u16>,
     /// PUB port; `None` when the proxy publishes nothing.
     pub publisher_port: Option<u16>,
+    /// The proxy's CURVE public key, when it runs CURVE and the backend
+    /// carries keys (the Kubernetes backend does, in an annotation of the
+    /// proxy's EndpointSlice; oslo's Redis layout has no place for one).
+    /// RPC clients use it as the server key of their connection to this
+    /// proxy, so each proxy may have its own key.
+    pub curve_key: Option<PublicKey>,
 }
 
 impl ProxyAddresses {
@@ -283,6 +290,7 @@ pub(crate) fn test_proxy(port: u16) -> ProxyAddresses {
         frontend_port: port,
         backend_port: Some(port + 1),
         publisher_port: Some(port + 2),
+        curve_key: None,
     }
 }
 
@@ -309,6 +317,7 @@ mod tests {
             frontend_port: 50001,
             backend_port: Some(50002),
             publisher_port: Some(50003),
+            curve_key: None,
         };
         assert_eq!(
             p.oslo_publishers_member().as_deref(),

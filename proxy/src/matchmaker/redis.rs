@@ -257,6 +257,7 @@ pub fn proxies_from_members(publishers: &[String], routers: &[String]) -> Vec<Pr
                 frontend_port: *fe,
                 backend_port,
                 publisher_port: *publisher,
+                curve_key: None,
             })
         })
         .collect();
@@ -815,6 +816,7 @@ mod tests {
             frontend_port: 50001,
             backend_port: Some(50002),
             publisher_port: Some(50003),
+            curve_key: None,
         };
         assert_eq!(
             proxy_records(&p),
@@ -847,6 +849,7 @@ mod tests {
             frontend_port: 40001,
             backend_port: None,
             publisher_port: Some(40003),
+            curve_key: None,
         };
         let (p1, r1) = members(&p);
         let (p2, r2) = members(&no_pub);
@@ -868,6 +871,7 @@ mod tests {
                 frontend_port: fe,
                 backend_port: Some(be),
                 publisher_port: Some(publ),
+                curve_key: None,
             })
             .collect();
         let (pubs, routers): (Vec<String>, Vec<String>) = proxies

@@ -196,6 +196,7 @@ impl RpcClient {
             Arc::clone(&matchmaker),
             Arc::clone(&thread),
             vec![(0, connections::frontend as connections::EndpointOf)],
+            config.curve.clone(),
             stop_rx,
         ));
         Ok(RpcClient {

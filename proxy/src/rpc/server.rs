@@ -211,6 +211,7 @@ impl RpcServer {
             Arc::clone(&matchmaker),
             Arc::clone(&thread),
             follow,
+            config.curve.clone(),
             stop_rx.clone(),
         ));
         let (registered_tx, registered) = watch::channel(false);

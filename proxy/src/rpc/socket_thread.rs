@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::RpcError;
+use crate::curve::PublicKey;
 
 /// How many messages are read from one socket before the others get a turn.
 const READ_BATCH: usize = 256;
@@ -40,6 +41,10 @@ pub enum Command {
         socket: usize,
         /// ZeroMQ endpoint.
         endpoint: String,
+        /// The CURVE server key of this connection, for a CURVE socket.
+        /// libzmq copies the socket's options into each connection when
+        /// it connects, so one DEALER can reach proxies of different keys.
+        server_key: Option<PublicKey>,
     },
     /// Disconnect socket `socket` from `endpoint`.
     Disconnect {
@@ -325,7 +330,16 @@ fn run<F: FnMut(usize, Vec<Vec<u8>>)>(
 
 fn apply(sockets: &[zmq::Socket], command: Command) {
     let result = match &command {
-        Command::Connect { socket, endpoint } => sockets.get(*socket).map(|s| s.connect(endpoint)),
+        Command::Connect {
+            socket,
+            endpoint,
+            server_key,
+        } => sockets.get(*socket).map(|s| match server_key {
+            Some(key) => s
+                .set_curve_serverkey(&key.0)
+                .and_then(|()| s.connect(endpoint)),
+            None => s.connect(endpoint),
+        }),
         Command::Disconnect { socket, endpoint } => {
             sockets.get(*socket).map(|s| s.disconnect(endpoint))
         }

@@ -65,6 +65,7 @@ impl Proxy {
             frontend_port: port(&l.frontend).expect("frontend in listening line"),
             backend_port: port(&l.backend),
             publisher_port: port(&l.publisher),
+            curve_key: None,
         };
         Proxy { inner, addresses }
     }
@@ -91,6 +92,12 @@ impl Proxy {
     }
 
     /// The proxy's log so far.
+    /// Address of its metrics listener (host:port).
+    #[allow(dead_code)] // Only some suites read metrics.
+    pub fn metrics(&self) -> &str {
+        &self.inner.listening().metrics
+    }
+
     pub fn log_text(&self) -> String {
         self.inner.log_text()
     }

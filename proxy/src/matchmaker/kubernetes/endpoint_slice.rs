@@ -19,6 +19,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use serde_json::Value;
 
 use super::PodIdentity;
+use crate::curve::PublicKey;
 use crate::matchmaker::ProxyAddresses;
 
 /// Label naming the Service a slice belongs to (the ZmqProxy's headless Service).
@@ -34,6 +35,12 @@ pub const FRONTEND_PORT: &str = "frontend";
 pub const BACKEND_PORT: &str = "backend";
 /// See [`FRONTEND_PORT`].
 pub const PUBLISHER_PORT: &str = "publisher";
+/// Annotation carrying the proxy's CURVE public key (Z85) when it runs
+/// CURVE. Clients use it as the server key of their connection to this
+/// proxy; it is as trustworthy as the right to write EndpointSlices in the
+/// namespace, which is why a client can pin the key instead
+/// ([`crate::rpc::CurveClient::server_key`]).
+pub const CURVE_KEY_ANNOTATION: &str = "zmqproxy.io/curve-public-key";
 /// `apiVersion` of the slices this backend writes and reads.
 pub const API_VERSION: &str = "discovery.k8s.io/v1";
 
@@ -106,6 +113,9 @@ pub fn desired_slice(
             namespace: Some(namespace.to_string()),
             labels: Some(labels),
             owner_references: pod_owner(pod).map(|o| vec![o]),
+            annotations: proxy
+                .curve_key
+                .map(|key| BTreeMap::from([(CURVE_KEY_ANNOTATION.to_string(), key.to_z85())])),
             ..Default::default()
         },
         address_type: match address {
@@ -141,7 +151,9 @@ pub fn from_json(value: Value) -> Result<EndpointSlice, serde_json::Error> {
 
 /// The proxies a slice lists as ready: one per ready endpoint (its first
 /// address; Kubernetes treats an endpoint's addresses as fungible), with
-/// ports by name. A slice without a frontend port lists none.
+/// ports by name and the CURVE key of [`CURVE_KEY_ANNOTATION`]. A slice
+/// without a frontend port lists none; a malformed key reads as none (a
+/// CURVE client then has no key for that proxy and leaves it alone).
 pub fn ready_proxies(slice: &EndpointSlice) -> Vec<ProxyAddresses> {
     let port = |name: &str| {
         slice
@@ -156,6 +168,12 @@ pub fn ready_proxies(slice: &EndpointSlice) -> Vec<ProxyAddresses> {
     let Some(frontend_port) = port(FRONTEND_PORT) else {
         return Vec::new();
     };
+    let curve_key = slice
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(CURVE_KEY_ANNOTATION))
+        .and_then(|z85| PublicKey::from_z85(z85).ok());
     slice
         .endpoints
         .iter()
@@ -166,6 +184,7 @@ pub fn ready_proxies(slice: &EndpointSlice) -> Vec<ProxyAddresses> {
             frontend_port,
             backend_port: port(BACKEND_PORT),
             publisher_port: port(PUBLISHER_PORT),
+            curve_key,
         })
         .collect()
 }
@@ -196,6 +215,7 @@ mod tests {
             frontend_port: 50001,
             backend_port: Some(50002),
             publisher_port: Some(50003),
+            curve_key: None,
         }
     }
 
@@ -257,6 +277,7 @@ mod tests {
             frontend_port: 6000,
             backend_port: None,
             publisher_port: None,
+            curve_key: None,
         };
         let pod = PodIdentity { uid: None, ..pod() };
         let s = desired_slice(
@@ -271,6 +292,34 @@ mod tests {
         assert_eq!(s.metadata.owner_references, None);
         assert_eq!(s.ports.as_ref().map(Vec::len), Some(1));
         assert_eq!(ready_proxies(&s), vec![p]);
+    }
+
+    #[test]
+    fn the_curve_key_travels_in_an_annotation() {
+        let key = PublicKey::from_z85("rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7").unwrap();
+        let p = ProxyAddresses {
+            curve_key: Some(key),
+            ..addresses()
+        };
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        let s = desired_slice("svc", "ns", &pod(), ip, &p, EndpointState::Ready);
+        let j = to_json(&s).unwrap();
+        assert_eq!(
+            j["metadata"]["annotations"][CURVE_KEY_ANNOTATION],
+            "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"
+        );
+        assert_eq!(ready_proxies(&s), vec![p]);
+        // No key, no annotation: server-side apply then removes one an
+        // earlier CURVE run of the same pod wrote.
+        let plain = desired_slice("svc", "ns", &pod(), ip, &addresses(), EndpointState::Ready);
+        assert_eq!(plain.metadata.annotations, None);
+
+        let mut broken = s.clone();
+        broken.metadata.annotations = Some(BTreeMap::from([(
+            CURVE_KEY_ANNOTATION.to_string(),
+            "not a key".to_string(),
+        )]));
+        assert_eq!(ready_proxies(&broken), vec![addresses()]);
     }
 
     #[test]

@@ -256,7 +256,12 @@ impl KubernetesMatchmaker {
     /// `KUBECONFIG` (as `kube::Client::try_default`). Missing credentials
     /// then fail each call (and its retries) rather than the start.
     pub fn from_env() -> KubernetesMatchmaker {
-        let config = KubernetesConfig::from_env(|k| std::env::var(k).ok());
+        KubernetesMatchmaker::with_config(KubernetesConfig::from_env(|k| std::env::var(k).ok()))
+    }
+
+    /// A matchmaker with `config` that finds credentials on first use, as
+    /// [`KubernetesMatchmaker::from_env`] does.
+    pub fn with_config(config: KubernetesConfig) -> KubernetesMatchmaker {
         KubernetesMatchmaker::with_conn(OnceCell::new(), config)
     }
 

@@ -220,6 +220,14 @@ pub fn workspace_bin_dir() -> PathBuf {
         .join("debug")
 }
 
+/// The workspace's root directory (the checkout).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
 /// Path of a workspace binary such as `zmq-proxy` (the test command builds
 /// them before the tests run; this does not build).
 pub fn workspace_binary(name: &str) -> PathBuf {

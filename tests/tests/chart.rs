@@ -20,10 +20,7 @@ const RELEASE: &str = "zp";
 const NAMESPACE: &str = "zmq-system";
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
+    harness::tools::workspace_root()
 }
 
 fn chart() -> PathBuf {

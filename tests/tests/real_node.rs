@@ -8,42 +8,27 @@
 //!
 //! Needs root, `bash tests/install.sh` and `bash tests/images.sh build`.
 
-use std::panic::AssertUnwindSafe;
-use std::path::Path;
-use std::process::Command;
+mod real_node_support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use futures::FutureExt;
+use anyhow::{Context, Result};
 use harness::real_node::{self, RealNode};
 use harness::wait::until;
 use harness::ControlPlane;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::api::PostParams;
 use kube::Api;
+use real_node_support::{
+    kubectl, pod_ready, restricted, wait_pod, with_node, PROXY_IMAGE, TIMEOUT,
+};
 use serde_json::json;
 use zmq_proxy::matchmaker::in_process::StaticMatchmaker;
 use zmq_proxy::matchmaker::{Matchmaker, ProxyAddresses, Target};
 use zmq_proxy::rpc::{
     ClientConfig, Incoming, RemoteError, Request, RpcClient, RpcServer, SendOptions, ServerConfig,
 };
-
-const PROXY_IMAGE: &str = "ghcr.io/zmq-proxy/zmq-proxy:0.1.0";
-const TIMEOUT: Duration = Duration::from_secs(120);
-
-/// The security context the operator gives proxy containers
-/// (operator/src/build/workload.rs), minus `runAsUser`: the image's own
-/// numeric USER is what runAsNonRoot has to accept.
-fn restricted() -> serde_json::Value {
-    json!({
-        "allowPrivilegeEscalation": false,
-        "readOnlyRootFilesystem": true,
-        "runAsNonRoot": true,
-        "capabilities": { "drop": ["ALL"] },
-        "seccompProfile": { "type": "RuntimeDefault" },
-    })
-}
 
 fn proxy_pod(name: &str) -> Result<Pod> {
     let probe =
@@ -72,37 +57,6 @@ fn proxy_pod(name: &str) -> Result<Pod> {
             }],
         },
     }))?)
-}
-
-fn pod_ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-async fn wait_pod(pods: &Api<Pod>, name: &str, ok: fn(&Pod) -> bool) -> Result<Pod> {
-    until(&format!("pod {name}"), TIMEOUT, || async {
-        let p = pods.get(name).await?;
-        Ok(ok(&p).then_some(p))
-    })
-    .await
-}
-
-fn kubectl(kubeconfig: &Path, args: &[&str]) -> Result<String> {
-    let out = Command::new(harness::tools::kubectl()?)
-        .arg(format!("--kubeconfig={}", kubeconfig.display()))
-        .args(args)
-        .output()
-        .context("cannot run kubectl")?;
-    if !out.status.success() {
-        bail!(
-            "kubectl {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 async fn echo(inc: Incoming) -> Result<serde_json::Value, RemoteError> {
@@ -164,36 +118,7 @@ async fn round_trip(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_image_runs_restricted_on_a_real_node_and_forwards_rpc() -> Result<()> {
-    let cp = ControlPlane::shared().await?;
-    let images = real_node::workspace_images()?;
-    let node = RealNode::start(cp, &images).await?;
-    println!(
-        "real node {} ready in {:.1?} (control plane {:.1?})",
-        node.node_name(),
-        node.startup_duration(),
-        cp.startup_duration()
-    );
-    // Stop the node whatever happens: a failed assertion must not leave
-    // containers behind (the next node would reclaim them, but slower).
-    let result = AssertUnwindSafe(scenario(cp, &node)).catch_unwind().await;
-    if !matches!(result, Ok(Ok(()))) {
-        for log in [
-            "kubelet.log",
-            "containerd.log",
-            "kube-proxy.log",
-            "coredns.log",
-        ] {
-            eprintln!(
-                "--- {log} ---\n{}",
-                harness::startup::log_tail(&node.dir().join(log))
-            );
-        }
-    }
-    node.stop().await?;
-    match result {
-        Ok(outcome) => outcome,
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
+    with_node(scenario).await
 }
 
 async fn scenario(cp: &ControlPlane, node: &RealNode) -> Result<()> {

@@ -22,10 +22,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(180);
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
+    harness::tools::workspace_root()
 }
 
 /// The operator chart.

@@ -40,10 +40,7 @@ pub const OPERATOR_SELECTOR: &str =
 pub const GRACE_SECONDS: i32 = 3;
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or_default()
+    harness::tools::workspace_root()
 }
 
 /// A tool's outcome.

@@ -138,6 +138,19 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn curve_past_the_cel_rules_is_an_error_not_a_panic() {
+        let z = zp(json!({"security": {"curve": {"enabled": true}}}));
+        assert!(matches!(validate(&z), Err(ValidationError::Curve(_))));
+        let on = validated(json!({"security": {"curve": {"enabled": true,
+            "authorizedKeys": {"secret": {"name": "peers"}}}}}));
+        assert_eq!(
+            on.curve.map(|p| p.key_secret).as_deref(),
+            Some("alpha-curve")
+        );
+        assert_eq!(validated(json!({})).curve, None);
+    }
+
+    #[test]
     fn owner_reference_makes_the_zmqproxy_the_controller() {
         let v = validated(json!({}));
         assert_eq!(v.owner.kind, "ZmqProxy");

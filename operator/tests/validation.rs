@@ -136,6 +136,12 @@ async fn validation(client: &kube::Client, ns: &str) -> Result<()> {
             "security.curve.authorizedKeys is required when CURVE is enabled",
         ),
         (
+            // A null is as absent as a missing field.
+            "curve-null-authorized-keys",
+            json!({ "security": { "curve": { "enabled": true, "authorizedKeys": null } } }),
+            "security.curve.authorizedKeys is required when CURVE is enabled",
+        ),
+        (
             "curve-no-authorized-source",
             json!({ "security": { "curve": { "enabled": true, "authorizedKeys": {} } } }),
             "security.curve.authorizedKeys needs exactly one of secret and configMap",

@@ -7,7 +7,8 @@
 //! [`controller`] (what triggers a reconcile), [`manager`] (leadership and
 //! the controllers' lifetime, with [`leader`]), [`discovery`] (which optional
 //! APIs are served), [`kinds`] (API kinds handled dynamically), [`events`],
-//! [`metrics`], [`backoff`] and [`lock`]. [`rbac`] holds the operator's own
+//! [`metrics`], [`backoff`] and [`lock`]. [`curve`] and [`curve_secret`]
+//! find the proxies' CURVE key (pure and I/O halves) before the build. [`rbac`] holds the operator's own
 //! permissions, for the chart; [`resources`] re-exports former paths.
 
 #![forbid(unsafe_code)]
@@ -19,6 +20,8 @@ pub mod build;
 pub mod context;
 pub mod controller;
 pub mod crd;
+pub mod curve;
+pub mod curve_secret;
 pub mod discovery;
 pub mod events;
 pub mod kinds;

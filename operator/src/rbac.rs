@@ -27,6 +27,14 @@ const MANAGE: [&str; 7] = [
 /// endpointslices carry write verbs although the operator only reads them:
 /// RBAC forbids granting (in the proxies' Role) a permission one does not
 /// hold, and asking for `escalate`/`bind` instead would be broader.
+///
+/// secrets: `get` reads the CURVE key Secret a ZmqProxy names (to derive
+/// the public key the pods are rolled by) and `create` makes the generated
+/// `<name>-curve` once. No `list`/`watch`: a watch would cache every Secret
+/// of the watched namespaces in the operator's memory, so key edits are
+/// noticed at the periodic resync instead. No `update`/`delete`: a key is
+/// never rewritten, and the generated one goes with its ZmqProxy through
+/// its owner reference.
 pub fn operator_rules() -> Vec<PolicyRule> {
     vec![
         rule(&["zmqproxy.io"], &["zmqproxies"], &["get", "list", "watch"]),
@@ -40,6 +48,7 @@ pub fn operator_rules() -> Vec<PolicyRule> {
             &["serviceaccounts", "services", "configmaps"],
             &MANAGE,
         ),
+        rule(&[""], &["secrets"], &["get", "create"]),
         rule(&["apps"], &["deployments", "daemonsets"], &MANAGE),
         rule(
             &["rbac.authorization.k8s.io"],

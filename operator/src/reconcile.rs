@@ -1,5 +1,6 @@
 //! The reconcile pipeline of one ZmqProxy, in the style of the Stackable
 //! operators: [`crate::validate`] (a [`Validated`] value or a stop) ->
+//! [`crate::curve_secret`] (the proxies' CURVE key, when on) ->
 //! [`crate::build`] (pure, infallible: the desired children) ->
 //! [`crate::apply`] (server-side apply, orphan cleanup) -> [`crate::report`]
 //! (status from what was applied and observed). Around it: metrics, events,
@@ -20,9 +21,11 @@ use crate::apply::{self, Sweep};
 use crate::build::{self, Capabilities, Desired, Validated};
 use crate::context::Context;
 use crate::crd::ZmqProxy;
+use crate::curve::KeyProblem;
+use crate::curve_secret::{self, ResolveError};
 use crate::events::publish;
 use crate::report;
-use crate::status::{self, DEGRADED};
+use crate::status::{self, CURVE_KEY_INVALID, DEGRADED};
 use crate::validate::{self, ValidationError};
 
 /// The object type the controller watches: a ZmqProxy, or the metadata of
@@ -41,6 +44,10 @@ pub enum Error {
     /// A child could not be serialized.
     #[error("serializing a child: {0}")]
     Serialize(#[from] serde_json::Error),
+    /// The proxy's CURVE key is missing or malformed: nothing was applied
+    /// (the proxies keep their previous template) and the status says why.
+    #[error("CURVE key unusable: {0}")]
+    CurveKey(#[from] KeyProblem),
 }
 
 impl Error {
@@ -49,8 +56,18 @@ impl Error {
         match self {
             Error::Kube(kube::Error::Api(s)) => format!("api_{}", s.code),
             Error::Kube(_) => "api_unreachable".into(),
-            Error::Validation(_) => "invalid_metadata".into(),
+            Error::Validation(ValidationError::MissingMetadata(_)) => "invalid_metadata".into(),
+            Error::Validation(ValidationError::Curve(_)) => "invalid_spec".into(),
             Error::Serialize(_) => "serialize".into(),
+            Error::CurveKey(_) => "curve_key_invalid".into(),
+        }
+    }
+
+    /// The reason of the Warning event announcing the error.
+    pub fn event_reason(&self) -> &'static str {
+        match self {
+            Error::CurveKey(_) => CURVE_KEY_INVALID,
+            _ => "ReconcileFailed",
         }
     }
 }
@@ -86,7 +103,7 @@ pub async fn reconcile(obj: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, E
                 &ctx,
                 &zp.metadata,
                 EventType::Warning,
-                "ReconcileFailed",
+                e.event_reason(),
                 "Reconcile",
                 e.to_string(),
             )
@@ -123,11 +140,21 @@ pub fn error_policy(obj: Arc<Guarded>, err: &Error, ctx: Arc<Context>) -> Action
     Action::requeue(delay)
 }
 
-/// The pipeline: validate -> build -> apply -> status.
+/// The pipeline: validate -> CURVE key -> build -> apply -> status. An
+/// unusable CURVE key stops before the build: the status says why, and the
+/// Deployment keeps the template (and key) it has.
 async fn reconcile_proxy(zp: &ZmqProxy, ctx: &Context) -> Result<Action, Error> {
     let validated = validate::validate(zp)?;
+    let curve = match curve_secret::resolve(&ctx.client, &validated).await {
+        Ok(curve) => curve,
+        Err(ResolveError::Kube(e)) => return Err(e.into()),
+        Err(ResolveError::Key(problem)) => {
+            report::report_curve_problem(&ctx.client, zp, &validated, &problem).await?;
+            return Err(problem.into());
+        }
+    };
     let caps = ctx.caps();
-    let desired = build::build(&validated, &caps);
+    let desired = build::build(&validated, &caps, curve.as_ref());
     let deployment = apply(ctx, &validated, &desired, &caps).await?;
     announce_apply(ctx, zp, &desired).await;
     report::update_status(

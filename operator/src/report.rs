@@ -1,7 +1,8 @@
 //! The status step's I/O: reads back what the status is computed from (the
 //! applied Deployment, the proxies' EndpointSlices), computes it with
 //! [`crate::status`] and writes the status subresource when it changed.
-//! Status comes only from applied and observed children, never from the spec.
+//! Status comes only from applied and observed children, never from the spec
+//! (the CURVE public key too: the Deployment's pod template carries it).
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -14,6 +15,7 @@ use serde_json::json;
 use crate::build::names::child_name;
 use crate::build::{MissingApi, Validated};
 use crate::crd::{ProxyEndpoint, ZmqProxy, ZmqProxyStatus};
+use crate::curve::KeyProblem;
 use crate::kinds::ENDPOINT_SLICE;
 use crate::status::{self, Observed};
 
@@ -28,10 +30,38 @@ pub async fn update_status(
 ) -> Result<(), kube::Error> {
     let observed = Observed {
         deployment: Some(deployment),
-        endpoints: read_endpoints(client, validated).await?,
         missing_apis: missing,
         ..Default::default()
     };
+    observe_and_write(client, zp, validated, observed).await
+}
+
+/// Reports a CURVE key `problem` (nothing was applied): the status of the
+/// Deployment as it already is, if any, with the problem as the reason.
+pub async fn report_curve_problem(
+    client: &Client,
+    zp: &ZmqProxy,
+    validated: &Validated,
+    problem: &KeyProblem,
+) -> Result<(), kube::Error> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &validated.namespace);
+    let observed = Observed {
+        deployment: deployments.get_opt(&child_name(&validated.name)).await?,
+        curve_problem: Some(problem.to_string()),
+        ..Default::default()
+    };
+    observe_and_write(client, zp, validated, observed).await
+}
+
+/// Adds the registered proxies to `observed`, computes the status and
+/// writes it.
+async fn observe_and_write(
+    client: &Client,
+    zp: &ZmqProxy,
+    validated: &Validated,
+    mut observed: Observed,
+) -> Result<(), kube::Error> {
+    observed.endpoints = read_endpoints(client, validated).await?;
     let new = status::compute(zp, &observed, Time(Timestamp::now()));
     write_status(client, zp, validated, &new).await
 }

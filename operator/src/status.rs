@@ -9,6 +9,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde_json::Value;
 
+use crate::build::curve::PUBLIC_KEY_ANNOTATION;
 use crate::build::monitoring::MissingApi;
 use crate::build::names::selector_string;
 use crate::crd::{ProxyEndpoint, ZmqProxy, ZmqProxyStatus};
@@ -18,8 +19,12 @@ pub const READY: &str = "Ready";
 /// Condition type: a rollout is under way.
 pub const PROGRESSING: &str = "Progressing";
 /// Condition type: something needs a human (invalid spec, failed apply,
-/// missing optional API, stuck rollout).
+/// missing optional API, stuck rollout, unusable CURVE key).
 pub const DEGRADED: &str = "Degraded";
+/// Condition reason (Ready False, Degraded True): the proxy's CURVE key
+/// Secret is missing, lacks the key, or holds no valid Z85 key; nothing
+/// was applied, so the pods keep their previous template.
+pub const CURVE_KEY_INVALID: &str = "CurveKeyInvalid";
 
 /// What the reconciler saw this round.
 #[derive(Debug, Clone, Default)]
@@ -32,6 +37,8 @@ pub struct Observed {
     pub apply_error: Option<String>,
     /// Optional APIs asked for but not served.
     pub missing_apis: Vec<MissingApi>,
+    /// Why the proxy's CURVE key is unusable (the children were not applied).
+    pub curve_problem: Option<String>,
 }
 
 /// Reads proxy endpoints from discovery.k8s.io/v1 EndpointSlice objects.
@@ -131,7 +138,9 @@ fn verdict(type_: &'static str, holds: bool, reason: &'static str, message: Stri
 
 /// Ready: every replica runs and is registered (and applying succeeded).
 fn ready(obs: &Observed, r: &Rollout, desired: i32, registered: i32) -> Verdict {
-    if let Some(e) = &obs.apply_error {
+    if let Some(p) = &obs.curve_problem {
+        verdict(READY, false, CURVE_KEY_INVALID, p.clone())
+    } else if let Some(e) = &obs.apply_error {
         verdict(READY, false, "ApplyFailed", e.clone())
     } else if r.ready < desired {
         verdict(
@@ -181,7 +190,9 @@ fn progressing(r: &Rollout, desired: i32) -> Verdict {
 
 /// Degraded: the first problem that needs a human, in order of severity.
 fn degraded(obs: &Observed, r: &Rollout) -> Verdict {
-    if let Some(e) = &obs.apply_error {
+    if let Some(p) = &obs.curve_problem {
+        verdict(DEGRADED, true, CURVE_KEY_INVALID, p.clone())
+    } else if let Some(e) = &obs.apply_error {
         verdict(DEGRADED, true, "ApplyFailed", e.clone())
     } else if !obs.missing_apis.is_empty() {
         let kinds: Vec<&str> = obs
@@ -263,7 +274,23 @@ pub fn compute(zp: &ZmqProxy, obs: &Observed, now: Time) -> ZmqProxyStatus {
         ready_replicas: r.ready,
         endpoints: obs.endpoints.clone(),
         selector: Some(selector_string(&name)),
+        curve_public_key: obs.deployment.as_ref().and_then(curve_public_key),
     }
+}
+
+/// The CURVE public key a Deployment's pods are configured with: its pod
+/// template's annotation (what the pods run, rather than what the spec
+/// asks for).
+fn curve_public_key(d: &Deployment) -> Option<String> {
+    d.spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(PUBLIC_KEY_ANNOTATION)
+        .cloned()
 }
 
 /// The status of condition `type_`, if present.
@@ -468,6 +495,61 @@ mod tests {
             status_of(&s, DEGRADED),
             ("True".into(), "RolloutStuck".into())
         );
+    }
+
+    #[test]
+    fn an_unusable_curve_key_is_degraded_and_the_running_key_stays() {
+        let z = zp(1);
+        let mut running = dep(1, 1, 1);
+        running.spec = Some(k8s_openapi::api::apps::v1::DeploymentSpec {
+            template: k8s_openapi::api::core::v1::PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    annotations: Some(BTreeMap::from([(
+                        PUBLIC_KEY_ANNOTATION.to_string(),
+                        "old-key".to_string(),
+                    )])),
+                    ..Default::default()
+                }),
+                spec: None,
+            },
+            ..Default::default()
+        });
+        let obs = Observed {
+            deployment: Some(running.clone()),
+            endpoints: eps(1, true),
+            curve_problem: Some("Secret k has no key secret-key".into()),
+            ..Default::default()
+        };
+        let s = compute(&z, &obs, t(1));
+        assert_eq!(
+            status_of(&s, READY),
+            ("False".into(), CURVE_KEY_INVALID.into())
+        );
+        assert_eq!(
+            status_of(&s, DEGRADED),
+            ("True".into(), CURVE_KEY_INVALID.into())
+        );
+        assert_eq!(
+            condition(&s, DEGRADED).unwrap().message,
+            "Secret k has no key secret-key"
+        );
+        // The pods still run the previous key, and the status says so.
+        assert_eq!(s.curve_public_key.as_deref(), Some("old-key"));
+        // Fixed: ready again, the key from the applied template.
+        let fixed = Observed {
+            deployment: Some(running),
+            endpoints: eps(1, true),
+            ..Default::default()
+        };
+        let s = compute(&z, &fixed, t(2));
+        assert_eq!(status_of(&s, READY).0, "True");
+        assert_eq!(s.curve_public_key.as_deref(), Some("old-key"));
+        // CURVE off: no key.
+        let plain = Observed {
+            deployment: Some(dep(1, 1, 1)),
+            ..Default::default()
+        };
+        assert_eq!(compute(&z, &plain, t(3)).curve_public_key, None);
     }
 
     #[test]

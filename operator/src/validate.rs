@@ -14,6 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
 
 use crate::crd::{ZmqProxy, ZmqProxySpec};
+use crate::curve::{self, CurvePlan};
 
 /// Default proxy image repository (the node agent maps it to the local binary).
 pub const PROXY_IMAGE_REPOSITORY: &str = "ghcr.io/zmq-proxy/zmq-proxy";
@@ -35,6 +36,8 @@ pub struct Validated {
     pub spec: ZmqProxySpec,
     /// The proxy image: spec.image, else the image of the operator's version.
     pub image: String,
+    /// Where the CURVE keys live; `None` with CURVE off.
+    pub curve: Option<CurvePlan>,
 }
 
 impl Validated {
@@ -51,6 +54,10 @@ pub enum ValidationError {
     /// metadata.name, .namespace or .uid is missing.
     #[error("ZmqProxy has no metadata.{0}")]
     MissingMetadata(&'static str),
+    /// spec.security.curve breaks a CEL rule (an object stored before the
+    /// CRD had the rule).
+    #[error("spec.security.curve: {0}")]
+    Curve(&'static str),
 }
 
 /// Image the proxies run when the spec names none: same version as the operator.
@@ -81,7 +88,9 @@ pub fn validate(zp: &ZmqProxy) -> Result<Validated, ValidationError> {
         controller: Some(true),
         block_owner_deletion: Some(true),
     };
+    let curve = curve::plan(&zp.spec, &name).map_err(ValidationError::Curve)?;
     Ok(Validated {
+        curve,
         name,
         namespace,
         generation: meta.generation,
@@ -126,6 +135,19 @@ pub(crate) mod tests {
             validate(&z),
             Err(ValidationError::MissingMetadata("namespace"))
         ));
+    }
+
+    #[test]
+    fn curve_past_the_cel_rules_is_an_error_not_a_panic() {
+        let z = zp(json!({"security": {"curve": {"enabled": true}}}));
+        assert!(matches!(validate(&z), Err(ValidationError::Curve(_))));
+        let on = validated(json!({"security": {"curve": {"enabled": true,
+            "authorizedKeys": {"secret": {"name": "peers"}}}}}));
+        assert_eq!(
+            on.curve.map(|p| p.key_secret).as_deref(),
+            Some("alpha-curve")
+        );
+        assert_eq!(validated(json!({})).curve, None);
     }
 
     #[test]

@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Container;
 use serde_json::{json, Value};
-use zmq_proxy::config::{LogFormat, MatchmakerKind, RouterMode, Settings};
+use zmq_proxy::config::{CurveFiles, LogFormat, MatchmakerKind, RouterMode, Settings};
 use zmq_proxy_operator::build::{build, Capabilities, Desired};
 use zmq_proxy_operator::crd::{ZmqProxy, ZmqProxySpec};
+use zmq_proxy_operator::curve::ProxyCurve;
 use zmq_proxy_operator::validate::validate;
 
 const POD_IP: &str = "10.1.2.3";
@@ -23,10 +24,13 @@ fn desired(spec: Value) -> Desired {
     let mut zp = ZmqProxy::new("alpha", spec);
     zp.metadata.namespace = Some("ns1".into());
     zp.metadata.uid = Some("uid-1".into());
-    build(
-        &validate(&zp).expect("complete metadata"),
-        &Capabilities::default(),
-    )
+    let validated = validate(&zp).expect("complete metadata");
+    // The public key the operator would derive from the key Secret.
+    let curve = validated.curve.clone().map(|plan| ProxyCurve {
+        plan,
+        public_key: "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7".into(),
+    });
+    build(&validated, &Capabilities::default(), curve.as_ref())
 }
 
 /// `$(NAME)` references to variables already defined, as the kubelet
@@ -113,6 +117,54 @@ fn defaults_parse_to_the_proxys_defaults_on_the_pod_ip() {
         (0, -1, -1)
     );
     assert_eq!(s.log_format, LogFormat::Text);
+    assert_eq!(s.curve, None);
+}
+
+#[test]
+fn curve_names_the_files_the_pod_mounts() {
+    let d = desired(json!({"security": {"curve": {
+        "enabled": true, "authorizedKeys": {"configMap": {"name": "peers"}}}}}));
+    let s = proxy_settings(&d);
+    let files = s.curve.expect("CURVE on in the proxy");
+    // Each file sits in a directory a volume is mounted at, under the
+    // name the volume's item gives it.
+    let pod = d
+        .deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("a pod template");
+    let mounted = |file: &std::path::Path| {
+        let (dir, name) = (file.parent().expect("a directory"), file.file_name());
+        let mount = pod.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| std::path::Path::new(&m.mount_path) == dir)
+            .expect("a mount at the file's directory");
+        assert!(mount.sub_path.is_none(), "subPath mounts never update");
+        let volume = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == mount.name)
+            .expect("the mount's volume");
+        let items = volume
+            .secret
+            .as_ref()
+            .and_then(|s| s.items.clone())
+            .or_else(|| volume.config_map.as_ref().and_then(|c| c.items.clone()))
+            .expect("a Secret or ConfigMap volume with items");
+        assert!(items
+            .iter()
+            .any(|i| Some(std::ffi::OsStr::new(&i.path)) == name));
+    };
+    let CurveFiles {
+        secret_key_file,
+        authorized_keys,
+    } = files;
+    mounted(&secret_key_file);
+    mounted(&authorized_keys);
 }
 
 #[test]

@@ -72,6 +72,18 @@ async fn validation(client: &kube::Client, ns: &str) -> Result<()> {
         ("log-level", json!({ "logging": { "level": "loud" } })),
         ("log-format", json!({ "logging": { "format": "xml" } })),
         ("interval", json!({ "monitoring": { "interval": "soon" } })),
+        (
+            "curve-key-secret-name",
+            json!({ "security": { "curve": { "keySecret": { "name": "Bad_Name" } } } }),
+        ),
+        (
+            "curve-key-secret-no-name",
+            json!({ "security": { "curve": { "keySecret": { "key": "k" } } } }),
+        ),
+        (
+            "curve-enabled-not-bool",
+            json!({ "security": { "curve": { "enabled": "yes" } } }),
+        ),
         ("spec-not-object", json!("all of it")),
     ];
     for (name, spec) in &rejected {
@@ -118,6 +130,35 @@ async fn validation(client: &kube::Client, ns: &str) -> Result<()> {
             json!({ "pubSub": { "enabled": true }, "ports": { "publisher": 50002 } }),
             "ports.publisher must differ from the other ports in use when pubSub is enabled",
         ),
+        (
+            "curve-without-authorized-keys",
+            json!({ "security": { "curve": { "enabled": true } } }),
+            "security.curve.authorizedKeys is required when CURVE is enabled",
+        ),
+        (
+            // A null is as absent as a missing field.
+            "curve-null-authorized-keys",
+            json!({ "security": { "curve": { "enabled": true, "authorizedKeys": null } } }),
+            "security.curve.authorizedKeys is required when CURVE is enabled",
+        ),
+        (
+            "curve-no-authorized-source",
+            json!({ "security": { "curve": { "enabled": true, "authorizedKeys": {} } } }),
+            "security.curve.authorizedKeys needs exactly one of secret and configMap",
+        ),
+        (
+            "curve-two-authorized-sources",
+            json!({ "security": { "curve": { "enabled": true, "authorizedKeys": {
+                "secret": { "name": "a" }, "configMap": { "name": "b" } } } } }),
+            "security.curve.authorizedKeys needs exactly one of secret and configMap",
+        ),
+        (
+            "curve-local-publisher",
+            json!({ "pubSub": { "enabled": true }, "localPublisher": { "enabled": true },
+                    "security": { "curve": { "enabled": true,
+                        "authorizedKeys": { "secret": { "name": "a" } } } } }),
+            "the local publisher does not support CURVE yet",
+        ),
     ];
     for (name, spec, message) in &cel {
         match create_raw(client, ns, name, spec.clone()).await {
@@ -142,6 +183,14 @@ async fn validation(client: &kube::Client, ns: &str) -> Result<()> {
         json!({ "ports": { "publisher": 50001 } }),
     )
     .await?;
+    // CURVE off needs no authorized keys.
+    create_raw(
+        client,
+        ns,
+        "curve-off",
+        json!({ "security": { "curve": { "enabled": false } } }),
+    )
+    .await?;
     // An update is checked as well: a valid object cannot be patched into a
     // clash.
     let zps = Api::<zmq_proxy_operator::crd::ZmqProxy>::namespaced(client.clone(), ns);
@@ -160,6 +209,7 @@ async fn validation(client: &kube::Client, ns: &str) -> Result<()> {
         "defaults",
         "single-router-backend-unused",
         "publisher-unused",
+        "curve-off",
     ] {
         wait_zp(client, ns, name, "observedGeneration", SHORT, |z| {
             z.status.as_ref().and_then(|s| s.observed_generation) == z.metadata.generation

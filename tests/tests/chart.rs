@@ -942,6 +942,14 @@ fn schema_rejects_every_kind_of_bad_value() {
             "pubsub",
         ),
         (
+            json!({"proxies": [{"name": "a", "spec": {"security": {"curve": {"keySecret": {"key": "k"}}}}}]}),
+            "name",
+        ),
+        (
+            json!({"proxies": [{"name": "a", "spec": {"security": {"curve": {"authorizedKeys": {"file": "x"}}}}}]}),
+            "file",
+        ),
+        (
             json!({"proxies": [{"name": "a", "spec": {"matchmaker": {"redisUrlSecret": {"name": "s"}}}}]}),
             "key",
         ),

@@ -250,9 +250,22 @@ impl Release<'_> {
             !can("create", "deployments.apps", release_ns),
             "namespaced scope writes Deployments at home"
         );
+        // Secrets: get (a named CURVE key) and create (the generated one)
+        // in the watched namespace only; never list or watch, which would
+        // cache every Secret.
         ensure!(
-            !can("list", "secrets", watch_ns),
-            "the operator can read Secrets"
+            can("get", "secrets", watch_ns) && can("create", "secrets", watch_ns),
+            "operator cannot get and create Secrets in {watch_ns}"
+        );
+        for verb in ["list", "watch", "update", "delete"] {
+            ensure!(
+                !can(verb, "secrets", watch_ns),
+                "the operator can {verb} Secrets"
+            );
+        }
+        ensure!(
+            !can("get", "secrets", other_ns),
+            "namespaced scope reads Secrets in {other_ns}"
         );
         let pdbs: Api<PodDisruptionBudget> = Api::namespaced(self.client.clone(), release_ns);
         ensure!(

@@ -33,7 +33,7 @@ mod tests {
     #[test]
     fn pdb_is_policy_v1_unless_disabled() {
         let caps = Capabilities::default();
-        let d = build(&validated(json!({})), &caps);
+        let d = build(&validated(json!({})), &caps, None);
         let pdb = d.pdb.unwrap();
         assert_eq!((pdb.kind.group, pdb.kind.version), ("policy", "v1"));
         assert_eq!(pdb.object["apiVersion"], "policy/v1");
@@ -41,6 +41,7 @@ mod tests {
         let d = build(
             &validated(json!({"podDisruptionBudget": {"enabled": false}})),
             &caps,
+            None,
         );
         assert!(d.pdb.is_none());
     }

@@ -8,10 +8,12 @@
 //!
 //! One concept per module: [`names`] (names, labels, child metadata),
 //! [`proxy_env`] (the env contract with the proxy and its ConfigMap),
-//! [`workload`] (Deployment, DaemonSet, pod template), [`rbac`] (the proxy
+//! [`workload`] (Deployment, DaemonSet, pod template), [`curve`] (CURVE
+//! keys in the pod template), [`rbac`] (the proxy
 //! pods' identity), [`services`] (the registration Service),
 //! [`disruption_budget`] and [`monitoring`].
 
+pub mod curve;
 pub mod disruption_budget;
 pub mod monitoring;
 pub mod names;
@@ -26,6 +28,7 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{json, Value};
 
+use crate::curve::ProxyCurve;
 pub use crate::discovery::Capabilities;
 use crate::kinds::Kind;
 pub use crate::validate::Validated;
@@ -91,8 +94,11 @@ pub struct Desired {
     pub missing: Vec<MissingApi>,
 }
 
-/// Builds every desired child of `zp` for a cluster serving `caps`.
-pub fn build(zp: &Validated, caps: &Capabilities) -> Desired {
+/// Builds every desired child of `zp` for a cluster serving `caps`. `curve`
+/// is the CURVE plan of `zp` with its public key, resolved by
+/// [`crate::curve_secret`] (the one input that needs the API server);
+/// `None` with CURVE off.
+pub fn build(zp: &Validated, caps: &Capabilities, curve: Option<&ProxyCurve>) -> Desired {
     let env = proxy_env::proxy_env(zp);
     let hash = proxy_env::config_hash(&env);
     let monitoring = monitoring::monitoring(zp, caps);
@@ -101,7 +107,7 @@ pub fn build(zp: &Validated, caps: &Capabilities) -> Desired {
         role: rbac::role(zp),
         role_binding: rbac::role_binding(zp),
         config_map: proxy_env::config_map(zp, env),
-        deployment: workload::deployment(zp, &hash),
+        deployment: workload::deployment(zp, &hash, curve),
         service: services::headless_service(zp),
         metrics_service: monitoring.metrics_service,
         daemon_set: zp
@@ -154,7 +160,7 @@ pub(crate) mod tests {
 
     #[test]
     fn every_child_is_owned_labelled_and_namespaced() {
-        let d = build(&validated(json!({})), &Capabilities::default());
+        let d = build(&validated(json!({})), &Capabilities::default(), None);
         let metas = [
             &d.service_account.metadata,
             &d.role.metadata,
@@ -182,20 +188,20 @@ pub(crate) mod tests {
     #[test]
     fn configuration_change_changes_the_hash_and_nothing_else_does() {
         let caps = Capabilities::default();
-        let base = build(&validated(json!({})), &caps);
+        let base = build(&validated(json!({})), &caps, None);
         let h = |d: &Desired| template_annotations(&d.deployment)[CONFIG_HASH_ANNOTATION].clone();
         // A configuration change: new hash, new pod template.
-        let hwm = build(&validated(json!({"socket": {"hwm": 1000}})), &caps);
+        let hwm = build(&validated(json!({"socket": {"hwm": 1000}})), &caps, None);
         assert_ne!(h(&base), h(&hwm));
         // Replicas, PDB and labels on the ZmqProxy leave the template alone.
         let mut labelled = zp(json!({"replicas": 7, "podDisruptionBudget": {"maxUnavailable": 2}}));
         labelled.metadata.labels = Some(BTreeMap::from([("team".into(), "a".into())]));
-        let other = build(&validate(&labelled).unwrap(), &caps);
+        let other = build(&validate(&labelled).unwrap(), &caps, None);
         assert_eq!(
             base.deployment.spec.as_ref().unwrap().template,
             other.deployment.spec.as_ref().unwrap().template
         );
         // Building twice is deterministic.
-        assert_eq!(base, build(&validated(json!({})), &caps));
+        assert_eq!(base, build(&validated(json!({})), &caps, None));
     }
 }

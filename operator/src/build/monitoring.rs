@@ -115,7 +115,7 @@ mod tests {
     #[test]
     fn monitors_only_when_served_and_asked_for() {
         let spec = json!({"monitoring": {"serviceMonitor": true, "podMonitor": true}});
-        let d = build(&validated(spec.clone()), &Capabilities::default());
+        let d = build(&validated(spec.clone()), &Capabilities::default(), None);
         assert!(d.service_monitor.is_none() && d.pod_monitor.is_none());
         assert_eq!(
             d.missing,
@@ -125,7 +125,7 @@ mod tests {
             service_monitor: true,
             pod_monitor: true,
         };
-        let d = build(&validated(spec), &caps);
+        let d = build(&validated(spec), &caps, None);
         assert!(d.missing.is_empty());
         assert_eq!(
             d.service_monitor.unwrap().object["spec"]["endpoints"][0]["port"],
@@ -133,7 +133,7 @@ mod tests {
         );
         assert_eq!(d.pod_monitor.unwrap().kind.kind, "PodMonitor");
         assert!(d.metrics_service.unwrap().spec.unwrap().selector.is_some());
-        let d = build(&validated(json!({})), &caps);
+        let d = build(&validated(json!({})), &caps, None);
         assert!(d.service_monitor.is_none() && d.metrics_service.is_none());
     }
 }

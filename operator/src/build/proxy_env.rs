@@ -190,6 +190,7 @@ mod tests {
         let d = build(
             &validated(json!({"matchmaker": {"redisUrlSecret": {"name": "redis", "key": "url"}}})),
             &Capabilities::default(),
+            None,
         );
         let env = env_of(&pod_spec(&d.deployment).containers[0]);
         let r = env["ZMQ_PROXY_URL"]

@@ -75,7 +75,7 @@ mod tests {
 
     #[test]
     fn role_grants_exactly_endpointslice_registration() {
-        let d = build(&validated(json!({})), &Capabilities::default());
+        let d = build(&validated(json!({})), &Capabilities::default(), None);
         let rules = d.role.rules.unwrap();
         assert_eq!(rules.len(), 1);
         assert_eq!(

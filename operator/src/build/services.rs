@@ -67,6 +67,7 @@ mod tests {
         let d = build(
             &validated(json!({"pubSub": {"enabled": true}})),
             &Capabilities::default(),
+            None,
         );
         let s = d.service.spec.unwrap();
         assert_eq!(s.cluster_ip.as_deref(), Some("None"));
@@ -88,6 +89,7 @@ mod tests {
         let d = build(
             &validated(json!({"mode": "SingleRouter"})),
             &Capabilities::default(),
+            None,
         );
         let names: Vec<_> = d
             .service

@@ -17,12 +17,14 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::curve;
 use super::names::{
     child_meta, child_name, common_labels, config_map_name, daemon_set_name, selector_labels,
     LOCAL_PUBLISHER, PROXY,
 };
 use super::proxy_env::{local_publisher_env, pod_env};
 use super::services::listener_ports;
+use crate::curve::ProxyCurve;
 use crate::validate::Validated;
 
 /// Pod-template annotation holding the hash of the proxy configuration.
@@ -34,18 +36,27 @@ const NON_ROOT_ID: i64 = 65532;
 const TERMINATION_MARGIN_SECONDS: i64 = 5;
 
 /// The proxies: surge-first rolling updates, spread over nodes unless the
-/// spec says otherwise. `hash` is the configuration hash of the ConfigMap.
-pub fn deployment(zp: &Validated, hash: &str) -> Deployment {
+/// spec says otherwise. `hash` is the configuration hash of the ConfigMap;
+/// `curve` the CURVE settings with a key found good (CURVE on).
+pub fn deployment(zp: &Validated, hash: &str, curve: Option<&ProxyCurve>) -> Deployment {
     let spec = &zp.spec;
     let mut ports: Vec<ContainerPort> = listener_ports(spec)
         .into_iter()
         .map(|(name, port)| container_port(name, port))
         .collect();
     ports.push(container_port("metrics", spec.ports.metrics));
-    let container = proxy_container(zp, Vec::new(), ports);
+    let extra_env = if curve.is_some() {
+        curve::env()
+    } else {
+        Vec::new()
+    };
+    let container = proxy_container(zp, extra_env, ports);
     let mut template = pod_template(zp, PROXY, hash, container);
     if let Some(pod) = template.spec.as_mut() {
         pod.topology_spread_constraints = Some(topology_spread(zp));
+    }
+    if let Some(c) = curve {
+        curve::add_to_template(&mut template, c, NON_ROOT_ID);
     }
     Deployment {
         metadata: child_meta(zp, child_name(&zp.name), PROXY),
@@ -272,7 +283,11 @@ mod tests {
 
     #[test]
     fn deployment_env_follows_the_contract() {
-        let d = build(&validated(json!({"replicas": 3})), &Capabilities::default());
+        let d = build(
+            &validated(json!({"replicas": 3})),
+            &Capabilities::default(),
+            None,
+        );
         assert_eq!(d.deployment.spec.as_ref().unwrap().replicas, Some(3));
         let pod = pod_spec(&d.deployment);
         assert_eq!(pod.service_account_name.as_deref(), Some("alpha"));
@@ -331,6 +346,7 @@ mod tests {
         let d = build(
             &validated(json!({"gracePeriodSeconds": 20, "preStopDelaySeconds": 3})),
             &Capabilities::default(),
+            None,
         );
         let pod = pod_spec(&d.deployment);
         let c = &pod.containers[0];
@@ -373,13 +389,13 @@ mod tests {
             hook.exec.as_ref().unwrap().command,
             Some(vec!["sleep".to_string(), "3".to_string()])
         );
-        let d = build(&validated(json!({})), &Capabilities::default());
+        let d = build(&validated(json!({})), &Capabilities::default(), None);
         assert!(pod_spec(&d.deployment).containers[0].lifecycle.is_none());
     }
 
     #[test]
     fn spreads_over_nodes_by_default_and_honours_the_spec() {
-        let d = build(&validated(json!({})), &Capabilities::default());
+        let d = build(&validated(json!({})), &Capabilities::default(), None);
         let tsc = pod_spec(&d.deployment)
             .topology_spread_constraints
             .clone()
@@ -391,6 +407,7 @@ mod tests {
                 {"maxSkew": 2, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule"}
             ]})),
             &Capabilities::default(),
+            None,
         );
         let tsc = pod_spec(&d.deployment)
             .topology_spread_constraints
@@ -401,11 +418,12 @@ mod tests {
 
     #[test]
     fn local_publisher_daemonset_is_optional() {
-        let d = build(&validated(json!({})), &Capabilities::default());
+        let d = build(&validated(json!({})), &Capabilities::default(), None);
         assert!(d.daemon_set.is_none());
         let d = build(
             &validated(json!({"localPublisher": {"enabled": true}})),
             &Capabilities::default(),
+            None,
         );
         let ds = d.daemon_set.unwrap();
         assert_eq!(ds.metadata.name.as_deref(), Some("alpha-local-publisher"));
@@ -421,7 +439,7 @@ mod tests {
 
     #[test]
     fn selector_string_matches_the_deployment_selector() {
-        let d = build(&validated(json!({})), &Capabilities::default());
+        let d = build(&validated(json!({})), &Capabilities::default(), None);
         let labels = d.deployment.spec.unwrap().selector.match_labels.unwrap();
         let s: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         assert_eq!(selector_string("alpha"), s.join(","));

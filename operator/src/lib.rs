@@ -17,6 +17,7 @@
 pub mod apply;
 pub mod backoff;
 pub mod build;
+pub mod check;
 pub mod context;
 pub mod controller;
 pub mod crd;

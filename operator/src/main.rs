@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use zmq_proxy_operator::controller::Tuning;
 use zmq_proxy_operator::manager::{self, Election, Settings};
 use zmq_proxy_operator::metrics::{self, Metrics};
-use zmq_proxy_operator::{crd, rbac};
+use zmq_proxy_operator::{check, crd, rbac};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -41,6 +41,21 @@ enum Command {
     Rbac,
     /// Run the operator (the default).
     Run,
+    /// GET an http:// URL until it answers 2xx (what the chart's `helm
+    /// test` pod runs); exits non-zero if it never does.
+    Check {
+        /// The URL, e.g. http://zp-zmq-proxy-operator-metrics.ns.svc:8080/healthz.
+        url: String,
+        /// Attempts before giving up.
+        #[arg(long, default_value_t = 10)]
+        attempts: u32,
+        /// Seconds between attempts.
+        #[arg(long, default_value_t = 2)]
+        delay_seconds: u64,
+        /// Seconds one attempt may take.
+        #[arg(long, default_value_t = 5)]
+        timeout_seconds: u64,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -99,6 +114,23 @@ async fn main() -> anyhow::Result<()> {
                 "{}",
                 rbac::rules_yaml().context("rendering the RBAC rules")?
             );
+            Ok(())
+        }
+        Some(Command::Check {
+            url,
+            attempts,
+            delay_seconds,
+            timeout_seconds,
+        }) => {
+            let code = check::check(
+                &url,
+                attempts,
+                Duration::from_secs(delay_seconds),
+                Duration::from_secs(timeout_seconds),
+            )
+            .await
+            .with_context(|| format!("GET {url}"))?;
+            println!("{url}: HTTP {code}");
             Ok(())
         }
         Some(Command::Run) | None => run(cli.run).await,

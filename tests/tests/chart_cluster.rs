@@ -1,19 +1,21 @@
 //! The Helm chart installed the way users install it, on the real control
-//! plane: `helm install` (namespaced scope), the operator pods run through
-//! the node agent (the operator image mapped to the workspace's binary) with
-//! exactly the chart's ServiceAccount and RBAC (checked with `kubectl auth
-//! can-i`), elect one leader and reconcile examples/zmqproxy-basic.yaml into
-//! running, registered proxies. A real Prometheus (built from Go modules by
+//! plane and the real node: `helm install` (namespaced scope), the operator
+//! pods run as containers of the operator image (built by tests/images.sh,
+//! imported into the node's containerd) with exactly the chart's
+//! ServiceAccount and RBAC (checked with `kubectl auth can-i`), elect one
+//! leader and reconcile examples/zmqproxy-basic.yaml into running,
+//! registered proxy containers. A real Prometheus (built from Go modules by
 //! tests/install.sh) discovers the pods through `kubernetes_sd_configs` with
 //! exactly the scrape configuration of docs/metrics.md,
 //! scrapes proxies and operators, evaluates the chart's alert rules and
 //! answers every dashboard query; raw ZMTP traffic into one proxy moves its
 //! counters under the documented labels. Then both operators are Ready
-//! behind their metrics Service, `helm upgrade` to cluster scope reaches a
-//! namespace the values never named, and `helm uninstall` cleans up.
+//! behind their metrics Service and `helm test` passes (its pod asks the
+//! Service by its cluster DNS name), `helm upgrade` to cluster scope reaches
+//! a namespace the values never named, and `helm uninstall` cleans up.
 //!
-//! Needs helm, kubectl and prometheus (`bash tests/install.sh`) and the
-//! workspace binaries (`cargo build --workspace --bins` first).
+//! Needs root, helm, kubectl and prometheus (`bash tests/install.sh`) and
+//! the images (`bash tests/images.sh build`).
 
 mod chart_cluster_support;
 
@@ -28,14 +30,15 @@ use chart_cluster_support::cluster::{
 use chart_cluster_support::prometheus::{check_prometheus, start_prometheus};
 use chart_cluster_support::{chart, run, RELEASE, TIMEOUT};
 use harness::http::get as http_get;
+use harness::real_node::{self, RealNode};
 use harness::wait::until;
-use harness::{ControlPlane, NodeAgent};
+use harness::ControlPlane;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
-use kube::api::ListParams;
+use kube::api::{ListParams, LogParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
@@ -53,8 +56,7 @@ async fn helm_install_runs_the_operator_which_reconciles_an_example_and_promethe
     // Named nowhere in the values: reached only after the upgrade to
     // cluster scope.
     let other_ns = cp.namespace("chart-any").await?;
-    let images = harness::tools::project_images()?;
-    let agent = NodeAgent::start(cp, images).await?;
+    let node = RealNode::start(cp, &real_node::workspace_images()?).await?;
     let result = scenario(cp, &client, &release_ns, &watch_ns, &other_ns).await;
     if let Err(e) = &result {
         eprintln!("scenario failed: {e:#}");
@@ -64,22 +66,27 @@ async fn helm_install_runs_the_operator_which_reconciles_an_example_and_promethe
                 .await
             {
                 for pod in pods.items {
-                    eprintln!(
-                        "--- pod {ns}/{}:\n{}",
-                        pod.name_any(),
-                        agent.pod_log(ns, &pod.name_any())
-                    );
+                    let log = Api::<Pod>::namespaced(client.clone(), ns)
+                        .logs(&pod.name_any(), &LogParams::default())
+                        .await
+                        .unwrap_or_else(|e| format!("(no log: {e})"));
+                    eprintln!("--- pod {ns}/{}:\n{log}", pod.name_any());
                 }
             }
         }
-        let log = cp.dir().join("kube-apiserver.log");
-        eprintln!(
-            "--- kube-apiserver log tail:\n{}",
-            harness::startup::log_tail(&log)
-        );
+        for log in [
+            cp.dir().join("kube-apiserver.log"),
+            node.dir().join("kubelet.log"),
+        ] {
+            eprintln!(
+                "--- {} tail:\n{}",
+                log.display(),
+                harness::startup::log_tail(&log)
+            );
+        }
     }
-    // The scenario's error first: a failed stop is usually its consequence.
-    let stopped = agent.stop().await;
+    // Namespaces go before the node: a Deployment left behind would have
+    // its pods rescheduled onto another suite's node.
     cleanup(
         cp,
         &client,
@@ -87,6 +94,8 @@ async fn helm_install_runs_the_operator_which_reconciles_an_example_and_promethe
         &[&release_ns, &watch_ns, &other_ns],
     )
     .await;
+    // The scenario's error first: a failed stop is usually its consequence.
+    let stopped = node.stop().await;
     result?;
     stopped
 }
@@ -353,10 +362,10 @@ impl Release<'_> {
     }
 
     /// 7. Both operator pods are Ready (a standby at once, the leader once
-    ///    its caches synced), the metrics Service routes to both, and each
-    ///    answers /healthz: what `helm test` checks through the Service
-    ///    (this plane has no cluster DNS or Service proxy, so the test pod
-    ///    itself cannot run).
+    ///    its caches synced), the metrics Service routes to both, each
+    ///    answers /healthz, and `helm test` passes: its pod (the operator
+    ///    image's `check`) reaches the Service by name through cluster DNS
+    ///    and kube-proxy.
     async fn operators_ready_behind_their_service(&self, operators: &Pods) -> Result<()> {
         let ready = until("two ready operator pods", TIMEOUT, || async {
             let pods = ready_pods(self.client, self.release_ns, OPERATOR_SELECTOR).await?;
@@ -383,9 +392,8 @@ impl Release<'_> {
             ready == *operators,
             "ready operators {ready:?} vs running {operators:?}"
         );
-        // EndpointSlices rather than Endpoints: the Endpoints API refuses the
-        // loopback pod IPs of this plane (the EndpointSlice API accepts them),
-        // and slices are what Services route by since 1.19.
+        // EndpointSlices rather than Endpoints: slices are what Services
+        // route by since 1.19 (and Endpoints is deprecated since 1.33).
         let service = format!("{RELEASE}-zmq-proxy-operator-metrics");
         let addrs = until("the metrics Service's EndpointSlices", TIMEOUT, || async {
             let slices = service_endpoints(self.client, self.release_ns, &service).await?;
@@ -405,6 +413,14 @@ impl Release<'_> {
             addrs == expected,
             "Service endpoints {addrs:?} are not the operator pods {expected:?}"
         );
+        // No `--logs`: the chart's hook-delete-policy removes a passed test
+        // pod before helm could read its log.
+        let out = self.helm(&["test", RELEASE, "--timeout", "120s"])?;
+        let phase = out
+            .lines()
+            .find_map(|l| l.strip_prefix("Phase:"))
+            .map(str::trim);
+        ensure!(phase == Some("Succeeded"), "helm test: {out}");
         Ok(())
     }
 

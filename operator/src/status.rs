@@ -281,7 +281,7 @@ pub fn compute(zp: &ZmqProxy, obs: &Observed, now: Time) -> ZmqProxyStatus {
 /// The CURVE public key a Deployment's pods are configured with: its pod
 /// template's annotation (what the pods run, rather than what the spec
 /// asks for).
-fn curve_public_key(d: &Deployment) -> Option<String> {
+pub fn curve_public_key(d: &Deployment) -> Option<String> {
     d.spec
         .as_ref()?
         .template

@@ -28,7 +28,6 @@ use k8s_openapi::ByteString;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::Client;
 use serde_json::json;
-use zmq_proxy_operator::build::curve::PUBLIC_KEY_ANNOTATION;
 use zmq_proxy_operator::crd::ZmqProxy;
 use zmq_proxy_operator::rbac;
 
@@ -98,18 +97,6 @@ fn public_of(secret_z85: &str) -> Result<String> {
     let key = zmq_proxy::curve::SecretKey::from_z85(secret_z85)
         .map_err(|e| anyhow::anyhow!("not a key: {e}"))?;
     Ok(key.public().to_z85())
-}
-
-fn template_annotation(d: &Deployment) -> Option<String> {
-    d.spec
-        .as_ref()?
-        .template
-        .metadata
-        .as_ref()?
-        .annotations
-        .as_ref()?
-        .get(PUBLIC_KEY_ANNOTATION)
-        .cloned()
 }
 
 fn pod(d: &Deployment) -> Result<&PodSpec> {
@@ -214,9 +201,9 @@ async fn generated_key(
 
     let d = deps.get("gen").await?;
     ensure!(
-        template_annotation(&d).as_deref() == Some(status_key.as_str()),
+        zmq_proxy_operator::status::curve_public_key(&d).as_deref() == Some(status_key.as_str()),
         "template annotation {:?}",
-        template_annotation(&d)
+        zmq_proxy_operator::status::curve_public_key(&d)
     );
     let pod = pod(&d)?;
     let volumes = pod.volumes.clone().unwrap_or_default();
@@ -382,9 +369,9 @@ async fn named_key(
     .await?;
     let d = deps.get("named").await?;
     ensure!(
-        template_annotation(&d).as_deref() == Some(PUBLIC_A),
+        zmq_proxy_operator::status::curve_public_key(&d).as_deref() == Some(PUBLIC_A),
         "template annotation {:?}",
-        template_annotation(&d)
+        zmq_proxy_operator::status::curve_public_key(&d)
     );
 
     // Rotated to another valid key: the operator reads Secrets only when it
@@ -407,7 +394,11 @@ async fn named_key(
     .await?;
     harness::wait::until("the template to carry the new key", SHORT, || async {
         let d = deps.get("named").await?;
-        Ok((template_annotation(&d).as_deref() == Some(public_b.as_str())).then_some(()))
+        Ok(
+            (zmq_proxy_operator::status::curve_public_key(&d).as_deref()
+                == Some(public_b.as_str()))
+            .then_some(()),
+        )
     })
     .await?;
     wait_zp(client, ns, "named", "the new key in status", SHORT, |z| {

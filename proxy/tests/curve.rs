@@ -494,7 +494,7 @@ async fn the_rpc_library_calls_through_a_curve_proxy_with_its_client_keys_on(eng
     use std::sync::Arc;
     use zmq_proxy::curve::{PublicKey, SecretKey};
     use zmq_proxy::matchmaker::Target;
-    use zmq_proxy::rpc::{ClientConfig, CurveClient, Request, RpcClient, RpcServer, ServerConfig};
+    use zmq_proxy::rpc::{ClientConfig, CurveClient, Request, RpcClient};
 
     let (client_pair, server_pair) = (Pair::new(), Pair::new());
     let files = KeyFiles::new(&format!(
@@ -518,39 +518,7 @@ async fn the_rpc_library_calls_through_a_curve_proxy_with_its_client_keys_on(eng
             PublicKey::from_z85(&files.proxy.public).unwrap(),
         )
     };
-    let handler = |inc: zmq_proxy::rpc::Incoming| {
-        Box::pin(async move { Ok(serde_json::json!({"echo": inc.args()})) })
-            as futures::future::BoxFuture<'static, _>
-    };
-    let server = RpcServer::start(
-        Arc::clone(&mm),
-        ServerConfig {
-            host: "127.0.0.1".into(),
-            shutdown_grace: Duration::from_millis(100),
-            curve: Some(keys(&server_pair)),
-            ..ServerConfig::new(Target::server("svc", "a"))
-        },
-        handler,
-    )
-    .await
-    .unwrap();
-    assert!(server.wait_ready(1, WAIT).await, "server ready");
-    let client = RpcClient::connect(
-        Arc::clone(&mm),
-        ClientConfig {
-            host: "127.0.0.1".into(),
-            call_timeout: Duration::from_secs(10),
-            discovery_timeout: Duration::from_secs(5),
-            curve: Some(keys(&client_pair)),
-            ..ClientConfig::default()
-        },
-    )
-    .await
-    .unwrap();
-    assert!(
-        client.wait_for_proxies(1, WAIT).await,
-        "client sees the proxy"
-    );
+    let (server, client) = curve_echo_pair(&mm, keys(&server_pair), keys(&client_pair), 1).await;
     let reply = client
         .call(
             &Target::server("svc", "a"),
@@ -579,6 +547,55 @@ async fn the_rpc_library_calls_through_a_curve_proxy_with_its_client_keys_on(eng
         .await;
     assert!(refused.is_err(), "{refused:?}");
     server.stop().await;
+}
+
+/// An echo server of `svc`/`a` and a client, each with its CURVE keys,
+/// through the proxies `mm` lists; returned once both are connected to
+/// `proxies` of them.
+async fn curve_echo_pair(
+    mm: &std::sync::Arc<dyn zmq_proxy::matchmaker::Matchmaker>,
+    server_keys: zmq_proxy::rpc::CurveClient,
+    client_keys: zmq_proxy::rpc::CurveClient,
+    proxies: usize,
+) -> (zmq_proxy::rpc::RpcServer, zmq_proxy::rpc::RpcClient) {
+    use std::sync::Arc;
+    use zmq_proxy::matchmaker::Target;
+    use zmq_proxy::rpc::{ClientConfig, RpcClient, RpcServer, ServerConfig};
+
+    let handler = |inc: zmq_proxy::rpc::Incoming| {
+        Box::pin(async move { Ok(serde_json::json!({"echo": inc.args()})) })
+            as futures::future::BoxFuture<'static, _>
+    };
+    let server = RpcServer::start(
+        Arc::clone(mm),
+        ServerConfig {
+            host: "127.0.0.1".into(),
+            shutdown_grace: Duration::from_millis(100),
+            curve: Some(server_keys),
+            ..ServerConfig::new(Target::server("svc", "a"))
+        },
+        handler,
+    )
+    .await
+    .unwrap();
+    assert!(server.wait_ready(proxies, WAIT).await, "server ready");
+    let client = RpcClient::connect(
+        Arc::clone(mm),
+        ClientConfig {
+            host: "127.0.0.1".into(),
+            call_timeout: Duration::from_secs(10),
+            discovery_timeout: Duration::from_secs(5),
+            curve: Some(client_keys),
+            ..ClientConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        client.wait_for_proxies(proxies, WAIT).await,
+        "client sees the proxies"
+    );
+    (server, client)
 }
 
 /// A CURVE SUB subscribed to `prefix`.
@@ -955,7 +972,7 @@ async fn rpc_peers_take_each_proxys_own_key_from_the_matchmaker() {
     use zmq_proxy::curve::{PublicKey, SecretKey};
     use zmq_proxy::matchmaker::in_process::StaticMatchmaker;
     use zmq_proxy::matchmaker::Target;
-    use zmq_proxy::rpc::{ClientConfig, CurveClient, Request, RpcClient, RpcServer, ServerConfig};
+    use zmq_proxy::rpc::{CurveClient, Request};
 
     let (client_pair, server_pair) = (Pair::new(), Pair::new());
     let authorized = format!(
@@ -988,39 +1005,7 @@ async fn rpc_peers_take_each_proxys_own_key_from_the_matchmaker() {
         Arc::new(StaticMatchmaker::with_proxies(listed));
     let keys =
         |pair: &Pair| CurveClient::with_matchmaker_keys(SecretKey::from_z85(&pair.secret).unwrap());
-    let handler = |inc: zmq_proxy::rpc::Incoming| {
-        Box::pin(async move { Ok(serde_json::json!({"echo": inc.args()})) })
-            as futures::future::BoxFuture<'static, _>
-    };
-    let server = RpcServer::start(
-        Arc::clone(&mm),
-        ServerConfig {
-            host: "127.0.0.1".into(),
-            shutdown_grace: Duration::from_millis(100),
-            curve: Some(keys(&server_pair)),
-            ..ServerConfig::new(Target::server("svc", "a"))
-        },
-        handler,
-    )
-    .await
-    .unwrap();
-    assert!(server.wait_ready(2, WAIT).await, "server on both proxies");
-    let client = RpcClient::connect(
-        Arc::clone(&mm),
-        ClientConfig {
-            host: "127.0.0.1".into(),
-            call_timeout: Duration::from_secs(10),
-            discovery_timeout: Duration::from_secs(5),
-            curve: Some(keys(&client_pair)),
-            ..ClientConfig::default()
-        },
-    )
-    .await
-    .unwrap();
-    assert!(
-        client.wait_for_proxies(2, WAIT).await,
-        "client on both proxies"
-    );
+    let (server, client) = curve_echo_pair(&mm, keys(&server_pair), keys(&client_pair), 2).await;
     for i in 0..20 {
         let reply = client
             .call(

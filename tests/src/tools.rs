@@ -2,7 +2,6 @@
 //! binaries that tests/install.sh builds from Go modules into the cache,
 //! helm, and the workspace's binaries.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// Kubernetes version tests/install.sh builds (the cache is keyed by it).
@@ -26,32 +25,6 @@ pub enum ToolError {
         /// Where we looked.
         looked: String,
     },
-    /// A workspace binary the test command should have built.
-    #[error("{0} missing: build the workspace binaries first (cargo build --workspace --bins)")]
-    BinaryMissing(PathBuf),
-}
-
-/// The proxy image's repository, as the chart and the operator name it.
-pub const PROXY_IMAGE: &str = "ghcr.io/zmq-proxy/zmq-proxy";
-/// The operator image's repository.
-pub const OPERATOR_IMAGE: &str = "ghcr.io/zmq-proxy/zmq-proxy-operator";
-
-/// The project's images for the node agent: each repository mapped to the
-/// workspace binary its image holds. Fails if a binary is not built.
-pub fn project_images() -> Result<HashMap<String, PathBuf>, ToolError> {
-    [
-        (PROXY_IMAGE, workspace_binary("zmq-proxy")),
-        (OPERATOR_IMAGE, workspace_binary("zmq-proxy-operator")),
-    ]
-    .into_iter()
-    .map(|(repo, bin)| {
-        if bin.exists() {
-            Ok((repo.to_string(), bin))
-        } else {
-            Err(ToolError::BinaryMissing(bin))
-        }
-    })
-    .collect()
 }
 
 /// The cache directory: `$ZMQ_PROXY_CACHE`, else `$HOME/.cache/zmq-proxy`.

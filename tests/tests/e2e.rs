@@ -1,9 +1,10 @@
 //! End to end: the system installed the way users install it, carrying a
 //! steady mixed load through faults and bad input, losing nothing.
 //!
-//! Each test: a real control plane (kube-apiserver + controller manager
-//! 1.20), the node agent running pods as processes of our binaries, the
-//! chart installed with `helm install --wait`, a ZmqProxy with 3 replicas
+//! Each test: a real control plane (kube-apiserver, controller manager and
+//! scheduler), the real node (kubelet, containerd, kube-proxy, CoreDNS)
+//! running the operator and proxy pods as containers of the project's
+//! images, the chart installed with `helm install --wait`, a ZmqProxy with 3 replicas
 //! applied with `kubectl apply` and awaited with `kubectl wait`; then RPC
 //! servers (2 topics x several servers, plus notification listeners) and
 //! clients that find the proxies through the EndpointSlices (Kubernetes
@@ -15,20 +16,22 @@
 //! `kubectl delete` of the ZmqProxy and checks that every child and every
 //! registration (EndpointSlices, Leases) is gone.
 //!
-//! The three tests split the scenarios so that nextest runs them in
-//! parallel processes, each with its own control plane:
-//! - proxy faults: a proxy pod deleted, a proxy process SIGKILLed, a rolling
-//!   update, scaling 3 -> 5 -> 2;
+//! The three tests split the scenarios into processes, each with its own
+//! control plane; they take turns on the machine's one node:
+//! - proxy faults: a proxy pod deleted, a proxy container SIGKILLed through
+//!   the runtime, a rolling update, scaling 3 -> 5 -> 2;
 //! - control-plane faults: the API server stopped for 30 s, the operator's
-//!   leader SIGKILLed;
+//!   leader container SIGKILLed;
 //! - bad input: random and malformed frames on the proxy ports, invalid
 //!   ZmqProxy objects.
 //!
 //! `ZMQ_PROXY_E2E_LONG=1` runs the long version (more load, 30 s of traffic
 //! before and after each fault, faults repeated); see README.md.
 //!
-//! Needs helm, kubectl, the control-plane binaries (`bash tests/install.sh`)
-//! and the workspace binaries (`cargo build --workspace --bins`).
+//! Needs root, helm, kubectl, the control-plane and node binaries (`bash
+//! tests/install.sh`), the workspace binaries (`cargo build --workspace
+//! --bins`: the RPC services run on the host) and the images (`bash
+//! tests/images.sh build`).
 
 mod e2e_support;
 
@@ -215,7 +218,7 @@ async fn proxy_pod_deleted(c: &Cluster, t: &Traffic, reports: &mut Vec<Report>) 
 }
 
 async fn proxy_sigkilled(c: &Cluster, t: &Traffic, reports: &mut Vec<Report>) -> Result<()> {
-    let mut run = t.start_run("proxy process SIGKILLed");
+    let mut run = t.start_run("proxy container SIGKILLed");
     window(t).await;
     let pods: Api<Pod> = Api::namespaced(c.client.clone(), &c.ns);
     for _ in 0..repeats(t) {
@@ -227,9 +230,12 @@ async fn proxy_sigkilled(c: &Cluster, t: &Traffic, reports: &mut Vec<Report>) ->
             .context("no proxy pod")?;
         let name = victim.name_any();
         let restarts = cluster::restarts_of(&victim);
-        let pid = c.sigkill_pod(&c.ns, &name).await?;
+        let id = c.sigkill_pod(&c.ns, &name).await?;
         let before = run.completed();
-        run.note(format!("kill -9 {pid} (the proxy of pod {name})"));
+        run.note(format!(
+            "ctr tasks kill -s SIGKILL {} (the proxy container of pod {name})",
+            short(&id)
+        ));
         harness::wait::until(&format!("{name} restarted and ready"), RECOVERY, || async {
             let p = pods.get(&name).await?;
             let ready = p
@@ -239,13 +245,13 @@ async fn proxy_sigkilled(c: &Cluster, t: &Traffic, reports: &mut Vec<Report>) ->
                 .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
             Ok((cluster::restarts_of(&p) > restarts
                 && ready
-                && cluster::pid_of(&p).is_some_and(|p| p != pid))
+                && cluster::container_id_of(&p).is_some_and(|new| new != id))
             .then_some(()))
         })
         .await?;
         c.wait_fleet(FLEET, RECOVERY).await?;
         run.note(format!(
-            "{name} restarted by the node agent, ready and registered; {} messages completed meanwhile",
+            "{name}'s container restarted by the kubelet, ready and registered; {} messages completed meanwhile",
             run.completed() - before
         ));
         window(t).await;
@@ -371,7 +377,7 @@ async fn apiserver_outage(c: &Cluster, t: &Traffic, reports: &mut Vec<Report>) -
 }
 
 async fn operator_killed(c: &Cluster, t: &Traffic, reports: &mut Vec<Report>) -> Result<()> {
-    let mut run = t.start_run("operator leader SIGKILLed");
+    let mut run = t.start_run("operator leader container SIGKILLed");
     window(t).await;
     let operators = c.operator_pods().await?;
     let (leader, _) = harness::wait::until("an operator pod leading", RECOVERY, || async {
@@ -380,10 +386,13 @@ async fn operator_killed(c: &Cluster, t: &Traffic, reports: &mut Vec<Report>) ->
             .filter(|(h, _)| operators.contains_key(h)))
     })
     .await?;
-    let pid = c.sigkill_pod(&c.release_ns, &leader).await?;
+    let id = c.sigkill_pod(&c.release_ns, &leader).await?;
     let killed_at = Timestamp::now();
     let killed = std::time::Instant::now();
-    run.note(format!("kill -9 {pid} (operator pod {leader}, the leader)"));
+    run.note(format!(
+        "ctr tasks kill -s SIGKILL {} (operator pod {leader}, the leader)",
+        short(&id)
+    ));
     // Only a live process renews the Lease: a renewal after the kill is
     // the new leader (the standby, or the killed pod's restarted process,
     // which may reclaim its own Lease at once).
@@ -434,7 +443,7 @@ async fn operator_killed(c: &Cluster, t: &Traffic, reports: &mut Vec<Report>) ->
         for pod in c.operator_pods().await?.keys() {
             eprintln!(
                 "slow scale after the operator kill; log of {pod}:\n{}",
-                c.pod_log_tail(&c.release_ns, pod, 60)
+                c.pod_log_tail(&c.release_ns, pod, 60).await
             );
         }
     }
@@ -455,6 +464,11 @@ async fn operator_killed(c: &Cluster, t: &Traffic, reports: &mut Vec<Report>) ->
     run.note("both operator pods ready");
     window(t).await;
     conclude(run, t, false, reports).await
+}
+
+/// A container ID as `crictl ps` shows it (13 hex digits).
+fn short(id: &str) -> &str {
+    id.get(..13).unwrap_or(id)
 }
 
 /// A tool's message on one line.

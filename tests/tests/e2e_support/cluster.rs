@@ -1,10 +1,12 @@
 //! The installed system, driven the way users drive it: the chart installed
 //! with the real `helm`, the ZmqProxy applied, scaled, patched and deleted
-//! with the real `kubectl` (1.20, matching the API server), the operator and
-//! proxy pods run by the node agent. Plus what the scenarios need to look
-//! at: proxy pods, their registrations (EndpointSlices, read through the
-//! Kubernetes matchmaker as a client would), pods' process IDs (the node
-//! agent reports `containerID: harness://<pid>`), the operator's leader.
+//! with the real `kubectl` (matching the API server), the operator and
+//! proxy pods run as containers of the project's images by the real node
+//! (kubelet, containerd). Plus what the scenarios need to look at: proxy
+//! pods, their registrations (EndpointSlices, read through the Kubernetes
+//! matchmaker as a client would), containers (killed through the runtime,
+//! as a crash would), pod logs (through the API server and the kubelet),
+//! the operator's leader.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -12,13 +14,14 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use harness::{ControlPlane, NodeAgent};
+use harness::real_node::{self, RealNode};
+use harness::ControlPlane;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::ListParams;
+use kube::api::{ListParams, LogParams};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::{Api, Client, Resource, ResourceExt};
 
@@ -86,8 +89,9 @@ fn is_ready(pod: &Pod) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// The process ID the node agent reports for a pod's (first) container.
-pub fn pid_of(pod: &Pod) -> Option<i32> {
+/// The runtime's ID of a pod's (first) container: its `containerID`
+/// without the `containerd://` prefix. A restart gives a new one.
+pub fn container_id_of(pod: &Pod) -> Option<String> {
     pod.status
         .as_ref()?
         .container_statuses
@@ -95,10 +99,9 @@ pub fn pid_of(pod: &Pod) -> Option<i32> {
         .first()?
         .container_id
         .as_deref()?
-        .strip_prefix("harness://")?
-        .parse()
-        .ok()
-        .filter(|pid| *pid > 0)
+        .strip_prefix("containerd://")
+        .filter(|id| !id.is_empty())
+        .map(str::to_string)
 }
 
 /// Restarts of a pod's (first) container.
@@ -120,7 +123,7 @@ pub struct Cluster {
     pub release_ns: String,
     /// Namespace of the ZmqProxy, its proxies and the RPC services.
     pub ns: String,
-    agent: Option<NodeAgent>,
+    node: Option<RealNode>,
     kubectl: PathBuf,
     helm: PathBuf,
     kubeconfig: String,
@@ -129,15 +132,21 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Namespaces, a node agent running our images, and the chart installed
-    /// with `helm install --wait`: the operator (two replicas, leader
-    /// election) watches the scenario's namespace.
+    /// Namespaces, the real node with our images (waiting while another
+    /// process runs the machine's one node), and the chart installed with
+    /// `helm install --wait`: the operator (two replicas, leader election)
+    /// watches the scenario's namespace.
     pub async fn install(cp: &'static ControlPlane) -> Result<Cluster> {
         let client = cp.client()?;
         let release_ns = cp.namespace("e2e-operator").await?;
         let ns = cp.namespace("e2e").await?;
-        let images = harness::tools::project_images()?;
-        let agent = NodeAgent::start(cp, images).await?;
+        let kubectl = harness::tools::kubectl()?;
+        let helm = harness::tools::helm()?;
+        let kubeconfig = cp
+            .kubeconfig()
+            .to_str()
+            .context("kubeconfig path")?
+            .to_string();
         let observer = KubernetesMatchmaker::new(
             client.clone(),
             KubernetesConfig {
@@ -146,40 +155,55 @@ impl Cluster {
                 ..Default::default()
             },
         );
+        let node = RealNode::start(cp, &real_node::workspace_images()?).await?;
+        eprintln!(
+            "real node {} ready in {:.1?}",
+            node.node_name(),
+            node.startup_duration()
+        );
         let cluster = Cluster {
             cp,
             client,
             release_ns,
             ns,
-            agent: Some(agent),
-            kubectl: harness::tools::kubectl()?,
-            helm: harness::tools::helm()?,
-            kubeconfig: cp
-                .kubeconfig()
-                .to_str()
-                .context("kubeconfig path")?
-                .to_string(),
+            node: Some(node),
+            kubectl,
+            helm,
+            kubeconfig,
             observer,
         };
+        match cluster.install_chart().await {
+            Ok(()) => Ok(cluster),
+            Err(e) => {
+                cluster.dump_logs().await;
+                let _ = cluster.uninstall().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// `helm install --wait` of the operator chart.
+    async fn install_chart(&self) -> Result<()> {
         let values = json!({
-            "rbac": {"scope": "namespaced", "namespaces": [cluster.ns]},
+            "rbac": {"scope": "namespaced", "namespaces": [self.ns]},
             // Quick hand-over when the leader is killed.
             "leaderElection": {"leaseDurationSeconds": 4},
             "operator": {"logFormat": "text"},
             "probes": {"readiness": {"periodSeconds": 1}},
         });
-        let values_file = cp
+        let values_file = self
+            .cp
             .dir()
-            .join(format!("e2e-values-{}.json", cluster.release_ns));
+            .join(format!("e2e-values-{}.json", self.release_ns));
         std::fs::write(&values_file, values.to_string())?;
         let chart = root().join("charts/zmq-proxy-operator");
-        let out = cluster
+        let out = self
             .helm(&[
                 "install",
                 RELEASE,
                 chart.to_str().context("chart path")?,
                 "--namespace",
-                &cluster.release_ns,
+                &self.release_ns,
                 "-f",
                 values_file.to_str().context("values path")?,
                 "--wait",
@@ -192,7 +216,7 @@ impl Cluster {
             .filter(|l| l.starts_with("STATUS:") || l.starts_with("NAMESPACE:"))
             .collect();
         eprintln!("helm install {RELEASE}: {}", status.join(", "));
-        Ok(cluster)
+        Ok(())
     }
 
     async fn helm(&self, args: &[&str]) -> Result<String> {
@@ -345,22 +369,17 @@ impl Cluster {
         .await
     }
 
-    /// SIGKILLs the process of pod `ns/name`; returns its PID.
-    pub async fn sigkill_pod(&self, ns: &str, name: &str) -> Result<i32> {
+    /// SIGKILLs the (first) container of pod `ns/name` through the runtime
+    /// (`ctr tasks kill`), as a crash would; returns the container's ID.
+    pub async fn sigkill_pod(&self, ns: &str, name: &str) -> Result<String> {
         let pod = Api::<Pod>::namespaced(self.client.clone(), ns)
             .get(name)
             .await?;
-        let pid =
-            pid_of(&pod).with_context(|| format!("no process ID reported for {ns}/{name}"))?;
-        // SAFETY: kill(2) with a PID the node agent (a child of this
-        // process) started for this pod.
-        let rc = unsafe { libc::kill(pid, libc::SIGKILL) };
-        ensure!(
-            rc == 0,
-            "kill -9 {pid}: {}",
-            std::io::Error::last_os_error()
-        );
-        Ok(pid)
+        let id = container_id_of(&pod)
+            .with_context(|| format!("no container ID reported for {ns}/{name}"))?;
+        let node = self.node.as_ref().context("the node is stopped")?;
+        node.ctr(&["tasks", "kill", "-s", "SIGKILL", &id])?;
+        Ok(id)
     }
 
     /// The operator pod holding the leader Lease, and when it last renewed it.
@@ -485,19 +504,23 @@ impl Cluster {
         bail!("{kind} not served in {group} {versions:?}: {last:?}")
     }
 
-    /// The last `n` lines the pod's containers wrote.
-    pub fn pod_log_tail(&self, ns: &str, pod: &str, n: usize) -> String {
-        let Some(agent) = &self.agent else {
-            return String::new();
+    /// The last `n` lines pod `ns/pod`'s (current) container wrote, read
+    /// through the API server and the kubelet as `kubectl logs` would; the
+    /// error instead when there is none to read.
+    pub async fn pod_log_tail(&self, ns: &str, pod: &str, n: usize) -> String {
+        let params = LogParams {
+            tail_lines: Some(n as i64),
+            ..LogParams::default()
         };
-        let log = agent.pod_log(ns, pod);
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        Api::<Pod>::namespaced(self.client.clone(), ns)
+            .logs(pod, &params)
+            .await
+            .unwrap_or_else(|e| format!("(no log: {e})"))
     }
 
-    /// Pod logs (tails) of both namespaces, for a failed scenario.
+    /// Pod logs (tails) of both namespaces, and the node's own logs, for a
+    /// failed scenario.
     pub async fn dump_logs(&self) {
-        let Some(agent) = &self.agent else { return };
         for ns in [&self.release_ns, &self.ns] {
             let Ok(pods) = Api::<Pod>::namespaced(self.client.clone(), ns)
                 .list(&ListParams::default())
@@ -506,25 +529,32 @@ impl Cluster {
                 continue;
             };
             for pod in pods.items {
-                let log = agent.pod_log(ns, &pod.name_any());
-                let lines: Vec<&str> = log.lines().collect();
                 eprintln!(
                     "--- pod {ns}/{} (last 40 lines):\n{}",
                     pod.name_any(),
-                    lines[lines.len().saturating_sub(40)..].join("\n")
+                    self.pod_log_tail(ns, &pod.name_any(), 40).await
+                );
+            }
+        }
+        if let Some(node) = &self.node {
+            for log in ["kubelet.log", "containerd.log"] {
+                eprintln!(
+                    "--- {log} ---\n{}",
+                    harness::startup::log_tail(&node.dir().join(log))
                 );
             }
         }
     }
 
-    /// `helm uninstall` and the node agent stopped (every pod process ends).
+    /// `helm uninstall`, then the node stopped (its pods deleted, their
+    /// containers gone, the machine's node lock released).
     pub async fn uninstall(mut self) -> Result<()> {
         let result = self
             .helm(&["uninstall", RELEASE, "--namespace", &self.release_ns])
             .await
             .map(|_| ());
-        if let Some(agent) = self.agent.take() {
-            agent.stop().await?;
+        if let Some(node) = self.node.take() {
+            node.stop().await?;
         }
         result
     }

@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
 # A local Kubernetes control plane for people: the same etcd +
 # kube-apiserver + kube-controller-manager + kube-scheduler the tests start
-# (built by tests/install.sh), optionally with a real node (containerd,
-# kubelet, kube-proxy; pods are containers of our images) or the node agent
-# running pods of our images as local processes.
+# (built by tests/install.sh), optionally with the real node (containerd,
+# kubelet, kube-proxy, CoreDNS; pods are containers of our images).
 #
-#   bash tests/control-plane.sh up [--node|--agent]   start (prints the env to use)
+#   bash tests/control-plane.sh up [--node]    start (prints the env to use)
 #   bash tests/control-plane.sh env            print `export KUBECONFIG=...`
 #   bash tests/control-plane.sh status         running or not
 #   bash tests/control-plane.sh down           stop everything
@@ -15,8 +14,6 @@
 # --node builds the images (tests/images.sh build) and starts a real node
 # with them imported (needs root; one per machine). `down` deletes its pods
 # and stops it.
-# --agent maps ghcr.io/zmq-proxy/zmq-proxy and .../zmq-proxy-operator to
-# target/debug binaries (build them first: cargo build --workspace --bins).
 # State (PID, env, log) lives in ${ZMQ_PROXY_CACHE:-$HOME/.cache/zmq-proxy}/control-plane.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,9 +45,6 @@ up)
     if [ "${2:-}" = "--node" ]; then
         bash tests/images.sh build
         args+=(--node)
-    elif [ "${2:-}" = "--agent" ]; then
-        args+=(--image "ghcr.io/zmq-proxy/zmq-proxy=$BIN/zmq-proxy"
-               --image "ghcr.io/zmq-proxy/zmq-proxy-operator=$BIN/zmq-proxy-operator")
     fi
     rm -f "$STATE/env"
     # setsid: a Ctrl-C in this terminal must not reach the plane.

@@ -14,7 +14,7 @@
 #   - the images' base (debootstrap) and the sandbox (pause) image, cached
 #     by version (tests/images.sh base pause);
 #   - the harness's host-local address range, 10.252.0.0/15 (control planes
-#     and node-agent pods), routed to `lo` as local addresses (the API server
+#     and test proxies), routed to `lo` as local addresses (the API server
 #     refuses 127.0.0.0/8 addresses in EndpointSlices; with a local route no
 #     packet for them leaves the host).
 #
@@ -135,7 +135,7 @@ install_nextest() {
 }
 
 step apt apt_install
-# Host-local addresses of control planes and node-agent pods
+# Host-local addresses of control planes and test proxies
 # (tests/src/loopback.rs: LOCAL_CIDR); `replace` is idempotent.
 LOCAL_CIDR=10.252.0.0/15
 if ! ip route show table local | grep -q "^local $LOCAL_CIDR dev lo"; then

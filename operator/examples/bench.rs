@@ -163,7 +163,7 @@ async fn main() -> Result<()> {
         latencies[latencies.len() - 1]
     );
     println!(
-        "(measured through a watch on the ZmqProxy; resolution ~ one watch event; the node agent is not running, pods stay Pending)"
+        "(measured through a watch on the ZmqProxy; resolution ~ one watch event; no node is running, pods stay Pending)"
     );
 
     // 500 objects.

@@ -16,7 +16,7 @@ use kube::Resource;
 use crate::crd::{ZmqProxy, ZmqProxySpec};
 use crate::curve::{self, CurvePlan};
 
-/// Default proxy image repository (the node agent maps it to the local binary).
+/// Default proxy image repository (tests/images.sh tags the proxy image so).
 pub const PROXY_IMAGE_REPOSITORY: &str = "ghcr.io/zmq-proxy/zmq-proxy";
 
 /// A ZmqProxy whose every field the builders read is present and resolved.

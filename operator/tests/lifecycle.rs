@@ -1,5 +1,6 @@
-//! A ZmqProxy's life on a real control plane with the node agent running
-//! the proxy pods: apply -> children with the right content and owner ->
+//! A ZmqProxy's life on a real control plane with the real node running
+//! the proxy pods as containers of the proxy image (the operator runs on
+//! the host): apply -> children with the right content and owner ->
 //! Ready once the proxies run and register -> a spec change rolls the pods,
 //! a label change does not -> scale through the scale subresource -> delete
 //! -> everything garbage-collected.
@@ -10,7 +11,7 @@ use std::collections::BTreeSet;
 
 use anyhow::{Context, Result};
 use common::*;
-use harness::{ControlPlane, NodeAgent};
+use harness::ControlPlane;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
@@ -72,28 +73,26 @@ async fn zmqproxy_lifecycle_apply_ready_roll_scale_delete() -> Result<()> {
     let client = cp.client()?;
     install_crd(&client).await?;
     let ns = cp.namespace("op-life").await?;
-    let agent = NodeAgent::start(cp, images()).await?;
-    let op = Operator::start(cp, &OperatorOptions::new(cp, &ns))?;
-    let result = lifecycle(cp, &client, &ns, &op, &agent).await;
-    let result = with_log(result, &op);
+    let node = start_real_node(cp).await?;
+    let result = match Operator::start(cp, &OperatorOptions::new(cp, &ns)) {
+        Ok(op) => {
+            let result = lifecycle(&client, &ns, &op).await;
+            let result = with_log(result, &op);
+            op.process
+                .terminate(std::time::Duration::from_secs(10))
+                .await;
+            result
+        }
+        Err(e) => Err(e),
+    };
     if result.is_err() {
-        print_pod_logs(&client, &ns, &agent).await?;
+        print_container_logs(&client, &ns, &node).await;
     }
-    op.process
-        .terminate(std::time::Duration::from_secs(10))
-        .await;
-    agent.stop().await?;
+    node.stop().await?;
     result
 }
 
-async fn lifecycle(
-    cp: &ControlPlane,
-    client: &Client,
-    ns: &str,
-    op: &Operator,
-    agent: &NodeAgent,
-) -> Result<()> {
-    let _ = (cp, agent);
+async fn lifecycle(client: &Client, ns: &str, op: &Operator) -> Result<()> {
     let name = "alpha";
     let zp = create_zp(client, ns, name, json!({ "replicas": 2 })).await?;
 
@@ -175,7 +174,7 @@ async fn lifecycle(
         Some(IntOrString::Int(1))
     );
 
-    // Ready once the node agent runs both proxies and they register.
+    // Ready once the node runs both proxies and they register.
     let started = std::time::Instant::now();
     let zp = wait_zp(client, ns, name, "Ready=True", LONG, ready_true).await?;
     eprintln!(

@@ -1,15 +1,14 @@
 //! The local-publisher DaemonSet doing its job on a real control plane: a
 //! ZmqProxy with pub/sub and the local publisher on gets its DaemonSet pod
-//! running on the node agent's node; that process finds the central
+//! running on the real node as a container of the proxy image; that process finds the central
 //! proxies through their EndpointSlices and connects its SUB to every
 //! central PUB; and a fanout sent as a raw protocol-1.0 CAST_FANOUT to a
 //! central frontend reaches a raw SUB connected to the local publisher.
 //!
-//! On this loopback plane every pod has its own 127.0.0.N address (the
-//! operator binds everything to `$(POD_IP)`), so the local publisher is
-//! reached at its pod IP and the ZmqProxy's `localPublisher.port`; the
-//! DaemonSet's hostPort (the node's address in a real cluster) is not
-//! emulated by the node agent.
+//! The local publisher is reached at its pod IP and the ZmqProxy's
+//! `localPublisher.port`. Its DaemonSet's hostPort (the node's address in a
+//! cluster) is not mapped here: the node's CNI chain has no `portmap`, which
+//! would open the port on every address of this shared machine.
 
 mod common;
 
@@ -18,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use common::*;
-use harness::{ControlPlane, NodeAgent};
+use harness::real_node::RealNode;
+use harness::ControlPlane;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
@@ -41,14 +41,18 @@ async fn local_publisher_relays_fanout_from_the_central_proxies() -> Result<()> 
     let client = cp.client()?;
     install_crd(&client).await?;
     let ns = cp.namespace("op-lpub").await?;
-    let agent = NodeAgent::start(cp, images()).await?;
-    let op = Operator::start(cp, &OperatorOptions::new(cp, &ns))?;
-    let result = with_log(relay(&client, &ns, &agent).await, &op);
-    if result.is_err() {
-        print_pod_logs(&client, &ns, &agent).await?;
+    let node = start_real_node(cp).await?;
+    let result = async {
+        let op = Operator::start(cp, &OperatorOptions::new(cp, &ns))?;
+        let result = with_log(relay(&client, &ns, &node).await, &op);
+        op.process.terminate(Duration::from_secs(10)).await;
+        result
     }
-    op.process.terminate(Duration::from_secs(10)).await;
-    agent.stop().await?;
+    .await;
+    if result.is_err() {
+        print_container_logs(&client, &ns, &node).await;
+    }
+    node.stop().await?;
     result
 }
 
@@ -62,7 +66,7 @@ async fn connected_peers(metrics: &str, socket: &str) -> Result<f64> {
         .ok_or_else(|| anyhow!("no {sample:?} in the metrics"))
 }
 
-async fn relay(client: &Client, ns: &str, agent: &NodeAgent) -> Result<()> {
+async fn relay(client: &Client, ns: &str, node: &RealNode) -> Result<()> {
     create_zp(
         client,
         ns,
@@ -107,13 +111,13 @@ async fn relay(client: &Client, ns: &str, agent: &NodeAgent) -> Result<()> {
         .collect::<Result<_>>()?;
     println!("central proxies (address, frontend, publisher): {central:?}");
 
-    // The DaemonSet pod runs on the agent's node and is ready.
+    // The DaemonSet pod runs on the node and is ready.
     let dss: Api<DaemonSet> = Api::namespaced(client.clone(), ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let ds_name = format!("{NAME}-local-publisher");
-    let node = agent.node_name().to_string();
+    let node = node.node_name().to_string();
     let lp_pod = harness::wait::until(
-        "the local-publisher pod ready on the agent's node",
+        "the local-publisher pod ready on the node",
         LONG,
         || async {
             let Some(ds) = dss.get_opt(&ds_name).await? else {
@@ -175,7 +179,7 @@ async fn relay(client: &Client, ns: &str, agent: &NodeAgent) -> Result<()> {
         let peers = connected_peers(&metrics, "publisher").await?;
         assert!(peers >= 1.0, "central PUB at {ip} has {peers} subscribers");
     }
-    let log = agent.pod_log(ns, &lp_pod.name_any());
+    let log = container_log(client, ns, &lp_pod.name_any(), None).await?;
     for (ip, _, publisher) in &central {
         let endpoint = format!("tcp://{ip}:{publisher}");
         assert!(

@@ -3,6 +3,10 @@
 //! ZmqProxy's status lists them from their EndpointSlices) and also in
 //! oslo's Redis layout, with the ZmqProxy's TTL, in a real `redis-server`;
 //! scaled to zero, the pods are SIGTERMed and remove their Redis records.
+//!
+//! The proxies are containers of the proxy image on the real node; Redis
+//! runs on the host, listening on the node's address (the pods' gateway),
+//! which is where they reach it.
 
 mod common;
 
@@ -12,7 +16,8 @@ use std::time::Duration;
 use anyhow::{anyhow, ensure, Context, Result};
 use common::*;
 use harness::process::{Process, ProcessSpec};
-use harness::{ControlPlane, NodeAgent};
+use harness::real_node::NODE_IP;
+use harness::ControlPlane;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -21,11 +26,17 @@ use zmq_proxy_operator::crd::ZmqProxy;
 const NAME: &str = "oslo";
 const EXPIRE: i64 = 60;
 
-/// A throwaway `redis-server` on a free loopback port, killed with the test.
+/// A throwaway `redis-server` on a free port of the node's address, with a
+/// password (as a Redis reachable from pods would have; it also keeps
+/// Redis's protected mode, which refuses unauthenticated peers that are not
+/// on loopback, out of the way), killed with the test.
 struct Redis {
     _process: Process,
     port: u16,
 }
+
+/// The password of the test's Redis: in the URL Secret, as users put it.
+const PASSWORD: &str = "s3cret-for-the-test";
 
 impl Redis {
     async fn start(cp: &ControlPlane) -> Result<Redis> {
@@ -39,7 +50,9 @@ impl Redis {
             "--port",
             &port.to_string(),
             "--bind",
-            "127.0.0.1",
+            &NODE_IP.to_string(),
+            "--requirepass",
+            PASSWORD,
             "--save",
             "",
             "--appendonly",
@@ -60,7 +73,16 @@ impl Redis {
     /// Runs one redis-cli command; the reply's lines.
     fn cli(&self, args: &[&str]) -> Result<Vec<String>> {
         let out = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "--raw"])
+            .args([
+                "--no-auth-warning",
+                "-a",
+                PASSWORD,
+                "-h",
+                &NODE_IP.to_string(),
+                "-p",
+                &self.port.to_string(),
+                "--raw",
+            ])
             .args(args)
             .output()
             .context("running redis-cli")?;
@@ -82,15 +104,20 @@ async fn proxies_register_in_kubernetes_and_in_the_secrets_redis() -> Result<()>
     let client = cp.client()?;
     install_crd(&client).await?;
     let ns = cp.namespace("op-redis").await?;
-    let redis = Redis::start(cp).await?;
-    let agent = NodeAgent::start(cp, images()).await?;
-    let op = Operator::start(cp, &OperatorOptions::new(cp, &ns))?;
-    let result = with_log(scenario(&client, &ns, &redis).await, &op);
-    if result.is_err() {
-        print_pod_logs(&client, &ns, &agent).await?;
+    // The node first: Redis listens on the address its bridge brings up.
+    let node = start_real_node(cp).await?;
+    let result = async {
+        let redis = Redis::start(cp).await?;
+        let op = Operator::start(cp, &OperatorOptions::new(cp, &ns))?;
+        let result = with_log(scenario(&client, &ns, &redis).await, &op);
+        op.process.terminate(Duration::from_secs(10)).await;
+        result
     }
-    op.process.terminate(Duration::from_secs(10)).await;
-    agent.stop().await?;
+    .await;
+    if result.is_err() {
+        print_container_logs(&client, &ns, &node).await;
+    }
+    node.stop().await?;
     result
 }
 
@@ -100,7 +127,7 @@ async fn scenario(client: &kube::Client, ns: &str, redis: &Redis) -> Result<()> 
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": { "name": "redis" },
-        "stringData": { "url": format!("zmq+redis://127.0.0.1:{}", redis.port) },
+        "stringData": { "url": format!("zmq+redis://:{PASSWORD}@{NODE_IP}:{}", redis.port) },
     }))?;
     secrets.create(&PostParams::default(), &secret).await?;
     create_zp(

@@ -25,8 +25,7 @@
 //! endpoint(slice), serviceaccount, namespace, node lifecycle, ...) with
 //! per-controller ServiceAccount credentials, and kube-scheduler binds pods
 //! to nodes, as in a real cluster. Pods run on [`crate::RealNode`] (kubelet,
-//! containerd, kube-proxy) or on [`crate::NodeAgent`], which plays the
-//! kubelet with local processes.
+//! containerd, kube-proxy).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;

@@ -3,8 +3,6 @@
 //! - [`ControlPlane`]: etcd + kube-apiserver + kube-controller-manager started
 //!   once per test process on loopback (or an existing cluster named by
 //!   `ZMQ_PROXY_TEST_KUBECONFIG`), with admin and ServiceAccount clients.
-//! - [`NodeAgent`]: a kubelet stand-in that binds pending pods to its Node and
-//!   runs their containers as local processes (image repository -> binary).
 //! - [`RealNode`]: a real node for the plane: containerd, kubelet,
 //!   kube-proxy and a CNI bridge; pods are containers of the project's
 //!   images (one per machine).
@@ -21,7 +19,6 @@ pub mod http;
 pub mod kubeconfig;
 pub mod loopback;
 pub mod net;
-pub mod node_agent;
 pub mod pki;
 pub mod process;
 pub mod proxy;
@@ -31,7 +28,6 @@ pub mod tools;
 pub mod wait;
 
 pub use control_plane::ControlPlane;
-pub use node_agent::NodeAgent;
 pub use real_node::RealNode;
 pub use tools::workspace_binary;
 

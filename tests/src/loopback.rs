@@ -32,7 +32,7 @@ pub const LOCAL_CIDR: &str = "10.252.0.0/15";
 /// A range of host-local addresses, <first>.<second>.x.y.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pool {
-    /// Pod IPs (node agent, test proxies): 10.253.0.1 onwards.
+    /// Addresses of test proxies that play pods: 10.253.0.1 onwards.
     Pods,
     /// Control planes (etcd and the API server listen there): 10.252.0.1
     /// onwards.

@@ -4,19 +4,19 @@
 
 #![allow(dead_code)]
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use harness::process::{Process, ProcessSpec};
+use harness::real_node::{self, RealNode};
 use harness::ControlPlane;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::Client;
 use serde_json::{json, Value};
 use zmq_proxy_operator::crd::ZmqProxy;
-use zmq_proxy_operator::validate::PROXY_IMAGE_REPOSITORY;
 
 /// Generous deadline for anything that involves the controller manager and
 /// processes on a loaded 2-core machine.
@@ -77,15 +77,6 @@ pub async fn install_crd_object(client: &Client, crd: &CustomResourceDefinition)
             .map(|_| ()))
     })
     .await
-}
-
-/// The image map of the node agent: the proxy image runs the workspace's
-/// zmq-proxy binary.
-pub fn images() -> HashMap<String, PathBuf> {
-    HashMap::from([(
-        PROXY_IMAGE_REPOSITORY.to_string(),
-        harness::workspace_binary("zmq-proxy"),
-    )])
 }
 
 /// How to start one operator process.
@@ -266,17 +257,54 @@ where
     .await
 }
 
-/// Prints the log of every pod in `ns` that `agent` ran (after a failure,
-/// for diagnosis).
-pub async fn print_pod_logs(client: &Client, ns: &str, agent: &harness::NodeAgent) -> Result<()> {
-    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), ns)
+/// Starts the machine's real node for `cp` with the workspace's images
+/// (tests/images.sh `build`), waiting while another process runs it.
+pub async fn start_real_node(cp: &ControlPlane) -> Result<RealNode> {
+    let node = RealNode::start(cp, &real_node::workspace_images()?).await?;
+    eprintln!(
+        "real node {} ready in {:.1?}",
+        node.node_name(),
+        node.startup_duration()
+    );
+    Ok(node)
+}
+
+/// What pod `ns/pod`'s (current) container wrote, the last `tail` lines or
+/// all, read through the API server and the kubelet as `kubectl logs` does.
+pub async fn container_log(
+    client: &Client,
+    ns: &str,
+    pod: &str,
+    tail: Option<i64>,
+) -> Result<String> {
+    let params = kube::api::LogParams {
+        tail_lines: tail,
+        ..Default::default()
+    };
+    Ok(Api::<Pod>::namespaced(client.clone(), ns)
+        .logs(pod, &params)
+        .await?)
+}
+
+/// After a failure, for diagnosis: the last lines of every container in
+/// `ns`, and the kubelet's own log.
+pub async fn print_container_logs(client: &Client, ns: &str, node: &RealNode) {
+    let names = Api::<Pod>::namespaced(client.clone(), ns)
         .list(&kube::api::ListParams::default())
-        .await?;
-    for pod in pods.items {
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    for pod in names {
         let name = kube::ResourceExt::name_any(&pod);
-        eprintln!("--- pod {name} ---\n{}", agent.pod_log(ns, &name));
+        let log = container_log(client, ns, &name, Some(60))
+            .await
+            .unwrap_or_else(|e| format!("(no log: {e:#})"));
+        eprintln!("--- pod {name} ---\n{log}");
     }
-    Ok(())
+    eprintln!(
+        "--- kubelet.log ---\n{}",
+        harness::startup::log_tail(&node.dir().join("kubelet.log"))
+    );
 }
 
 /// Fails with the operator's log tail attached, for diagnosis.

@@ -97,7 +97,8 @@ impl Cluster {
             "kind": "Pod",
             "metadata": {"name": name, "labels": {"app": SERVICE}},
             "spec": {
-                // No scheduler binds it; a node agent would look for its own.
+                // No scheduler binds it, so no node runs it: the test runs the
+                // proxy process for it.
                 "schedulerName": "zmq-proxy-test-unscheduled",
                 "automountServiceAccountToken": false,
                 "containers": [{"name": "proxy", "image": "ghcr.io/zmq-proxy/zmq-proxy:test"}]

@@ -1,6 +1,6 @@
 //! `zmq-proxy-control-plane`: starts the tests' control plane (etcd,
-//! kube-apiserver, kube-controller-manager, kube-scheduler; optionally a
-//! real node or a node agent) and keeps it up until SIGTERM/SIGINT.
+//! kube-apiserver, kube-controller-manager, kube-scheduler; optionally the
+//! real node) and keeps it up until SIGTERM/SIGINT.
 //! tests/control-plane.sh drives it. Everything it started dies with it; a
 //! real node is stopped (its pods deleted, containers gone) before it exits.
 
@@ -9,21 +9,18 @@
 
 use std::path::PathBuf;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 use clap::Parser;
-use harness::{ControlPlane, NodeAgent, RealNode};
+use harness::{ControlPlane, RealNode};
 use tokio::signal::unix::{signal, SignalKind};
 
 /// Starts a local Kubernetes control plane for tests.
 #[derive(Parser)]
 #[command(version, about)]
 struct Args {
-    /// Also run a node agent; `repository=/path/to/binary`, repeatable.
-    #[arg(long = "image")]
-    images: Vec<String>,
-    /// Also run a real node (containerd, kubelet, kube-proxy) with the
-    /// images of tests/images.sh imported.
-    #[arg(long, conflicts_with = "images")]
+    /// Also run the real node (containerd, kubelet, kube-proxy, CoreDNS)
+    /// with the images of tests/images.sh imported.
+    #[arg(long)]
     node: bool,
     /// Write `KUBECONFIG=...` (shell syntax) here once ready.
     #[arg(long)]
@@ -44,13 +41,6 @@ async fn main() -> Result<()> {
     harness::init_logging();
     let args = Args::parse();
     let cp = ControlPlane::start_local().await?;
-    let agent = if args.images.is_empty() {
-        None
-    } else {
-        let images = harness::node_agent::parse_image_map(args.images.iter().map(String::as_str))
-            .map_err(|e| anyhow!(e))?;
-        Some(NodeAgent::start(&cp, images).await?)
-    };
     let node = if args.node {
         let images = harness::real_node::workspace_images()?;
         let node = RealNode::start(&cp, &images).await?;
@@ -87,9 +77,6 @@ async fn main() -> Result<()> {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
-    }
-    if let Some(agent) = agent {
-        agent.stop().await?;
     }
     if let Some(node) = node {
         node.stop().await?;

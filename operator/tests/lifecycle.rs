@@ -73,23 +73,7 @@ async fn zmqproxy_lifecycle_apply_ready_roll_scale_delete() -> Result<()> {
     let client = cp.client()?;
     install_crd(&client).await?;
     let ns = cp.namespace("op-life").await?;
-    let node = start_real_node(cp).await?;
-    let result = match Operator::start(cp, &OperatorOptions::new(cp, &ns)) {
-        Ok(op) => {
-            let result = lifecycle(&client, &ns, &op).await;
-            let result = with_log(result, &op);
-            op.process
-                .terminate(std::time::Duration::from_secs(10))
-                .await;
-            result
-        }
-        Err(e) => Err(e),
-    };
-    if result.is_err() {
-        print_container_logs(&client, &ns, &node).await;
-    }
-    node.stop().await?;
-    result
+    on_real_node(cp, &ns, async |_, op| lifecycle(&client, &ns, op).await).await
 }
 
 async fn lifecycle(client: &Client, ns: &str, op: &Operator) -> Result<()> {

@@ -1,8 +1,8 @@
 //! The local-publisher DaemonSet doing its job on a real control plane: a
 //! ZmqProxy with pub/sub and the local publisher on gets its DaemonSet pod
-//! running on the real node as a container of the proxy image; that process finds the central
-//! proxies through their EndpointSlices and connects its SUB to every
-//! central PUB; and a fanout sent as a raw protocol-1.0 CAST_FANOUT to a
+//! running on the real node as a container of the proxy image; that
+//! process finds the central proxies through their EndpointSlices and
+//! connects its SUB to every central PUB; and a fanout sent as a raw protocol-1.0 CAST_FANOUT to a
 //! central frontend reaches a raw SUB connected to the local publisher.
 //!
 //! The local publisher is reached at its pod IP and the ZmqProxy's
@@ -41,19 +41,7 @@ async fn local_publisher_relays_fanout_from_the_central_proxies() -> Result<()> 
     let client = cp.client()?;
     install_crd(&client).await?;
     let ns = cp.namespace("op-lpub").await?;
-    let node = start_real_node(cp).await?;
-    let result = async {
-        let op = Operator::start(cp, &OperatorOptions::new(cp, &ns))?;
-        let result = with_log(relay(&client, &ns, &node).await, &op);
-        op.process.terminate(Duration::from_secs(10)).await;
-        result
-    }
-    .await;
-    if result.is_err() {
-        print_container_logs(&client, &ns, &node).await;
-    }
-    node.stop().await?;
-    result
+    on_real_node(cp, &ns, async |node, _| relay(&client, &ns, node).await).await
 }
 
 /// The value of `zmq_proxy_connected_peers{socket="<socket>"}` at `metrics`.
@@ -179,7 +167,7 @@ async fn relay(client: &Client, ns: &str, node: &RealNode) -> Result<()> {
         let peers = connected_peers(&metrics, "publisher").await?;
         assert!(peers >= 1.0, "central PUB at {ip} has {peers} subscribers");
     }
-    let log = container_log(client, ns, &lp_pod.name_any(), None).await?;
+    let log = harness::real_node::container_log(client, ns, &lp_pod.name_any(), None).await?;
     for (ip, _, publisher) in &central {
         let endpoint = format!("tcp://{ip}:{publisher}");
         assert!(

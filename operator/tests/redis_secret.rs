@@ -11,7 +11,6 @@
 mod common;
 
 use std::process::Command;
-use std::time::Duration;
 
 use anyhow::{anyhow, ensure, Context, Result};
 use common::*;
@@ -104,21 +103,13 @@ async fn proxies_register_in_kubernetes_and_in_the_secrets_redis() -> Result<()>
     let client = cp.client()?;
     install_crd(&client).await?;
     let ns = cp.namespace("op-redis").await?;
-    // The node first: Redis listens on the address its bridge brings up.
-    let node = start_real_node(cp).await?;
-    let result = async {
+    // Redis after the node: it listens on the address the node's bridge
+    // brings up (and stops before the node takes it down).
+    on_real_node(cp, &ns, async |_, _| {
         let redis = Redis::start(cp).await?;
-        let op = Operator::start(cp, &OperatorOptions::new(cp, &ns))?;
-        let result = with_log(scenario(&client, &ns, &redis).await, &op);
-        op.process.terminate(Duration::from_secs(10)).await;
-        result
-    }
-    .await;
-    if result.is_err() {
-        print_container_logs(&client, &ns, &node).await;
-    }
-    node.stop().await?;
-    result
+        scenario(&client, &ns, &redis).await
+    })
+    .await
 }
 
 async fn scenario(client: &kube::Client, ns: &str, redis: &Redis) -> Result<()> {

@@ -52,7 +52,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, LogParams, Patch, PatchParams};
 use kube::{Api, Client};
 
 use crate::control_plane::ControlPlane;
@@ -133,7 +133,30 @@ pub fn workspace_images() -> Result<Vec<PathBuf>> {
     Ok(archives)
 }
 
+/// What pod `ns/pod`'s current container wrote (its last `tail` lines, or
+/// all), read through the API server and the kubelet as `kubectl logs` is.
+pub async fn container_log(
+    client: &Client,
+    ns: &str,
+    pod: &str,
+    tail: Option<i64>,
+) -> Result<String> {
+    let params = LogParams {
+        tail_lines: tail,
+        ..LogParams::default()
+    };
+    Ok(Api::<Pod>::namespaced(client.clone(), ns)
+        .logs(pod, &params)
+        .await?)
+}
+
 impl RealNode {
+    /// [`RealNode::start`] with this checkout's images
+    /// ([`workspace_images`]).
+    pub async fn start_with_workspace_images(cp: &ControlPlane) -> Result<RealNode> {
+        RealNode::start(cp, &workspace_images()?).await
+    }
+
     /// Starts the node for `cp` with the sandbox image and `images`
     /// (docker-archives) imported, and waits until the Node is Ready and
     /// kube-proxy has programmed the Services. Waits first while another
@@ -339,6 +362,37 @@ impl RealNode {
     /// Directory of the node's configuration and logs.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// For a failed test: the last lines of every pod's container in
+    /// `namespaces`, then the tails of the node's own logs (kubelet,
+    /// containerd, kube-proxy, CoreDNS), on stderr.
+    pub async fn print_diagnostics(&self, namespaces: &[&str]) {
+        for ns in namespaces {
+            let pods = Api::<Pod>::namespaced(self.client.clone(), ns)
+                .list(&ListParams::default())
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default();
+            for pod in pods {
+                let name = pod.metadata.name.unwrap_or_default();
+                let log = container_log(&self.client, ns, &name, Some(60))
+                    .await
+                    .unwrap_or_else(|e| format!("(no log: {e:#})"));
+                eprintln!("--- pod {ns}/{name} (last 60 lines):\n{log}");
+            }
+        }
+        for log in [
+            "kubelet.log",
+            "containerd.log",
+            "kube-proxy.log",
+            "coredns.log",
+        ] {
+            eprintln!(
+                "--- {log} ---\n{}",
+                crate::startup::log_tail(&self.dir.join(log))
+            );
+        }
     }
 
     /// PIDs of containerd, the kubelet, kube-proxy and CoreDNS.

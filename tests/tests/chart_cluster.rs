@@ -30,7 +30,7 @@ use chart_cluster_support::cluster::{
 use chart_cluster_support::prometheus::{check_prometheus, start_prometheus};
 use chart_cluster_support::{chart, run, RELEASE, TIMEOUT};
 use harness::http::get as http_get;
-use harness::real_node::{self, RealNode};
+use harness::real_node::RealNode;
 use harness::wait::until;
 use harness::ControlPlane;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -38,7 +38,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
-use kube::api::{ListParams, LogParams};
+use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
@@ -56,34 +56,16 @@ async fn helm_install_runs_the_operator_which_reconciles_an_example_and_promethe
     // Named nowhere in the values: reached only after the upgrade to
     // cluster scope.
     let other_ns = cp.namespace("chart-any").await?;
-    let node = RealNode::start(cp, &real_node::workspace_images()?).await?;
+    let node = RealNode::start_with_workspace_images(cp).await?;
     let result = scenario(cp, &client, &release_ns, &watch_ns, &other_ns).await;
     if let Err(e) = &result {
         eprintln!("scenario failed: {e:#}");
-        for ns in [&release_ns, &watch_ns, &other_ns] {
-            if let Ok(pods) = Api::<Pod>::namespaced(client.clone(), ns)
-                .list(&ListParams::default())
-                .await
-            {
-                for pod in pods.items {
-                    let log = Api::<Pod>::namespaced(client.clone(), ns)
-                        .logs(&pod.name_any(), &LogParams::default())
-                        .await
-                        .unwrap_or_else(|e| format!("(no log: {e})"));
-                    eprintln!("--- pod {ns}/{}:\n{log}", pod.name_any());
-                }
-            }
-        }
-        for log in [
-            cp.dir().join("kube-apiserver.log"),
-            node.dir().join("kubelet.log"),
-        ] {
-            eprintln!(
-                "--- {} tail:\n{}",
-                log.display(),
-                harness::startup::log_tail(&log)
-            );
-        }
+        node.print_diagnostics(&[&release_ns, &watch_ns, &other_ns])
+            .await;
+        eprintln!(
+            "--- kube-apiserver.log tail:\n{}",
+            harness::startup::log_tail(&cp.dir().join("kube-apiserver.log"))
+        );
     }
     // Namespaces go before the node: a Deployment left behind would have
     // its pods rescheduled onto another suite's node.

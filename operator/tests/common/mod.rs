@@ -9,9 +9,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use harness::process::{Process, ProcessSpec};
-use harness::real_node::{self, RealNode};
+use harness::real_node::RealNode;
 use harness::ControlPlane;
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::Client;
@@ -257,54 +256,29 @@ where
     .await
 }
 
-/// Starts the machine's real node for `cp` with the workspace's images
-/// (tests/images.sh `build`), waiting while another process runs it.
-pub async fn start_real_node(cp: &ControlPlane) -> Result<RealNode> {
-    let node = RealNode::start(cp, &real_node::workspace_images()?).await?;
-    eprintln!(
-        "real node {} ready in {:.1?}",
-        node.node_name(),
-        node.startup_duration()
-    );
-    Ok(node)
-}
-
-/// What pod `ns/pod`'s (current) container wrote, the last `tail` lines or
-/// all, read through the API server and the kubelet as `kubectl logs` does.
-pub async fn container_log(
-    client: &Client,
+/// Runs `scenario` with the machine's real node (this checkout's images,
+/// so the proxy pods the operator makes are containers; waits while
+/// another process runs the node) and one operator process watching `ns`.
+/// The operator's log tail joins a failure, as do the pods' and the node's
+/// logs; the operator and the node are stopped whatever happens.
+pub async fn on_real_node(
+    cp: &ControlPlane,
     ns: &str,
-    pod: &str,
-    tail: Option<i64>,
-) -> Result<String> {
-    let params = kube::api::LogParams {
-        tail_lines: tail,
-        ..Default::default()
-    };
-    Ok(Api::<Pod>::namespaced(client.clone(), ns)
-        .logs(pod, &params)
-        .await?)
-}
-
-/// After a failure, for diagnosis: the last lines of every container in
-/// `ns`, and the kubelet's own log.
-pub async fn print_container_logs(client: &Client, ns: &str, node: &RealNode) {
-    let names = Api::<Pod>::namespaced(client.clone(), ns)
-        .list(&kube::api::ListParams::default())
-        .await
-        .map(|l| l.items)
-        .unwrap_or_default();
-    for pod in names {
-        let name = kube::ResourceExt::name_any(&pod);
-        let log = container_log(client, ns, &name, Some(60))
-            .await
-            .unwrap_or_else(|e| format!("(no log: {e:#})"));
-        eprintln!("--- pod {name} ---\n{log}");
+    scenario: impl AsyncFnOnce(&RealNode, &Operator) -> Result<()>,
+) -> Result<()> {
+    let node = RealNode::start_with_workspace_images(cp).await?;
+    let result = async {
+        let op = Operator::start(cp, &OperatorOptions::new(cp, ns))?;
+        let result = with_log(scenario(&node, &op).await, &op);
+        op.process.terminate(Duration::from_secs(10)).await;
+        result
     }
-    eprintln!(
-        "--- kubelet.log ---\n{}",
-        harness::startup::log_tail(&node.dir().join("kubelet.log"))
-    );
+    .await;
+    if result.is_err() {
+        node.print_diagnostics(&[ns]).await;
+    }
+    node.stop().await?;
+    result
 }
 
 /// Fails with the operator's log tail attached, for diagnosis.

@@ -42,8 +42,7 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let cp = ControlPlane::start_local().await?;
     let node = if args.node {
-        let images = harness::real_node::workspace_images()?;
-        let node = RealNode::start(&cp, &images).await?;
+        let node = RealNode::start_with_workspace_images(&cp).await?;
         println!("real node ready in {:.1?}", node.startup_duration());
         Some(node)
     } else {

@@ -21,7 +21,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ListParams, LogParams};
+use kube::api::ListParams;
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::{Api, Client, Resource, ResourceExt};
 
@@ -155,12 +155,7 @@ impl Cluster {
                 ..Default::default()
             },
         );
-        let node = RealNode::start(cp, &real_node::workspace_images()?).await?;
-        eprintln!(
-            "real node {} ready in {:.1?}",
-            node.node_name(),
-            node.startup_duration()
-        );
+        let node = RealNode::start_with_workspace_images(cp).await?;
         let cluster = Cluster {
             cp,
             client,
@@ -504,45 +499,19 @@ impl Cluster {
         bail!("{kind} not served in {group} {versions:?}: {last:?}")
     }
 
-    /// The last `n` lines pod `ns/pod`'s (current) container wrote, read
-    /// through the API server and the kubelet as `kubectl logs` would; the
-    /// error instead when there is none to read.
-    pub async fn pod_log_tail(&self, ns: &str, pod: &str, n: usize) -> String {
-        let params = LogParams {
-            tail_lines: Some(n as i64),
-            ..LogParams::default()
-        };
-        Api::<Pod>::namespaced(self.client.clone(), ns)
-            .logs(pod, &params)
+    /// The last `n` lines pod `ns/pod`'s (current) container wrote, or
+    /// why there are none.
+    pub async fn pod_log_tail(&self, ns: &str, pod: &str, n: i64) -> String {
+        real_node::container_log(&self.client, ns, pod, Some(n))
             .await
-            .unwrap_or_else(|e| format!("(no log: {e})"))
+            .unwrap_or_else(|e| format!("(no log: {e:#})"))
     }
 
     /// Pod logs (tails) of both namespaces, and the node's own logs, for a
     /// failed scenario.
     pub async fn dump_logs(&self) {
-        for ns in [&self.release_ns, &self.ns] {
-            let Ok(pods) = Api::<Pod>::namespaced(self.client.clone(), ns)
-                .list(&ListParams::default())
-                .await
-            else {
-                continue;
-            };
-            for pod in pods.items {
-                eprintln!(
-                    "--- pod {ns}/{} (last 40 lines):\n{}",
-                    pod.name_any(),
-                    self.pod_log_tail(ns, &pod.name_any(), 40).await
-                );
-            }
-        }
         if let Some(node) = &self.node {
-            for log in ["kubelet.log", "containerd.log"] {
-                eprintln!(
-                    "--- {log} ---\n{}",
-                    harness::startup::log_tail(&node.dir().join(log))
-                );
-            }
+            node.print_diagnostics(&[&self.release_ns, &self.ns]).await;
         }
     }
 

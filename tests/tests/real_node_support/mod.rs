@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use futures::FutureExt;
-use harness::real_node::{self, RealNode};
+use harness::real_node::RealNode;
 use harness::wait::until;
 use harness::ControlPlane;
 use k8s_openapi::api::core::v1::Pod;
@@ -31,8 +31,7 @@ pub async fn with_node(
     scenario: impl AsyncFnOnce(&'static ControlPlane, &RealNode) -> Result<()>,
 ) -> Result<()> {
     let cp = ControlPlane::shared().await?;
-    let images = real_node::workspace_images()?;
-    let node = RealNode::start(cp, &images).await?;
+    let node = RealNode::start_with_workspace_images(cp).await?;
     println!(
         "real node {} ready in {:.1?} (control plane {:.1?})",
         node.node_name(),
@@ -41,17 +40,7 @@ pub async fn with_node(
     );
     let result = AssertUnwindSafe(scenario(cp, &node)).catch_unwind().await;
     if !matches!(result, Ok(Ok(()))) {
-        for log in [
-            "kubelet.log",
-            "containerd.log",
-            "kube-proxy.log",
-            "coredns.log",
-        ] {
-            eprintln!(
-                "--- {log} ---\n{}",
-                harness::startup::log_tail(&node.dir().join(log))
-            );
-        }
+        node.print_diagnostics(&[]).await;
     }
     node.stop().await?;
     match result {
